@@ -1,0 +1,45 @@
+"""The engine's user-facing errors.
+
+Every error a user can cause is a `ClipfindError` whose `str()` is one line that says what
+is wrong and what to do. The CLI and the bot print that line; anything else is a bug and
+gets a traceback in the log.
+"""
+
+
+class ClipfindError(Exception):
+    """A problem the user can fix; str(e) is the one line to show them."""
+
+
+class QueryError(ClipfindError):
+    """A malformed query."""
+
+
+class ModelError(ClipfindError):
+    """A model spec that cannot be resolved or loaded."""
+
+
+class StoreError(ClipfindError):
+    """A collection that cannot be opened or written."""
+
+
+class ModelMismatch(StoreError):
+    """A collection opened with another model than the one that built it."""
+
+
+class ImageError(ClipfindError):
+    """Bytes that are not a usable image (not an image, truncated, too large)."""
+
+
+class FetchError(ClipfindError):
+    """A URL that could not or must not be fetched."""
+
+
+class SourceError(ClipfindError):
+    """A build source (folder, URL list, TSV, feature file) that cannot be read."""
+
+
+class Busy(ClipfindError):
+    """The encoder queue is full; try again in a moment."""
+
+    def __init__(self, message: str = "busy, try again in a moment"):
+        super().__init__(message)

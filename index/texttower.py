@@ -1,0 +1,99 @@
+"""A forward pass of open_clip's text tower that stops at the longest text in the batch.
+
+The stock `encode_text` runs all 77 padded positions. Under the causal mask, positions
+after the end-of-text token cannot change the pooled (end-of-text) vector, so trimming
+the batch to its longest text gives the same vectors for a fraction of the work.
+
+The same walk also yields the last layer's input, from which `attention.py` recomputes
+the end-of-text token's attention row through `nn.MultiheadAttention`'s public API
+instead of depending on open_clip internals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class TextParts:
+    """The modules of a CLIP-style causal text tower, wherever the model class keeps them."""
+
+    token_embedding: torch.nn.Module
+    positional_embedding: torch.Tensor
+    blocks: list
+    ln_final: torch.nn.Module
+    projection: torch.Tensor | torch.nn.Module | None
+    pool_type: str
+    eos_id: int | None
+    batch_first: bool
+
+
+def text_parts(model) -> TextParts | None:
+    """The text tower's parts, or None when it is not a causal CLIP tower (e.g. an HF tower)."""
+    tower = getattr(model, "text", None)
+    owner = tower if tower is not None and hasattr(tower, "token_embedding") else model
+    if not hasattr(owner, "token_embedding") or not hasattr(owner, "transformer"):
+        return None
+    pool_type = getattr(owner, "pool_type", getattr(model, "text_pool_type", "argmax"))
+    if pool_type not in ("argmax", "eos") or getattr(owner, "cls_emb", None) is not None:
+        return None
+    transformer = owner.transformer
+    return TextParts(
+        token_embedding=owner.token_embedding,
+        positional_embedding=owner.positional_embedding,
+        blocks=list(transformer.resblocks),
+        ln_final=owner.ln_final,
+        projection=getattr(owner, "text_projection", None),
+        pool_type=pool_type,
+        eos_id=getattr(owner, "eos_id", getattr(model, "text_eos_id", None)),
+        batch_first=getattr(transformer, "batch_first", True),
+    )
+
+
+def eot_positions(tokens: torch.Tensor, parts: TextParts) -> torch.Tensor:
+    if parts.pool_type == "eos":
+        return (tokens == parts.eos_id).int().argmax(dim=-1)
+    return tokens.argmax(dim=-1)
+
+
+def causal_mask(length: int, device, dtype) -> torch.Tensor:
+    mask = torch.full((length, length), float("-inf"), device=device, dtype=dtype)
+    return torch.triu(mask, 1)
+
+
+def run_blocks(parts: TextParts, tokens: torch.Tensor, stop_before_last: bool = False):
+    """Embed and run the blocks on tokens trimmed to the longest text. Returns (x, eot, mask)."""
+    eot = eot_positions(tokens, parts)
+    length = int(eot.max().item()) + 1
+    tokens = tokens[:, :length]
+    dtype = parts.positional_embedding.dtype
+    x = parts.token_embedding(tokens).to(dtype) + parts.positional_embedding[:length].to(dtype)
+    mask = causal_mask(length, x.device, x.dtype)
+    blocks = parts.blocks[:-1] if stop_before_last else parts.blocks
+    if not parts.batch_first:
+        x = x.transpose(0, 1)
+    for block in blocks:
+        x = block(x, attn_mask=mask)
+    if not parts.batch_first:
+        x = x.transpose(0, 1)
+    return x, eot, mask
+
+
+def pool_and_project(parts: TextParts, x: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
+    x = parts.ln_final(x)
+    pooled = x[torch.arange(x.shape[0], device=x.device), eot]
+    proj = parts.projection
+    if proj is None:
+        return pooled
+    if isinstance(proj, torch.nn.Module):
+        return proj(pooled)
+    return pooled @ proj
+
+
+def encode_text_trimmed(parts: TextParts, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    x, eot, _ = run_blocks(parts, tokens)
+    out = pool_and_project(parts, x, eot)
+    return F.normalize(out, dim=-1) if normalize else out
