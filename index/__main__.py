@@ -1,0 +1,276 @@
+"""The engine's command line: python -m index {demo,build,import-features,search,export,embed,info,remove}."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ClipfindError, SourceError
+from .models import DEFAULT_MODEL, parse_spec
+
+EPILOG = """query grammar: words run into one phrase; *W weights a term (-10..10, negative pushes
+away); + and - separate terms; "quotes" keep a phrase; #N is the N-th --image.
+examples:  red circle*1 blue square*2 | horse + stripes - brown | --image cat.jpg '#1*0.5 cars'"""
+
+
+def _progress(total: int, desc: str):
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit="img", disable=total == 0 or not sys.stderr.isatty(),
+                file=sys.stderr)
+
+
+def _records_for(sources: list[str]):
+    from .sources import classify_source, read_unsplash_tsv, read_url_list, scan_folder
+    records, problems = [], []
+    for arg in sources:
+        kind = classify_source(arg)
+        if kind == "folder":
+            found = scan_folder(Path(arg))
+            if not found:
+                problems.append(f"{arg}: no images (jpg, png, webp, gif) in this folder")
+            records += found
+        elif kind == "unsplash":
+            records += read_unsplash_tsv(Path(arg))
+        else:
+            recs, bad = read_url_list(Path(arg))
+            if not recs and bad:
+                raise SourceError(f"{arg}: no valid image URLs (line {bad[0][0]}: {bad[0][1]})")
+            problems += [f"{arg}:{line}: {why}" for line, why in bad]
+            records += recs
+    return records, problems
+
+
+def cmd_demo(a) -> int:
+    from .synthetic import write_gallery
+    path = write_gallery(Path(a.out), a.count, a.seed, a.size)
+    print(f"wrote {a.count} images and {path}")
+    return 0
+
+
+def _open_engine(a, create: bool = False):
+    from .engine import Engine, EngineOptions
+    opts = EngineOptions(device=a.device, threads=a.threads)
+    return Engine.open(a.index, model=getattr(a, "model", None), create=create,
+                       index_type=getattr(a, "index_type", "auto"), options=opts)
+
+
+async def _build(a) -> int:
+    from .build import build
+    from .netfetch import FetchLimits
+    records, problems = _records_for(a.sources)
+    engine = _open_engine(a, create=True)
+    try:
+        bar = _progress(len(records), "indexing")
+        limits = FetchLimits(max_bytes=a.max_bytes, timeout_s=a.timeout, concurrency=a.concurrency)
+        report = await build(engine.collection, engine.encoder, records, chunk=a.batch,
+                             limits=limits, progress=bar.update)
+        bar.close()
+    finally:
+        engine.close()
+    for p in problems:
+        print(f"skipped {p}", file=sys.stderr)
+    for source, why in report.failed:
+        print(f"failed  {why if why.startswith(source) else f'{source}: {why}'}", file=sys.stderr)
+    print(f"{a.index}: {report.summary()}; {len(engine.collection)} items in the collection")
+    return 0
+
+
+async def _import_features(a) -> int:
+    from .build import add_vectors
+    from .sources import read_features
+    from .store import Collection
+    records, vectors = read_features(Path(a.features), Path(a.ids), a.url_template)
+    spec = parse_spec(a.model).canonical
+    with Collection.create(Path(a.index), spec, int(vectors.shape[1]), a.index_type) as col:
+        report = await add_vectors(col, records, vectors)
+        print(f"{a.index}: {report.summary()}; {len(col)} items in the collection")
+    return 0
+
+
+def _load_images(paths: list[str]) -> list[bytes]:
+    out = []
+    for p in paths:
+        try:
+            out.append(Path(p).read_bytes())
+        except OSError as e:
+            raise SourceError(f"--image {p}: cannot read it ({e.strerror or e})") from e
+    return out
+
+
+async def _search(a) -> int:
+    engine = _open_engine(a)
+    try:
+        result = await engine.search(" ".join(a.query), _load_images(a.image), k=a.k,
+                                     offset=a.offset, keep_near_duplicates=a.keep_duplicates)
+    finally:
+        engine.close()
+    terms = [{"kind": t.kind, **({"text": t.text} if t.kind == "text" else {"image": t.image + 1}),
+              "weight": t.weight} for t in result.query.terms]
+    hits = [{"rank": h.rank, "id": h.id, "score": round(h.score, 6), "source": h.item.source,
+             "title": h.item.title} for h in result.hits]
+    attention = [[{"word": w, "weight": round(v, 4)} for w, v in (att or [])] for att in result.attention]
+    if a.json:
+        out = {"terms": terms, "results": hits, "attention": attention}
+        if result.attention_note:
+            out["attention_note"] = result.attention_note
+        print(json.dumps(out, ensure_ascii=False))
+        return 0
+    print(f"query: {result.query.describe()}")
+    for att, term in zip(result.attention, result.query.text_terms, strict=True):
+        if att:
+            print(f"  {term.text!r}: " + "  ".join(f"{w} {v:.0%}" for w, v in att))
+    if result.attention_note:
+        print(f"  ({result.attention_note})")
+    if not hits:
+        print("no results" + (" on this page" if a.offset else ""))
+    for h in hits:
+        print(f"{h['rank']:4d}  {h['score']:.3f}  {h['source']}" + (f"  {h['title']}" if h["title"] else ""))
+    return 0
+
+
+def cmd_export(a) -> int:
+    from .store import Collection
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with Collection.open(Path(a.index)) as col:
+        ids = col.ids()
+        vectors = col.vectors(list(ids)).astype(np.float32)
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        np.save(out / "vectors.npy", vectors)
+        with open(out / "items.jsonl", "w") as f:
+            for i in range(0, len(ids), 1000):
+                for it in col.get(list(ids[i:i + 1000])):
+                    f.write(json.dumps({"id": it.id, "source": it.source, "title": it.title},
+                                       ensure_ascii=False) + "\n")
+    print(f"wrote {len(ids)} vectors to {out / 'vectors.npy'} and {out / 'items.jsonl'}")
+    return 0
+
+
+async def _embed(a) -> int:
+    engine = _open_engine(a)
+    try:
+        if not a.image and not a.text:
+            raise SourceError("nothing to embed; give TEXT arguments and/or --image PATH")
+        vecs = []
+        if a.image:
+            vecs += list(await engine.embed_images(_load_images(a.image)))
+        if a.text:
+            vecs += list(await engine.embed_texts(a.text))
+    finally:
+        engine.close()
+    for v in vecs:
+        print(json.dumps([round(float(x), 7) for x in v]))
+    return 0
+
+
+def cmd_info(a) -> int:
+    from .store import Collection
+    with Collection.open(Path(a.index)) as col:
+        m = col.manifest
+        print(f"collection {a.index}\n  model: {m.model}\n  items: {len(col)}\n  dim: {m.dim}\n"
+              f"  index: {col.index_description}")
+    return 0
+
+
+def cmd_remove(a) -> int:
+    from .store import Collection
+    with Collection.open(Path(a.index)) as col:
+        n = col.remove(a.ids)
+    print(f"removed {n} of {len(a.ids)} items")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m index", description="clipfind's search engine",
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def engine_opts(sp, model_help="model spec (default: the one that built the collection)"):
+        sp.add_argument("--index", required=True, help="collection directory")
+        sp.add_argument("--model", help=model_help)
+        sp.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
+        sp.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+    d = sub.add_parser("demo", help="write the synthetic shapes gallery")
+    d.add_argument("out")
+    d.add_argument("--count", type=int, default=1000)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--size", type=int, default=128, help="image side in pixels")
+    d.set_defaults(func=cmd_demo)
+
+    b = sub.add_parser("build", help="add images from folders, URL lists or Unsplash TSVs")
+    engine_opts(b, f"model spec for a new collection (default {DEFAULT_MODEL})")
+    b.add_argument("--index-type", default="auto", help="auto, or a FAISS factory string")
+    b.add_argument("--batch", type=int, default=64)
+    b.add_argument("--max-bytes", type=int, default=20 * 2**20, help="URL download size cap")
+    b.add_argument("--timeout", type=float, default=20.0, help="URL download timeout, seconds")
+    b.add_argument("--concurrency", type=int, default=8, help="parallel URL downloads")
+    b.add_argument("sources", nargs="+", metavar="SOURCE")
+    b.set_defaults(run=_build)
+
+    f = sub.add_parser("import-features", help="import precomputed CLIP features (N x D .npy)")
+    f.add_argument("--index", required=True)
+    f.add_argument("--features", required=True)
+    f.add_argument("--ids", required=True, help="CSV with header photo_id, row i <-> vector i")
+    f.add_argument("--url-template", default="https://unsplash.com/photos/{id}")
+    f.add_argument("--model", default="ViT-B-32:openai", help="the model that made the features")
+    f.add_argument("--index-type", default="auto")
+    f.set_defaults(run=_import_features)
+
+    s = sub.add_parser("search", help="search a collection", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    engine_opts(s)
+    s.add_argument("-k", type=int, default=10, help="results per page")
+    s.add_argument("--offset", type=int, default=0)
+    s.add_argument("--image", action="append", default=[], help="attach an image (#1, #2, ...)")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--keep-duplicates", action="store_true",
+                   help="keep results that are near-copies of a query image")
+    s.add_argument("query", nargs="*", help="the query (see the grammar below)")
+    s.set_defaults(run=_search)
+
+    e = sub.add_parser("export", help="write vectors.npy and items.jsonl")
+    e.add_argument("--index", required=True)
+    e.add_argument("--out", required=True)
+    e.set_defaults(func=cmd_export)
+
+    m = sub.add_parser("embed", help="print L2-normalised vectors as JSON lists")
+    engine_opts(m)
+    m.add_argument("--image", action="append", default=[])
+    m.add_argument("text", nargs="*")
+    m.set_defaults(run=_embed)
+
+    i = sub.add_parser("info", help="describe a collection")
+    i.add_argument("--index", required=True)
+    i.set_defaults(func=cmd_info)
+
+    r = sub.add_parser("remove", help="remove items by id")
+    r.add_argument("--index", required=True)
+    r.add_argument("ids", nargs="+", type=int)
+    r.set_defaults(func=cmd_remove)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    a = parser().parse_args(argv)
+    try:
+        if hasattr(a, "run"):
+            return asyncio.run(a.run(a))
+        return a.func(a)
+    except ClipfindError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

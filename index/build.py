@@ -1,0 +1,164 @@
+"""Building a collection: load, decode, encode and store images, resumably.
+
+Each chunk of images is committed to SQLite in one transaction with its vectors, so a
+killed build resumes where it stopped: sources already stored with the same stamp are
+skipped, and nothing is stored twice. Loading and decoding of the next chunks overlap
+the model's work on the current one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .encoder import BULK, Encoder
+from .errors import ClipfindError
+from .images import content_hash, open_image
+from .netfetch import FetchLimits, fetch_many
+from .sources import SourceRecord
+from .store import Collection, NewItem
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BuildReport:
+    added: int = 0
+    unchanged: int = 0
+    duplicates: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        s = f"added {self.added}, unchanged {self.unchanged}"
+        if self.duplicates:
+            s += f", duplicates skipped {self.duplicates}"
+        return s + f", failed {len(self.failed)}"
+
+
+@dataclass
+class _Prepared:
+    records: list[SourceRecord]
+    hashes: list[str]
+    pixels: torch.Tensor | None
+
+
+def pending_records(collection: Collection, records: list[SourceRecord]) -> tuple[list[SourceRecord], int]:
+    """Records not yet stored with the same stamp, and how many were unchanged."""
+    stamps = collection.stamps()
+    todo, seen = [], set()
+    for r in records:
+        if r.source in seen:
+            continue
+        seen.add(r.source)
+        if r.source in stamps and stamps[r.source] == r.stamp:
+            continue
+        todo.append(r)
+    return todo, len(seen) - len(todo)
+
+
+async def _load(records: list[SourceRecord], limits: FetchLimits, public_only: bool,
+                failed: list) -> list[tuple[SourceRecord, bytes]]:
+    urls = [r.location for r in records if r.is_url]
+    fetched: dict[str, bytes] = {}
+    if urls:
+        ok, bad = await fetch_many(urls, public_only=public_only, limits=limits)
+        fetched = dict(ok)
+        reasons = dict(bad)
+    out = []
+    for r in records:
+        if r.is_url:
+            if r.location in fetched:
+                out.append((r, fetched[r.location]))
+            else:
+                failed.append((r.source, reasons.get(r.location, "not fetched")))
+            continue
+        try:
+            out.append((r, await asyncio.to_thread(Path(r.location).read_bytes)))
+        except OSError as e:
+            failed.append((r.source, f"cannot read: {e.strerror or e}"))
+    return out
+
+
+def _decode(loaded, pairs: list[tuple[SourceRecord, bytes]], failed: list) -> _Prepared:
+    records, hashes, tensors = [], [], []
+    for r, data in pairs:
+        try:
+            img = open_image(data, name=r.source)
+            tensors.append(loaded.preprocess(img))
+        except ClipfindError as e:
+            failed.append((r.source, str(e)))
+            continue
+        records.append(r)
+        hashes.append(content_hash(data))
+    return _Prepared(records, hashes, torch.stack(tensors) if tensors else None)
+
+
+async def build(collection: Collection, encoder: Encoder, records: list[SourceRecord], *,
+                chunk: int = 64, limits: FetchLimits | None = None, public_only: bool = False,
+                progress: Callable[[int], None] | None = None, lookahead: int = 2) -> BuildReport:
+    """Add what is new or changed among `records` to `collection`."""
+    limits = limits or FetchLimits()
+    report = BuildReport()
+    todo, report.unchanged = pending_records(collection, records)
+    chunks = [todo[i:i + chunk] for i in range(0, len(todo), chunk)]
+    queue: asyncio.Queue[_Prepared | None] = asyncio.Queue(maxsize=lookahead)
+
+    async def produce():
+        for part in chunks:
+            pairs = await _load(part, limits, public_only, report.failed)
+            prepared = await asyncio.to_thread(_decode, encoder.loaded, pairs, report.failed)
+            if len(prepared.records) < len(part) and progress:
+                progress(len(part) - len(prepared.records))
+            await queue.put(prepared)
+        await queue.put(None)
+
+    seen_hashes: set[str] = set()
+    producer = asyncio.create_task(produce())
+    try:
+        while (prepared := await queue.get()) is not None:
+            if prepared.pixels is None:
+                continue
+            vectors = await encoder.encode_pixels(prepared.pixels, priority=BULK)
+            items, keep = [], []
+            for i, (r, h) in enumerate(zip(prepared.records, prepared.hashes, strict=True)):
+                dup = collection.find_hash(h)
+                if h in seen_hashes or (dup is not None and dup.source != r.source):
+                    report.duplicates += 1
+                    continue
+                items.append(NewItem(source=r.source, title=r.title, credit=r.credit,
+                                     page_url=r.page_url, content_hash=h, stamp=r.stamp))
+                keep.append(i)
+                seen_hashes.add(h)
+            if items:
+                await asyncio.to_thread(collection.add, items, np.asarray(vectors)[keep])
+            report.added += len(items)
+            if progress:
+                progress(len(prepared.records))
+        await producer
+    finally:
+        producer.cancel()
+        await asyncio.to_thread(collection.save)
+    return report
+
+
+async def add_vectors(collection: Collection, records: list[SourceRecord], vectors: np.ndarray,
+                      chunk: int = 4096) -> BuildReport:
+    """Store precomputed vectors (import-features), skipping sources already present."""
+    report = BuildReport()
+    stored = collection.stamps()
+    keep = [i for i, r in enumerate(records) if r.source not in stored]
+    report.unchanged = len(records) - len(keep)
+    for s in range(0, len(keep), chunk):
+        idx = keep[s:s + chunk]
+        items = [NewItem(source=records[i].source, title=records[i].title, credit=records[i].credit,
+                         page_url=records[i].page_url, stamp=records[i].stamp) for i in idx]
+        await asyncio.to_thread(collection.add, items, vectors[idx])
+        report.added += len(idx)
+    await asyncio.to_thread(collection.save)
+    return report

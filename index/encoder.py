@@ -1,0 +1,261 @@
+"""The encoder worker: one thread owns the model; the asyncio side awaits vectors.
+
+- Requests that arrive together are micro-batched into one forward pass (up to
+  `max_batch` inputs, waiting at most `max_wait_ms` for company).
+- Lower `priority` goes first, so a search is served before queued bulk indexing.
+- The queue is bounded in inputs: past `queue_size` a caller gets `Busy` at once.
+- Image decoding and preprocessing run in a thread pool, off the model thread.
+- Text vectors are cached (LRU): queries repeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .errors import Busy
+from .images import open_image
+from .models import LoadedModel
+from .texttower import encode_text_trimmed
+
+log = logging.getLogger(__name__)
+
+SEARCH = 0  # priority of interactive requests
+BULK = 10  # priority of indexing
+
+
+@dataclass(order=True)
+class _Request:
+    priority: int
+    seq: int
+    kind: str = field(compare=False)  # "text" | "image"
+    inputs: torch.Tensor = field(compare=False)
+    done: object = field(compare=False)  # callable(result: np.ndarray | BaseException)
+    fn: object = field(compare=False, default=None)  # kind "call": run alone on the model thread
+
+
+@dataclass
+class EncoderStats:
+    batches: int = 0
+    inputs: int = 0
+    model_seconds: float = 0.0
+
+
+class Encoder:
+    def __init__(self, loaded: LoadedModel, *, max_batch: int = 32, max_wait_ms: float = 4.0,
+                 queue_size: int = 512, cache_size: int = 2048, threads: int | None = None,
+                 decode_workers: int = 2):
+        self.loaded = loaded
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000.0
+        self.queue_size = queue_size
+        self.threads = threads
+        self.stats = EncoderStats()
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_size = cache_size
+        self._cond = threading.Condition()
+        self._pending: list[_Request] = []
+        self._pending_inputs = 0
+        self._seq = itertools.count()
+        self._closed = False
+        self._ready = threading.Event()
+        self._decode_pool = ThreadPoolExecutor(decode_workers, thread_name_prefix="clipfind-decode")
+        self._thread = threading.Thread(target=self._run, name="clipfind-encoder", daemon=True)
+        self._thread.start()
+
+    # -- public API -----------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return self.loaded.dim
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        return self._ready.wait(timeout)
+
+    async def encode_texts(self, texts: list[str], priority: int = SEARCH) -> np.ndarray:
+        """L2-normalised float32 vectors, one row per text."""
+        out: list[np.ndarray | None] = [self._cache_get(t) for t in texts]
+        missing = sorted({t for t, v in zip(texts, out, strict=True) if v is None})
+        if missing:
+            tokens = self.loaded.tokenizer(missing)
+            vecs = await self._submit("text", tokens, priority)
+            for t, v in zip(missing, vecs, strict=True):
+                self._cache_put(t, v)
+            found = dict(zip(missing, vecs, strict=True))
+            out = [v if v is not None else found[t] for t, v in zip(texts, out, strict=True)]
+        return np.stack(out) if out else np.zeros((0, self.dim), np.float32)
+
+    async def encode_images(self, images: list[Image.Image | bytes | Path],
+                            priority: int = SEARCH) -> np.ndarray:
+        """L2-normalised float32 vectors; bytes and paths are decoded safely (ImageError)."""
+        if not images:
+            return np.zeros((0, self.dim), np.float32)
+        pixels = await self.preprocess(images)
+        return await self.encode_pixels(pixels, priority)
+
+    async def preprocess(self, images: list[Image.Image | bytes | Path]) -> torch.Tensor:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._decode_pool, self._preprocess_sync, list(images))
+
+    async def encode_pixels(self, pixels: torch.Tensor, priority: int = SEARCH) -> np.ndarray:
+        return await self._submit("image", pixels, priority)
+
+    async def call(self, fn, *args, priority: int = SEARCH):
+        """Run fn(*args) on the model thread (for work that needs the model but is no batch,
+        such as the attention read-out), queued like any request."""
+        return await self._submit("call", torch.empty(1), priority, fn=lambda: fn(*args))
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            pending, self._pending = self._pending, []
+            self._cond.notify_all()
+        for r in pending:
+            r.done(RuntimeError("encoder closed"))
+        self._thread.join(timeout=10)
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- internals --------------------------------------------------------------------------
+    def _preprocess_sync(self, images) -> torch.Tensor:
+        tensors = []
+        for i, im in enumerate(images):
+            if not isinstance(im, Image.Image):
+                name = str(im) if isinstance(im, Path) else f"image {i + 1}"
+                im = open_image(im, name=name)
+            tensors.append(self.loaded.preprocess(im.convert("RGB")))
+        return torch.stack(tensors)
+
+    def _cache_get(self, text: str) -> np.ndarray | None:
+        v = self._cache.get(text)
+        if v is not None:
+            self._cache.move_to_end(text)
+        return v
+
+    def _cache_put(self, text: str, v: np.ndarray) -> None:
+        self._cache[text] = v
+        self._cache.move_to_end(text)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    async def _submit(self, kind: str, inputs: torch.Tensor, priority: int, fn=None):
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future = loop.create_future()
+
+        def done(result):
+            def settle():
+                if fut.done():
+                    return
+                if isinstance(result, BaseException):
+                    fut.set_exception(result)
+                else:
+                    fut.set_result(result)
+            loop.call_soon_threadsafe(settle)
+
+        n = int(inputs.shape[0])
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("encoder closed")
+            # A request larger than the whole queue is still let in when the queue is empty.
+            if self._pending_inputs and self._pending_inputs + n > self.queue_size:
+                raise Busy()
+            self._pending.append(_Request(priority, next(self._seq), kind, inputs, done, fn))
+            self._pending_inputs += n
+            self._cond.notify()
+        return await fut
+
+    def _take_batch(self) -> list[_Request] | None:
+        """Block for the most urgent request, then gather same-kind company for max_wait."""
+        with self._cond:
+            while not self._pending and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return None
+            deadline = time.monotonic() + self.max_wait
+            while True:
+                first = min(self._pending)
+                if first.kind == "call":
+                    batch = [first]
+                    break
+                same = sorted(r for r in self._pending if r.kind == first.kind)
+                batch, size = [], 0
+                for r in same:
+                    if batch and size + r.inputs.shape[0] > self.max_batch:
+                        break
+                    batch.append(r)
+                    size += r.inputs.shape[0]
+                left = deadline - time.monotonic()
+                if size >= self.max_batch or left <= 0 or self._closed:
+                    break
+                self._cond.wait(left)
+            for r in batch:
+                self._pending.remove(r)
+                self._pending_inputs -= int(r.inputs.shape[0])
+            return batch
+
+    def _forward(self, kind: str, inputs: torch.Tensor) -> np.ndarray:
+        m = self.loaded
+        with torch.inference_mode():
+            if kind == "text":
+                tokens = inputs.to(m.device)
+                if m.text is not None:
+                    v = encode_text_trimmed(m.text, tokens)
+                else:
+                    v = F.normalize(m.model.encode_text(tokens), dim=-1)
+            else:
+                v = F.normalize(m.model.encode_image(inputs.to(m.device, m.dtype)), dim=-1)
+        return v.float().cpu().numpy()
+
+    def _run(self) -> None:
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            self._forward("text", self.loaded.tokenizer(["warm up"]))
+            size = self.loaded.preprocess(Image.new("RGB", (32, 32))).unsqueeze(0)
+            self._forward("image", size)
+        except Exception:  # a broken model shows up on the first real request too
+            log.exception("encoder warm-up failed")
+        self._ready.set()
+        while True:
+            batch = self._take_batch()
+            if batch is None:
+                return
+            if batch[0].kind == "call":
+                try:
+                    with torch.inference_mode():
+                        result = batch[0].fn()
+                except Exception as e:
+                    result = e
+                batch[0].done(result)
+                continue
+            inputs = torch.cat([r.inputs for r in batch]) if len(batch) > 1 else batch[0].inputs
+            t0 = time.perf_counter()
+            try:
+                out = self._forward(batch[0].kind, inputs)
+            except Exception as e:
+                log.exception("encoder forward pass failed")
+                for r in batch:
+                    r.done(e)
+                continue
+            self.stats.batches += 1
+            self.stats.inputs += int(inputs.shape[0])
+            self.stats.model_seconds += time.perf_counter() - t0
+            start = 0
+            for r in batch:
+                n = int(r.inputs.shape[0])
+                r.done(out[start:start + n])
+                start += n

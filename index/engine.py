@@ -1,0 +1,167 @@
+"""The facade both faces use: parse, encode, rank, explain; add and remove.
+
+The bot and the CLI call only this (plus the error types); neither touches the model,
+FAISS or SQLite directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .attention import UNAVAILABLE, word_weights
+from .encoder import SEARCH, Encoder
+from .models import DEFAULT_MODEL, load_model, parse_spec
+from .query import Query, parse_query
+from .ranking import WeightedVector, compose, normalise
+from .store import Collection, Item
+
+NEAR_DUPLICATE = 0.98  # results this close to a query image are the image itself
+
+
+@dataclass
+class Hit:
+    rank: int  # 1-based, over the whole result list
+    score: float  # cosine between the composed query and the item
+    item: Item
+
+    @property
+    def id(self) -> int:
+        return self.item.id
+
+
+@dataclass
+class SearchResult:
+    query: Query
+    hits: list[Hit]
+    offset: int
+    k: int
+    has_more: bool
+    attention: list[list[tuple[str, float]] | None]  # one entry per text term, in order
+    attention_note: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def page(self) -> int:
+        return self.offset // max(self.k, 1)
+
+
+@dataclass
+class EngineOptions:
+    device: str = "auto"
+    threads: int | None = None
+    max_batch: int = 32
+    max_wait_ms: float = 4.0
+    queue_size: int = 512
+    cache_size: int = 2048
+    image_composition: str = "sum"
+
+
+class Engine:
+    def __init__(self, collection: Collection, encoder: Encoder, options: EngineOptions | None = None):
+        self.collection = collection
+        self.encoder = encoder
+        self.options = options or EngineOptions()
+
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path, *, model: str | None = None, create: bool = False,
+             index_type: str = "auto", options: EngineOptions | None = None) -> Engine:
+        """Open a collection with the model that built it (or create it, with `model`)."""
+        options = options or EngineOptions()
+        path = Path(path)
+        if create and not (path / "manifest.json").exists():
+            loaded = load_model(model or DEFAULT_MODEL, options.device)
+            collection = Collection.create(path, loaded.name, loaded.dim, index_type)
+        else:
+            wanted = parse_spec(model).canonical if model else None
+            collection = Collection.open(path, wanted)
+            loaded = load_model(collection.manifest.model, options.device)
+        encoder = Encoder(loaded, max_batch=options.max_batch, max_wait_ms=options.max_wait_ms,
+                          queue_size=options.queue_size, cache_size=options.cache_size,
+                          threads=options.threads)
+        return cls(collection, encoder, options)
+
+    def close(self) -> None:
+        self.encoder.close()
+        self.collection.close()
+
+    @property
+    def model_name(self) -> str:
+        return self.encoder.loaded.name
+
+    # -- queries -------------------------------------------------------------------------------
+    def parse(self, text: str, n_images: int = 0) -> Query:
+        return parse_query(text, n_images)
+
+    async def term_vectors(self, query: Query, images: list) -> list[WeightedVector]:
+        texts = [t.text for t in query.text_terms]
+        used = sorted({t.image for t in query.image_terms})
+        text_vecs, image_vecs = await asyncio.gather(
+            self.encoder.encode_texts(texts, SEARCH),
+            self.encoder.encode_images([images[i] for i in used], SEARCH))
+        by_text = dict(zip(texts, text_vecs, strict=True))
+        by_image = dict(zip(used, image_vecs, strict=True))
+        return [WeightedVector(by_text[t.text] if t.kind == "text" else by_image[t.image], t.weight, t.kind)
+                for t in query.terms]
+
+    async def search(self, text: str | Query, images: list[Image.Image | bytes | Path] = (), *,
+                     k: int = 10, offset: int = 0, explain: bool = True,
+                     keep_near_duplicates: bool = False) -> SearchResult:
+        images = list(images)
+        query = text if isinstance(text, Query) else parse_query(text, len(images))
+        k, offset = max(1, int(k)), max(0, int(offset))
+        t0 = time.perf_counter()
+        terms = await self.term_vectors(query, images)
+        t1 = time.perf_counter()
+        q = compose(terms)
+        avoid = [normalise(t.vector) for t in terms if t.kind == "image" and not keep_near_duplicates]
+        ranked = await asyncio.to_thread(self._ranked, q, offset + k + 1, avoid)
+        t2 = time.perf_counter()
+        hits = [Hit(offset + i + 1, s, item) for i, (item, s) in enumerate(ranked[offset:offset + k])]
+        attention, note = ([], None)
+        if explain:
+            attention, note = await self.explain_terms(query)
+        t3 = time.perf_counter()
+        return SearchResult(query, hits, offset, k, len(ranked) > offset + k, attention, note,
+                            {"encode": t1 - t0, "search": t2 - t1, "explain": t3 - t2})
+
+    def _ranked(self, q: np.ndarray, n: int, avoid: list[np.ndarray]) -> list[tuple[Item, float]]:
+        """The best n items, near-duplicates of query images left out."""
+        want = n
+        while True:
+            found = self.collection.search(q, want)
+            ids = [i for i, _ in found]
+            if avoid and ids:
+                vecs = self.collection.vectors(ids)
+                near = (vecs @ np.stack(avoid).T).max(axis=1) >= NEAR_DUPLICATE
+                found = [f for f, bad in zip(found, near, strict=True) if not bad]
+            if len(found) >= n or len(ids) < want:
+                break
+            want *= 2
+        found = found[:n]
+        items = {it.id: it for it in self.collection.get([i for i, _ in found])}
+        return [(items[i], float(s)) for i, s in found if i in items]
+
+    async def explain(self, text: str) -> list[tuple[str, float]] | None:
+        return await self.encoder.call(word_weights, self.encoder.loaded, text)
+
+    async def explain_terms(self, query: Query) -> tuple[list, str | None]:
+        weights = [await self.explain(t.text) for t in query.text_terms]
+        note = UNAVAILABLE if query.text_terms and all(w is None for w in weights) else None
+        return weights, note
+
+    # -- vectors and items ---------------------------------------------------------------------------
+    async def embed_texts(self, texts: list[str]) -> np.ndarray:
+        return await self.encoder.encode_texts(list(texts))
+
+    async def embed_images(self, images: list) -> np.ndarray:
+        return await self.encoder.encode_images(list(images))
+
+    def remove(self, ids: list[int]) -> int:
+        return self.collection.remove(ids)

@@ -1,0 +1,130 @@
+"""One place that resolves a model spec and loads it through open_clip.
+
+Specs:
+  builtin:tiny-shapes            the bundled model (index/models/tiny-shapes, open_clip local-dir layout)
+  local-dir:/path                an open_clip local-dir (open_clip_config.json + weights), offline
+  hf-hub:org/repo                an open_clip model on the Hugging Face hub (downloaded on first use)
+  NAME:TAG                       an open_clip architecture with a pretrained tag, e.g.
+                                 ViT-B-32:laion2b_s34b_b79k (downloaded on first use)
+  NAME:random                    the architecture with random weights (tests and benchmarks)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import ModelError
+from .texttower import TextParts, text_parts
+
+BUILTIN_DIR = Path(__file__).parent / "models"
+BUILTINS = {"tiny-shapes": BUILTIN_DIR / "tiny-shapes"}
+DEFAULT_MODEL = "builtin:tiny-shapes"
+RANDOM_TAG = "random"
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed spec. `canonical` is what a collection's manifest records."""
+
+    canonical: str
+    open_clip_name: str  # what open_clip.create_model takes
+    pretrained: str | None = None  # pretrained tag, None for local-dir/hf-hub/random
+    downloads: bool = False  # whether loading may reach the network
+
+
+def parse_spec(spec: str) -> ModelSpec:
+    import open_clip
+
+    spec = (spec or "").strip()
+    if not spec:
+        raise ModelError(f"no model given; use e.g. {DEFAULT_MODEL} or ViT-B-32:laion2b_s34b_b79k")
+    if spec.startswith("builtin:"):
+        name = spec.removeprefix("builtin:")
+        if name not in BUILTINS:
+            raise ModelError(f"unknown built-in model {spec!r}; built-ins: "
+                             + ", ".join(f"builtin:{n}" for n in BUILTINS))
+        return ModelSpec(spec, f"local-dir:{BUILTINS[name]}")
+    if spec.startswith("local-dir:"):
+        path = Path(spec.removeprefix("local-dir:")).expanduser().resolve()
+        if not (path / "open_clip_config.json").is_file():
+            raise ModelError(f"{spec}: no open_clip_config.json in {path}; a local-dir model needs "
+                             "open_clip_config.json and its weights (open_clip_model.safetensors)")
+        return ModelSpec(f"local-dir:{path}", f"local-dir:{path}")
+    if spec.startswith("hf-hub:"):
+        if "/" not in spec.removeprefix("hf-hub:"):
+            raise ModelError(f"{spec}: an hf-hub spec names a repository, e.g. hf-hub:org/repo")
+        return ModelSpec(spec, spec, downloads=True)
+    name, _, tag = spec.partition(":")
+    if name not in open_clip.list_models():
+        raise ModelError(f"unknown model {name!r}; use {DEFAULT_MODEL}, local-dir:/path, "
+                         "hf-hub:org/repo or an open_clip name such as ViT-B-32:laion2b_s34b_b79k")
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if not tag:
+        hint = f"{name}:{tags[0]}" if tags else f"{name}:{RANDOM_TAG}"
+        raise ModelError(f"model {name!r} needs a pretrained tag, e.g. {hint} "
+                         f"(tags: {', '.join(tags) or 'none'}; '{RANDOM_TAG}' for random weights)")
+    if tag == RANDOM_TAG:
+        return ModelSpec(spec, name)
+    if tag not in tags:
+        raise ModelError(f"model {name!r} has no pretrained tag {tag!r}; tags: {', '.join(tags) or 'none'}")
+    return ModelSpec(spec, name, pretrained=tag, downloads=True)
+
+
+def pick_device(device: str = "auto") -> tuple[torch.device, torch.dtype]:
+    """`auto`: CUDA in float16 when present, else CPU in float32."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        raise ModelError(f"unknown device {device!r}; use auto, cpu or cuda") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError("device cuda was asked for but no CUDA GPU is available; use device = \"auto\" or \"cpu\"")
+    return dev, (torch.float16 if dev.type == "cuda" else torch.float32)
+
+
+@dataclass
+class LoadedModel:
+    spec: ModelSpec
+    model: torch.nn.Module
+    preprocess: Callable  # PIL image -> (3, H, W) tensor
+    tokenizer: Callable  # list[str] -> (n, context) tensor
+    device: torch.device
+    dtype: torch.dtype
+    dim: int
+    text: TextParts | None  # None: not a causal CLIP text tower (no fast path, no attention)
+
+    @property
+    def name(self) -> str:
+        return self.spec.canonical
+
+
+def load_model(spec: str | ModelSpec, device: str = "auto") -> LoadedModel:
+    import open_clip
+
+    parsed = spec if isinstance(spec, ModelSpec) else parse_spec(spec)
+    dev, dtype = pick_device(device)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            parsed.open_clip_name, pretrained=parsed.pretrained, device=dev,
+            precision="fp16" if dtype == torch.float16 else "fp32")
+        tokenizer = open_clip.get_tokenizer(parsed.open_clip_name)
+    except ModelError:
+        raise
+    except Exception as e:  # open_clip and the hub raise many types; all mean "could not load"
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        if parsed.downloads:
+            raise ModelError(f"could not fetch the weights of {parsed.canonical} ({reason}); check the "
+                             "network, or download them once and use local-dir:/path") from e
+        raise ModelError(f"could not load {parsed.canonical}: {reason}") from e
+    model.eval()
+    with torch.inference_mode():
+        dim = int(model.encode_text(tokenizer(["a"]).to(dev)).shape[-1])
+    return LoadedModel(parsed, model, preprocess, tokenizer, dev, dtype, dim, text_parts(model))

@@ -1,0 +1,121 @@
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from index.encoder import BULK, SEARCH, Encoder
+from index.errors import Busy, ImageError
+from index.synthetic import CONCEPTS
+
+
+@pytest.fixture
+def encoder(tiny):
+    enc = Encoder(tiny, max_batch=16, max_wait_ms=20, queue_size=64)
+    assert enc.wait_ready(30)
+    yield enc
+    enc.close()
+
+
+def blocker(enc: Encoder):
+    """Occupy the model thread until the returned event is set."""
+    release, started = threading.Event(), threading.Event()
+
+    def hold():
+        started.set()
+        release.wait(10)
+
+    task = asyncio.ensure_future(enc.call(hold))
+    return task, started, release
+
+
+async def test_text_vectors_are_normalised_and_match_the_model(encoder, tiny):
+    vecs = await encoder.encode_texts(["red circle", "blue square"])
+    assert vecs.shape == (2, tiny.dim) and vecs.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-5)
+    with torch.inference_mode():
+        ref = tiny.model.encode_text(tiny.tokenizer(["red circle", "blue square"]), normalize=True)
+    assert np.abs(vecs - ref.numpy()).max() < 1e-5
+
+
+async def test_concurrent_requests_share_forward_passes(encoder):
+    before = encoder.stats.batches
+    vecs = await asyncio.gather(*(encoder.encode_texts([c]) for c in CONCEPTS[:16]))
+    assert len(vecs) == 16
+    assert encoder.stats.batches - before <= 4  # 16 requests, far fewer passes
+
+
+async def test_repeated_text_comes_from_the_cache(encoder):
+    first = await encoder.encode_texts(["green triangle"])
+    inputs = encoder.stats.inputs
+    again = await encoder.encode_texts(["green triangle"])
+    assert encoder.stats.inputs == inputs
+    assert np.array_equal(first, again)
+
+
+async def test_full_queue_answers_busy_at_once(tiny):
+    enc = Encoder(tiny, queue_size=4, max_wait_ms=1)
+    enc.wait_ready(30)
+    task, started, release = blocker(enc)
+    try:
+        await asyncio.to_thread(started.wait, 5)
+        queued = asyncio.ensure_future(enc.encode_texts(["a", "b", "c"]))
+        await asyncio.sleep(0.05)
+        t0 = time.perf_counter()
+        with pytest.raises(Busy, match="busy, try again"):
+            await enc.encode_texts(["d", "e"])
+        assert time.perf_counter() - t0 < 0.5
+        release.set()
+        assert (await queued).shape[0] == 3
+        await task
+    finally:
+        release.set()
+        enc.close()
+
+
+async def test_search_is_served_before_queued_bulk_work(encoder, tiny):
+    task, started, release = blocker(encoder)
+    await asyncio.to_thread(started.wait, 5)
+    done: list[str] = []
+    pixels = torch.stack([tiny.preprocess(Image.new("RGB", (64, 64)))] * 16)
+
+    async def bulk(i):
+        await encoder.encode_pixels(pixels, priority=BULK)
+        done.append(f"bulk{i}")
+
+    async def search():
+        await encoder.encode_texts(["purple circle"], priority=SEARCH)
+        done.append("search")
+
+    jobs = [asyncio.ensure_future(bulk(i)) for i in range(3)]
+    await asyncio.sleep(0.02)
+    jobs.append(asyncio.ensure_future(search()))
+    await asyncio.sleep(0.02)
+    release.set()
+    await asyncio.gather(task, *jobs)
+    assert done[0] == "search"
+
+
+async def test_event_loop_keeps_ticking_while_images_encode(encoder):
+    ticks = []
+
+    async def heartbeat():
+        while True:
+            ticks.append(time.perf_counter())
+            await asyncio.sleep(0.01)
+
+    hb = asyncio.ensure_future(heartbeat())
+    imgs = [Image.new("RGB", (256, 256), (i, 0, 0)) for i in range(64)]
+    await encoder.encode_images(imgs)
+    hb.cancel()
+    gaps = np.diff(ticks)
+    assert len(ticks) > 3
+    assert gaps.max() < 0.25  # never stalled for long
+
+
+async def test_bad_image_bytes_raise_image_error(encoder):
+    with pytest.raises(ImageError):
+        await encoder.encode_images([b"this is not an image"])
