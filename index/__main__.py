@@ -71,13 +71,14 @@ async def _build(a) -> int:
         report = await build(engine.collection, engine.encoder, records, chunk=a.batch,
                              limits=limits, progress=bar.update)
         bar.close()
+        total = len(engine.collection)
     finally:
         engine.close()
     for p in problems:
         print(f"skipped {p}", file=sys.stderr)
     for source, why in report.failed:
         print(f"failed  {why if why.startswith(source) else f'{source}: {why}'}", file=sys.stderr)
-    print(f"{a.index}: {report.summary()}; {len(engine.collection)} items in the collection")
+    print(f"{a.index}: {report.summary()}; {total} items in the collection")
     return 0
 
 

@@ -16,12 +16,15 @@ from PIL import Image
 
 from .attention import UNAVAILABLE, word_weights
 from .encoder import SEARCH, Encoder
+from .errors import ClipfindError
 from .models import DEFAULT_MODEL, load_model, parse_spec
 from .query import Query, parse_query
-from .ranking import WeightedVector, compose, normalise
+from .ranking import STRATEGIES, WeightedVector, compose, normalise, zsum_scores
 from .store import Collection, Item
 
 NEAR_DUPLICATE = 0.98  # results this close to a query image are the image itself
+ZSUM_CANDIDATES = 1000  # per term, for the z-scored composition
+ZSUM_SAMPLE = 4000  # stored vectors that estimate each term's spread of cosines
 
 
 @dataclass
@@ -67,6 +70,10 @@ class Engine:
         self.collection = collection
         self.encoder = encoder
         self.options = options or EngineOptions()
+        if self.options.image_composition not in STRATEGIES:
+            raise ClipfindError(f"unknown image_composition {self.options.image_composition!r}; "
+                                f"use one of: {', '.join(STRATEGIES)}")
+        self._sample: tuple[int, np.ndarray] | None = None
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -121,7 +128,8 @@ class Engine:
         t1 = time.perf_counter()
         q = compose(terms)
         avoid = [normalise(t.vector) for t in terms if t.kind == "image" and not keep_near_duplicates]
-        ranked = await asyncio.to_thread(self._ranked, q, offset + k + 1, avoid)
+        zsum = bool(query.image_terms) and self.options.image_composition == "zsum"
+        ranked = await asyncio.to_thread(self._ranked, q, terms if zsum else None, offset + k + 1, avoid)
         t2 = time.perf_counter()
         hits = [Hit(offset + i + 1, s, item) for i, (item, s) in enumerate(ranked[offset:offset + k])]
         attention, note = ([], None)
@@ -131,11 +139,33 @@ class Engine:
         return SearchResult(query, hits, offset, k, len(ranked) > offset + k, attention, note,
                             {"encode": t1 - t0, "search": t2 - t1, "explain": t3 - t2})
 
-    def _ranked(self, q: np.ndarray, n: int, avoid: list[np.ndarray]) -> list[tuple[Item, float]]:
+    def _candidates(self, q: np.ndarray, zterms: list[WeightedVector] | None, want: int):
+        """(id, cosine with q) best first: by cosine, or by z-scored sum over each term's top."""
+        if zterms is None:
+            return self.collection.search(q, want)
+        pool = {i for t in zterms if t.weight > 0
+                for i, _ in self.collection.search(normalise(t.vector), max(want, ZSUM_CANDIDATES))}
+        ids = sorted(pool)
+        if not ids:
+            return []
+        vecs = self.collection.vectors(ids)
+        order = np.argsort(-zsum_scores(zterms, vecs, self._spread_sample()), kind="stable")[:want]
+        return [(ids[j], float(vecs[j] @ q)) for j in order]
+
+    def _spread_sample(self) -> np.ndarray:
+        n = len(self.collection)
+        if self._sample is None or abs(self._sample[0] - n) > 0.1 * max(n, 1):
+            ids = self.collection.ids()
+            pick = np.random.default_rng(0).choice(len(ids), min(len(ids), ZSUM_SAMPLE), replace=False)
+            self._sample = (n, self.collection.vectors(list(ids[np.sort(pick)])))
+        return self._sample[1]
+
+    def _ranked(self, q: np.ndarray, zterms: list[WeightedVector] | None, n: int,
+                avoid: list[np.ndarray]) -> list[tuple[Item, float]]:
         """The best n items, near-duplicates of query images left out."""
         want = n
         while True:
-            found = self.collection.search(q, want)
+            found = self._candidates(q, zterms, want)
             ids = [i for i, _ in found]
             if avoid and ids:
                 vecs = self.collection.vectors(ids)

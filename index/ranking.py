@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-STRATEGIES = ("sum", "zsum")
+STRATEGIES = ("sum", "zsum")  # how queries with image terms are ranked; text-only always "sum"
 
 
 @dataclass(frozen=True)
@@ -33,18 +33,16 @@ def compose(terms: list[WeightedVector]) -> np.ndarray:
     return normalise(q)
 
 
-def zsum_scores(terms: list[WeightedVector], vectors: np.ndarray) -> np.ndarray:
-    """Weighted sum of each term's cosine, standardised over the collection.
+def zsum_scores(terms: list[WeightedVector], vectors: np.ndarray, sample: np.ndarray) -> np.ndarray:
+    """Weighted sum of each term's cosine, standardised by its spread over `sample`.
 
     An image term's cosines with other images spread far wider than a text's, so a plain
     sum lets the picture drown the words; standardising puts every term on one scale.
+    `sample` is a random subset of the collection's vectors, which estimates that spread.
     """
     total = np.zeros(len(vectors), dtype=np.float32)
     for t in terms:
-        s = vectors @ normalise(t.vector)
-        total += t.weight * (s - s.mean()) / (s.std() + 1e-6)
+        u = normalise(t.vector)
+        ref = sample @ u
+        total += t.weight * ((vectors @ u) - ref.mean()) / (ref.std() + 1e-6)
     return total
-
-
-def needs_full_scan(terms: list[WeightedVector], strategy: str) -> bool:
-    return strategy == "zsum" and any(t.kind == "image" for t in terms)

@@ -19,3 +19,29 @@ def tiny():
 def vitb32():
     """ViT-B-32 with random weights: the real architecture, no download."""
     return load_model("ViT-B-32:random", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def demo_gallery(tmp_path_factory):
+    """120 shapes images with captions.csv (seed 5)."""
+    from index.synthetic import write_gallery
+    folder = tmp_path_factory.mktemp("gallery")
+    write_gallery(folder, 120, seed=5)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def demo_collection(demo_gallery, tmp_path_factory):
+    """The gallery built into a collection with the bundled model (read-only for tests)."""
+    import asyncio
+
+    from index.build import build
+    from index.engine import Engine
+    from index.sources import scan_folder
+    path = tmp_path_factory.mktemp("collection") / "c"
+    engine = Engine.open(path, model="builtin:tiny-shapes", create=True)
+    try:
+        asyncio.run(build(engine.collection, engine.encoder, scan_folder(demo_gallery)))
+    finally:
+        engine.close()
+    return path

@@ -1,0 +1,160 @@
+"""The CLI as a user runs it: a subprocess, its exit code, its output, never a traceback."""
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def cli(*args, check=True):
+    p = subprocess.run([sys.executable, "-m", "index", *map(str, args)], capture_output=True,
+                       text=True, env=ENV, timeout=240)
+    assert "Traceback" not in p.stderr, p.stderr
+    if check:
+        assert p.returncode == 0, p.stderr
+    return p
+
+
+def fails(*args):
+    p = cli(*args, check=False)
+    assert p.returncode == 2
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, p.stderr
+    return lines[0]
+
+
+def test_demo_is_deterministic(tmp_path):
+    cli("demo", tmp_path / "a", "--count", 12, "--seed", 3)
+    cli("demo", tmp_path / "b", "--count", 12, "--seed", 3)
+    header = (tmp_path / "a" / "captions.csv").read_text().splitlines()[0]
+    assert header == "file,caption,objects"
+    for name in ["captions.csv", "shape_00.png", "shape_11.png"]:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_build_is_incremental_and_reports_bad_files(tmp_path, demo_gallery):
+    src = tmp_path / "imgs"
+    shutil.copytree(demo_gallery, src)
+    for f in sorted(src.glob("*.png"))[20:]:
+        f.unlink()
+    (src / "notes.png").write_text("not really a png")
+    (src / "cut.png").write_bytes((src / "shape_000.png").read_bytes()[:100])
+    out = cli("build", "--index", tmp_path / "c", src)
+    assert "added 20" in out.stdout and "failed 2" in out.stdout
+    assert "notes.png" in out.stderr and "cut.png" in out.stderr
+    again = cli("build", "--index", tmp_path / "c", src)
+    assert "added 0, unchanged 20" in again.stdout
+    os.utime(src / "shape_003.png", ns=(1, 1))
+    third = cli("build", "--index", tmp_path / "c", src)
+    assert "added 1, unchanged 19" in third.stdout and "20 items" in third.stdout
+
+
+def test_search_json_and_text(demo_collection, demo_gallery):
+    out = cli("search", "--index", demo_collection, "--json", "-k", 3,
+              "--image", demo_gallery / "shape_001.png", "#1*0.5 red circle")
+    data = json.loads(out.stdout)
+    assert data["terms"] == [{"kind": "image", "image": 1, "weight": 0.5},
+                             {"kind": "text", "text": "red circle", "weight": 1.0}]
+    assert [r["rank"] for r in data["results"]] == [1, 2, 3]
+    assert set(data["results"][0]) == {"rank", "id", "score", "source", "title"}
+    assert [a["word"] for a in data["attention"][0]] == ["red", "circle"]
+    text = cli("search", "--index", demo_collection, "-k", 2, "red", "circle")
+    assert "query: red circle*1" in text.stdout and "   1  " in text.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["search", "--index", "{c}", "dog*-1"], "positive"),
+        (["search", "--index", "{c}", "cat*abc"], "usage"),
+        (["search", "--index", "{c}", "#2 cat"], "image"),
+        (["search", "--index", "{c}", "--image", "/nope.png", "cat"], "/nope.png"),
+        (["search", "--index", "{c}", "--model", "ViT-B-32:random", "cat"], "was built with model"),
+        (["search", "--index", "{tmp}", "cat"], "not a clipfind collection"),
+        (["build", "--index", "{tmp}/x", "{tmp}/missing"], "missing"),
+        (["build", "--index", "{tmp}/x", "--model", "Nope-Net:x", "{g}"], "unknown model"),
+        (["embed", "--index", "{c}"], "nothing to embed"),
+        (["import-features", "--index", "{tmp}/f", "--features", "{tmp}/none.npy", "--ids", "{tmp}/none.csv"], "none.npy"),
+    ],
+)
+def test_user_errors_are_one_line(args, fragment, demo_collection, demo_gallery, tmp_path):
+    args = [a.format(c=demo_collection, tmp=tmp_path, g=demo_gallery) for a in args]
+    assert fragment in fails(*args)
+
+
+def test_export_rows_match_embed_and_items(demo_collection, demo_gallery, tmp_path):
+    cli("export", "--index", demo_collection, "--out", tmp_path / "x")
+    vectors = np.load(tmp_path / "x" / "vectors.npy")
+    items = [json.loads(ln) for ln in (tmp_path / "x" / "items.jsonl").read_text().splitlines()]
+    assert vectors.dtype == np.float32 and vectors.shape == (120, 128) and len(items) == 120
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    row = next(i for i, it in enumerate(items) if it["source"].endswith("shape_004.png"))
+    out = cli("embed", "--index", demo_collection, "--image", demo_gallery / "shape_004.png", "red circle")
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2
+    image_vec = np.array(json.loads(lines[0]))
+    assert np.abs(image_vec - vectors[row]).max() < 2e-3  # stored as float16
+
+
+def test_import_features(tmp_path):
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(50, 512)).astype(np.float16)
+    np.save(tmp_path / "features.npy", feats)
+    (tmp_path / "photo_ids.csv").write_text("photo_id\n" + "\n".join(f"id{i}" for i in range(50)) + "\n")
+    out = cli("import-features", "--index", tmp_path / "c", "--features", tmp_path / "features.npy",
+              "--ids", tmp_path / "photo_ids.csv")
+    assert "added 50" in out.stdout
+    info = cli("info", "--index", tmp_path / "c").stdout
+    assert "ViT-B-32:openai" in info and "items: 50" in info
+    again = cli("import-features", "--index", tmp_path / "c", "--features", tmp_path / "features.npy",
+                "--ids", tmp_path / "photo_ids.csv")
+    assert "added 0, unchanged 50" in again.stdout
+    cli("export", "--index", tmp_path / "c", "--out", tmp_path / "x")
+    items = [json.loads(ln) for ln in (tmp_path / "x" / "items.jsonl").read_text().splitlines()]
+    assert items[7]["source"] == "https://unsplash.com/photos/id7"
+    v = np.load(tmp_path / "x" / "vectors.npy")
+    expected = feats[7].astype(np.float32) / np.linalg.norm(feats[7].astype(np.float32))
+    assert np.abs(v[7] - expected).max() < 2e-3
+    # searching needs the model that made the features: offline, a clear line, not a traceback
+    assert "ViT-B-32:openai" in fails("search", "--index", tmp_path / "c", "cat")
+
+
+def test_killed_build_resumes_with_nothing_lost_and_nothing_twice(tmp_path):
+    from index.synthetic import write_gallery
+    write_gallery(tmp_path / "g", 400, seed=9)
+    cmd = [sys.executable, "-m", "index", "build", "--index", str(tmp_path / "c"), "--batch", "16",
+           str(tmp_path / "g")]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    db = tmp_path / "c" / "meta.sqlite"
+    deadline = time.time() + 180
+    count = 0
+    while time.time() < deadline and proc.poll() is None:
+        if db.exists():
+            try:
+                with sqlite3.connect(db, timeout=1) as con:
+                    count = con.execute("select count(*) from items").fetchone()[0]
+            except sqlite3.Error:
+                count = 0
+            if count >= 48:
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the build finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with sqlite3.connect(db) as con:
+        stored = con.execute("select count(*) from items").fetchone()[0]
+    assert 0 < stored < 400 and stored % 16 == 0  # whole batches only
+    out = cli("build", "--index", tmp_path / "c", "--batch", "16", tmp_path / "g")
+    assert f"added {400 - stored}, unchanged {stored}" in out.stdout
+    with sqlite3.connect(db) as con:
+        total, distinct = con.execute("select count(*), count(distinct source) from items").fetchone()
+    assert total == distinct == 400
