@@ -55,6 +55,17 @@ def title_from_name(name: str) -> str:
 # ---------------------------------------------------------------------------- folders
 
 
+def _folder_captions(folder: Path) -> dict[str, str]:
+    """file name -> caption from a `captions.csv` (columns file, caption) beside the images,
+    as `python -m index demo` writes; titles for the results. Empty when absent or unreadable."""
+    try:
+        with open(folder / "captions.csv", newline="", encoding="utf-8") as f:
+            return {row["file"]: row["caption"].strip() for row in csv.DictReader(f)
+                    if row.get("file") and row.get("caption")}
+    except (OSError, KeyError, csv.Error, UnicodeDecodeError):
+        return {}
+
+
 def scan_folder(path: Path) -> list[SourceRecord]:
     """Every image file under `path`, recursively, sorted by path.
 
@@ -91,6 +102,7 @@ def scan_folder(path: Path) -> list[SourceRecord]:
         except OSError as e:
             log.warning("skipping unreadable folder %s (%s)", folder, e.strerror)
             continue
+        captions = _folder_captions(folder)
         for entry in entries:
             if entry.name.startswith("."):
                 continue
@@ -110,7 +122,7 @@ def scan_folder(path: Path) -> list[SourceRecord]:
                         source=str(p),
                         location=str(p),
                         is_url=False,
-                        title=title_from_name(p.stem),
+                        title=captions.get(p.name) or title_from_name(p.stem),
                         stamp=f"{est.st_mtime_ns}:{est.st_size}",
                     )
                 )

@@ -357,3 +357,17 @@ def test_read_features_bad_files(tmp_path: Path):
     dup.write_text("photo_id\na\na\n")
     with pytest.raises(SourceError, match="appears twice"):
         read_features(f, dup, TEMPLATE)
+
+
+def test_captions_csv_beside_images_gives_titles(tmp_path):
+    import csv
+
+    from index.synthetic import write_gallery
+
+    write_gallery(tmp_path, 3, seed=1)
+    with open(tmp_path / "captions.csv", newline="") as f:
+        expected = {row["file"]: row["caption"] for row in csv.DictReader(f)}
+    records = scan_folder(tmp_path)
+    assert {Path(r.source).name: r.title for r in records} == expected
+    (tmp_path / "captions.csv").write_text("garbage\x00,,\n")
+    assert [r.title for r in scan_folder(tmp_path)] == ["shape 0", "shape 1", "shape 2"]
