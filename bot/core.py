@@ -1,0 +1,320 @@
+"""The bot's command logic, written once for every transport (Discord, the console).
+
+A transport hands `Core.find` the text after the command word, the message's attachments,
+the images of the message it replies to, and the author; it gets back a `Reply`: a page
+of results (with a `PagingState` to turn it) or one line that says what to do.
+
+Order of the checks (cheap and local first, so a bad query costs nothing):
+attachment types and sizes (from their metadata, nothing downloaded) -> the query grammar ->
+the engine is ready -> the user's cooldown -> downloads (attachments, image URLs in the
+text, public addresses only) -> decoding (size and bomb checks) -> the search.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import aiohttp
+from PIL import Image
+
+from index.errors import Busy, ClipfindError, FetchError, ImageError
+from index.images import IMAGE_EXTENSIONS, open_image
+from index.netfetch import FetchLimits, fetch_bytes, make_session
+from index.query import USAGE, parse_query
+
+from . import render
+from .config import Settings
+from .reply import Reply
+
+log = logging.getLogger(__name__)
+
+NOT_READY = "still starting up, try again in a few seconds"
+BUSY = "busy, try again in a moment"
+
+# http(s) URLs in the query text; Discord's <url> form (no preview) too.
+_URL_RE = re.compile(r"<?(https?://[^\s<>]+)>?", re.IGNORECASE)
+_URL_WEIGHT_RE = re.compile(r"(.*?)(\*[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+))$")
+
+
+@dataclass
+class Attachment:
+    """An image handed in with a command; `read` is only called once every check passed."""
+
+    filename: str
+    size: int | None
+    content_type: str | None
+    read: Callable[[], Awaitable[bytes]]
+
+
+@dataclass
+class FindRequest:
+    text: str  # what follows the command word
+    author_id: int
+    attachments: Sequence[Attachment] = ()  # the message's own: a non-image is an error
+    replied: Sequence[Attachment] = ()  # the replied-to message's: non-images are skipped
+
+
+@dataclass
+class PagingState:
+    """What it takes to show another page of a result."""
+
+    author_id: int
+    text: str  # the query text without its image URLs
+    images: list[Image.Image] = field(repr=False)
+    offset: int
+    k: int
+    has_more: bool
+    query: str  # canonical form, for display
+    shown: int = 0  # results on the page on show
+
+    @property
+    def last_rank(self) -> int:
+        return self.offset + self.shown
+
+
+def split_urls(text: str, first: int = 1) -> tuple[str, list[str]]:
+    """The text with each http(s) URL replaced by an image reference, and the URLs in order.
+
+    The i-th URL becomes `#(first + i)`, so a weight after it (`https://x/y.png*0.5`) weighs
+    that image. Trailing punctuation of an unbracketed URL is dropped.
+    """
+    urls: list[str] = []
+
+    def sub(m: re.Match) -> str:
+        url, tail = m.group(1), ""
+        if not (m.group(0).startswith("<") and m.group(0).endswith(">")):
+            w = _URL_WEIGHT_RE.match(url)
+            if w:
+                url, tail = w.group(1), w.group(2)
+            url = url.rstrip(".,;:!?)]}'\"")
+        urls.append(url)
+        return f" #{first + len(urls) - 1}{tail} "
+
+    return " ".join(_URL_RE.sub(sub, text).split()), urls
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def _content_problem(a: Attachment) -> str | None:
+    ctype = (a.content_type or "").split(";", 1)[0].strip().lower()
+    ext = Path(a.filename).suffix.lower()
+    if ctype:
+        if not ctype.startswith("image/"):
+            return (f"{a.filename}: not an image ({ctype}); "
+                    "attach a JPEG, PNG, WebP or GIF picture")
+        return None
+    if ext in IMAGE_EXTENSIONS:
+        return None
+    return f"{a.filename}: not an image file; attach a JPEG, PNG, WebP or GIF picture"
+
+
+def _is_image(a: Attachment) -> bool:
+    return _content_problem(a) is None
+
+
+class Cooldown:
+    """At most `rate` uses per `per` seconds per user (a sliding window); rate 0 = off."""
+
+    def __init__(self, rate: int, per: float, clock: Callable[[], float] = time.monotonic):
+        self.rate, self.per, self.clock = rate, per, clock
+        self._uses: dict[int, deque[float]] = {}
+
+    def hit(self, user_id: int) -> float | None:
+        """Record a use; None when allowed, else the seconds to wait (the use is not recorded)."""
+        if self.rate <= 0:
+            return None
+        now = self.clock()
+        if len(self._uses) > 10_000:
+            self._sweep(now)
+        uses = self._uses.setdefault(user_id, deque())
+        while uses and uses[0] <= now - self.per:
+            uses.popleft()
+        if len(uses) >= self.rate:
+            return uses[0] + self.per - now
+        uses.append(now)
+        return None
+
+    def _sweep(self, now: float) -> None:
+        for uid in [u for u, q in self._uses.items() if not q or q[-1] <= now - self.per]:
+            del self._uses[uid]
+
+
+def help_text(prefix: str = "!") -> str:
+    p = prefix
+    return "\n".join([
+        "**clipfind** searches the image collection with words, pictures, or both.",
+        f"`{p}find red circle` · one phrase",
+        f"`{p}find red circle*1 blue square*2` · weighted terms (*W from -10 to 10, not 0)",
+        f"`{p}find horse + stripes - brown` · `+` adds a term, `-` pushes one away (`dog*-1` too)",
+        f'`{p}find "quoted, phrase"*2 #1*0.5 cars` · quotes keep a phrase; `#N` is the N-th image',
+        f"`{p}find cars` + an attached photo · images come from attachments, the message you "
+        "reply to, and image URLs in the text; images no `#N` names join with weight 1",
+        "`/find query:<text> image:<attachment>` · the same as a slash command",
+        "Pages: ◀️ ▶️ turn, ⏹️ stops (only the member who asked). The word weights under a "
+        "result show which words of each phrase the model attended to.",
+        "Grammar — " + USAGE,
+    ])
+
+
+class Core:
+    """The transport-independent command logic; owns the URL session and the cooldowns."""
+
+    def __init__(self, settings: Settings, engine=None, *, cooldown: bool = True,
+                 clock: Callable[[], float] = time.monotonic):
+        self.settings = settings
+        self.engine = engine
+        self.load_error: str | None = None
+        self.cooldown = Cooldown(settings.cooldown_rate if cooldown else 0,
+                                 settings.cooldown_per_s, clock)
+        self.limits = FetchLimits(max_bytes=settings.url_max_bytes,
+                                  timeout_s=settings.url_timeout_s, retries=1, max_redirects=3)
+        self._session: aiohttp.ClientSession | None = None
+
+    # -- state ------------------------------------------------------------------------------
+    def unavailable(self) -> str | None:
+        """Why searches cannot run now (None when they can)."""
+        if self.load_error is not None:
+            return f"the search engine could not start ({self.load_error}); tell the bot's operator"
+        if self.engine is None or not self.engine.encoder.ready:
+            return NOT_READY
+        return None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = make_session(True, self.limits)
+        return self._session
+
+    # -- commands -----------------------------------------------------------------------------
+    def help(self, prefix: str | None = None) -> Reply:
+        return Reply(help_text(prefix or self.settings.prefix))
+
+    async def find(self, req: FindRequest) -> Reply:
+        try:
+            return await self._find(req)
+        except ClipfindError as e:
+            return error(str(e))
+
+    async def turn(self, state: PagingState, delta: int) -> Reply:
+        """The next (delta=+1) or previous (-1) page; a notice when there is none.
+
+        A notice is a Reply with `state` None and `error` False: the transport keeps the page
+        on show and tells the member."""
+        if delta < 0 and state.offset == 0:
+            return Reply("this is the first page")
+        if delta > 0 and not state.has_more:
+            return Reply(f"no more results: #{state.last_rank} was the last match")
+        new = replace(state, offset=max(0, state.offset + delta * state.k))
+        try:
+            if (why := self.unavailable()) is not None:
+                return Reply(why)
+            return await self._page(new, notice_if_empty=True)
+        except Busy:
+            return Reply(BUSY)
+        except ClipfindError as e:
+            return Reply(str(e))
+
+    # -- the work -------------------------------------------------------------------------------
+    async def _find(self, req: FindRequest) -> Reply:
+        s = self.settings
+        sources: list[Attachment | str] = []
+        for a in req.attachments:
+            if (problem := _content_problem(a)) is not None:
+                return error(problem)
+            sources.append(a)
+        sources.extend(a for a in req.replied if _is_image(a))
+        for a in sources:
+            if a.size is not None and a.size > s.max_attachment_bytes:
+                return error(f"{a.filename}: too large ({_mib(a.size)}, limit "
+                             f"{_mib(s.max_attachment_bytes)}); attach a smaller image")
+        text, urls = split_urls(req.text, first=len(sources) + 1)
+        sources.extend(urls)
+        query = parse_query(text, len(sources))  # QueryError: one line with the usage
+        if (why := self.unavailable()) is not None:
+            return error(why)
+        wait = self.cooldown.hit(req.author_id)
+        if wait is not None:
+            return error(f"slow down: you can search again in {math.ceil(wait)} s")
+        images = await self._load_images(sources)
+        state = PagingState(req.author_id, text, images, 0, s.results_per_page, False,
+                            query.describe())
+        try:
+            return await self._page(state)
+        except Busy:
+            return error(BUSY)
+
+    async def _load_images(self, sources: list[Attachment | str]) -> list[Image.Image]:
+        if not sources:
+            return []
+        results = await asyncio.gather(*(self._load_one(src) for src in sources),
+                                       return_exceptions=True)
+        for r in results:  # the first problem, in the order the images were given
+            if isinstance(r, BaseException):
+                raise r
+        return list(results)
+
+    async def _load_one(self, src: Attachment | str) -> Image.Image:
+        s = self.settings
+        if isinstance(src, str):
+            data = await fetch_bytes(self._http(), src, self.limits)
+            name = render._clip(src, 80)
+        else:
+            name = src.filename
+            try:
+                data = await src.read()
+            except ClipfindError:
+                raise
+            except Exception as e:  # a transport's download failing (HTTP 404, reset)
+                log.warning("could not download attachment %s: %r", src.filename, e)
+                raise FetchError(f"{name}: could not download the attachment; post it again") from e
+            if len(data) > s.max_attachment_bytes:
+                raise ImageError(f"{name}: too large ({_mib(len(data))}, limit "
+                                 f"{_mib(s.max_attachment_bytes)}); attach a smaller image")
+        return await asyncio.to_thread(open_image, data, name=name, max_pixels=s.max_image_pixels)
+
+    async def _page(self, state: PagingState, *, notice_if_empty: bool = False) -> Reply:
+        s = self.settings
+        result = await self.engine.search(state.text, state.images, k=state.k, offset=state.offset)
+        shown_query = state.query.replace("`", "ˋ")
+        if not result.hits:
+            if notice_if_empty and state.offset > 0:
+                return Reply(f"no more results: #{state.offset} was the last match")
+            why = ""
+            if len(self.engine.collection) == 0:
+                why = " (the collection is empty)"
+            elif state.images:
+                why = " (images almost identical to a query image are left out)"
+            return Reply(f"no results for `{shown_query}`{why}")
+        cards = await asyncio.to_thread(render.make_cards, result.hits,
+                                        thumbnail_size=s.thumbnail_size)
+        rows = render.attention_rows(result)
+        att_text = render.attention_text(rows, result.attention_note)
+        png = None
+        n_files = sum(1 for c in cards if c.file is not None)
+        if rows and not result.attention_note and n_files < render.MAX_FILES:
+            data = await asyncio.to_thread(render.attention_png, rows)
+            png = render.FileOut("word-weights.png", data, "word weights: " + att_text)
+        first, last = result.hits[0].rank, result.hits[-1].rank
+        more = " · ▶️ for more" if result.has_more else " · last page"
+        head = f"**Results {first}–{last}** for `{shown_query}`{more}"
+        new_state = replace(state, has_more=result.has_more, shown=len(result.hits))
+        return Reply(head, cards, att_text, png, state=new_state)
+
+
+def error(text: str) -> Reply:
+    """A one-line answer to a request that cannot be served."""
+    return Reply(" ".join(text.split()), error=True)

@@ -1,0 +1,304 @@
+"""A page of results as cards and pictures, and as a Discord message.
+
+- `make_cards`: search hits -> `Card`s. Results that are local files get a resized JPEG
+  thumbnail to upload (the whole page stays under `PAGE_BUDGET` bytes and at most 10 files);
+  results that live at a URL keep the URL; results from Discord link to their message.
+- `attention_text` / `attention_png`: which words of each text term the model attended to,
+  as a short text line (for clients with images off) and as a picture: one line per term,
+  the term's weight, then each word on a background whose intensity shows its weight, with
+  the percentage under it.
+- `to_discord`: a `Reply` -> the keyword arguments of `send`/`edit` (content, embeds, files).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from PIL import Image, ImageDraw, ImageFont
+from PIL.PngImagePlugin import PngInfo
+
+from index.errors import ClipfindError
+from index.images import open_image, thumbnail_jpeg
+
+from .reply import Card, FileOut, Reply
+
+log = logging.getLogger(__name__)
+
+MAX_EMBEDS = 10  # Discord: embeds per message
+MAX_FILES = 10  # Discord: files per message
+UPLOAD_LIMIT = 10 * 1024 * 1024  # Discord: an unboosted server's upload limit
+PAGE_BUDGET = 8 * 1024 * 1024  # what a page may upload, with room to spare
+MAX_CONTENT = 2000  # Discord: characters of message content
+EMBED_COLOUR = 0x5865F2
+
+# ------------------------------------------------------------------------------- result cards
+
+
+def _is_url(s: str) -> bool:
+    return s.startswith(("http://", "https://"))
+
+
+def _host(url: str) -> str:
+    try:
+        return urlsplit(url).hostname or url
+    except ValueError:
+        return url
+
+
+def _unsplash_image(page_url: str) -> str | None:
+    """The image behind an Unsplash photo page (the collection stores the page, not the file)."""
+    parts = urlsplit(page_url)
+    segs = [s for s in parts.path.split("/") if s]
+    if parts.hostname in ("unsplash.com", "www.unsplash.com") and len(segs) == 2 and segs[0] == "photos":
+        return f"https://unsplash.com/photos/{segs[1]}/download?w=640"
+    return None
+
+
+def _discord_link(source: str) -> str | None:
+    """'discord:<guild>/<channel>/<message>/<attachment>' -> the message's jump URL."""
+    parts = source.removeprefix("discord:").split("/")
+    if len(parts) >= 3 and all(p.isdigit() for p in parts[:3]):
+        return f"https://discord.com/channels/{parts[0]}/{parts[1]}/{parts[2]}"
+    return None
+
+
+def _clip(s: str, n: int) -> str:
+    s = " ".join(s.split())
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def _thumbnail(path: Path, side: int, quality: int) -> bytes | None:
+    try:
+        return thumbnail_jpeg(open_image(path), max_side=side, quality=quality)
+    except ClipfindError as e:
+        log.warning("no thumbnail for a result: %s", e)
+        return None
+
+
+def make_cards(hits: Sequence, *, thumbnail_size: int = 512, budget: int = PAGE_BUDGET,
+               max_files: int = MAX_FILES) -> list[Card]:
+    """Cards for a page of hits (engine `Hit`s). Reads and resizes local files: call it in a
+    thread. Thumbnails shrink until the page fits `budget`; past `max_files` a local result
+    is shown without its picture."""
+    hits = list(hits)[:MAX_EMBEDS]
+    local: dict[int, Path] = {}
+    cards: list[Card] = []
+    for i, hit in enumerate(hits):
+        item = hit.item
+        source = item.source or ""
+        title = _clip(item.title or "", 200)
+        kw: dict = {"rank": hit.rank, "score": float(hit.score), "credit": _clip(item.credit or "", 200)}
+        page = item.page_url or None
+        if _is_url(source):
+            image = source if source != item.page_url else _unsplash_image(source)
+            cards.append(Card(title=title or _host(source), link=page or source, image_url=image,
+                              source=_host(page or source), **kw))
+        elif source.startswith("discord:"):
+            cards.append(Card(title=title or "image posted on Discord", link=_discord_link(source),
+                              source="Discord", **kw))
+        else:
+            name = Path(source).name
+            cards.append(Card(title=title or Path(source).stem, link=page, source=name, **kw))
+            if len(local) < max_files:
+                local[i] = Path(source)
+    side, quality = thumbnail_size, 85
+    thumbs: dict[int, bytes | None] = {}
+    while local:
+        thumbs = {i: _thumbnail(p, side, quality) for i, p in local.items()}
+        total = sum(len(t) for t in thumbs.values() if t)
+        if total <= budget or side <= 64:
+            break
+        side, quality = max(64, side // 2), 75
+    used = 0
+    for i, data in thumbs.items():
+        if data is None or used + len(data) > budget:
+            continue
+        used += len(data)
+        c = cards[i]
+        cards[i] = Card(c.rank, c.score, c.title, c.credit, c.link, None,
+                        FileOut(f"result-{c.rank}.jpg", data, f"result {c.rank}: {c.title}"[:1000]),
+                        c.source)
+    return cards
+
+
+# ------------------------------------------------------------------------------- attention
+
+
+@dataclass(frozen=True)
+class AttentionRow:
+    label: str  # the term as typed, e.g. 'red circle'
+    weight: float  # the term's weight in the query
+    words: tuple[tuple[str, float], ...] | None  # None: no weights for this term
+
+
+def attention_rows(result) -> list[AttentionRow]:
+    """One row per text term of an engine `SearchResult`, in query order."""
+    terms = list(result.query.text_terms)
+    weights = list(result.attention or [])
+    rows = []
+    for i, term in enumerate(terms):
+        words = weights[i] if i < len(weights) else None
+        rows.append(AttentionRow(term.text, term.weight,
+                                 None if words is None else tuple((w, float(p)) for w, p in words)))
+    return rows
+
+
+def _fmt_weight(w: float) -> str:
+    return f"{w:g}"
+
+
+def _pct(p: float) -> str:
+    return f"{round(p * 100)}%"
+
+
+def attention_text(rows: Sequence[AttentionRow], note: str | None = None) -> str:
+    """'red 41% · circle 37% · a 22%', one part per term ('×2' after terms not weighted 1)."""
+    if not rows:
+        return ""
+    if note:
+        return f"word weights: {note}"
+    parts = []
+    for r in rows:
+        words = (" · ".join(f"{w} {_pct(p)}" for w, p in r.words) if r.words
+                 else f"{r.label} (no word weights)")
+        tag = "" if r.weight == 1 else f" (×{_fmt_weight(r.weight)})"
+        parts.append(words + tag)
+    return "word weights: " + " | ".join(parts)
+
+
+_FONT_CANDIDATES = ("DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+                    "Arial.ttf", "LiberationSans-Regular.ttf")
+_fonts: dict[int, ImageFont.ImageFont] = {}
+
+
+def _font(size: int):
+    if size not in _fonts:
+        font = None
+        for name in _FONT_CANDIDATES:
+            try:
+                font = ImageFont.truetype(name, size)
+                break
+            except OSError:
+                continue
+        _fonts[size] = font or ImageFont.load_default(size=size)
+    return _fonts[size]
+
+
+BG = (43, 45, 49)  # Discord's dark theme
+FG = (242, 243, 245)
+DIM = (181, 186, 193)
+POSITIVE = (250, 166, 26)
+NEGATIVE = (88, 101, 242)
+PAD, GAP, BOX_PAD = 12, 6, 8
+WORD_SIZE, PCT_SIZE, LABEL_W = 20, 14, 64
+MAX_WIDTH = 1200
+
+
+def _text_w(draw: ImageDraw.ImageDraw, text: str, font) -> int:
+    left, _, right, _ = draw.textbbox((0, 0), text, font=font)
+    return int(right - left)
+
+
+def attention_png(rows: Sequence[AttentionRow]) -> bytes:
+    """The attention picture: one line per text term (long terms wrap)."""
+    wf, pf = _font(WORD_SIZE), _font(PCT_SIZE)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    box_h = BOX_PAD + WORD_SIZE + 4 + PCT_SIZE + BOX_PAD
+    # lay out: a list of lines, each [(x, word, pct, intensity, colour)]
+    lines: list[tuple[str, list[tuple[int, int, str, str, float]]]] = []
+    row_lines: list[int] = []
+    width = 0
+    label_w = max([LABEL_W] + [_text_w(probe, f"×{_fmt_weight(r.weight)}", wf) + 2 * GAP
+                               for r in rows])
+    for r in rows:
+        colour = POSITIVE if r.weight > 0 else NEGATIVE
+        items = (list(r.words) if r.words else [(f"{r.label} — no word weights", -1.0)])
+        top = max((p for _, p in items), default=0.0)
+        x = PAD + label_w
+        cur: list = []
+        first = True
+        n = 0
+        for word, p in items:
+            pct = _pct(p) if p >= 0 else ""
+            w = max(_text_w(probe, word, wf), _text_w(probe, pct, pf)) + 2 * BOX_PAD
+            if cur and x + w > MAX_WIDTH - PAD:
+                lines.append((f"×{_fmt_weight(r.weight)}" if first else "", cur))
+                first, cur, x = False, [], PAD + label_w
+                n += 1
+            intensity = (p / top) if top > 0 and p >= 0 else 0.0
+            cur.append((x, w, word, pct, intensity, colour))
+            x += w + GAP
+            width = max(width, x - GAP + PAD)
+        lines.append((f"×{_fmt_weight(r.weight)}" if first else "", cur))
+        row_lines.append(n + 1)
+    height = PAD * 2 + len(lines) * box_h + max(0, len(lines) - 1) * GAP
+    img = Image.new("RGB", (max(width, 200), max(height, box_h + 2 * PAD)), BG)
+    draw = ImageDraw.Draw(img)
+    y = PAD
+    for label, cur in lines:
+        if label:
+            draw.text((PAD, y + BOX_PAD), label, font=wf, fill=DIM)
+        for x, w, word, pct, intensity, colour in cur:
+            fill = tuple(round(b + (c - b) * (0.15 + 0.85 * intensity)) for b, c in zip(BG, colour, strict=True))
+            draw.rounded_rectangle((x, y, x + w, y + box_h), radius=6, fill=fill)
+            dark = 0.299 * fill[0] + 0.587 * fill[1] + 0.114 * fill[2] > 120  # luma
+            draw.text((x + BOX_PAD, y + BOX_PAD), word, font=wf, fill=(20, 20, 20) if dark else FG)
+            if pct:
+                draw.text((x + BOX_PAD, y + BOX_PAD + WORD_SIZE + 4), pct, font=pf,
+                          fill=(50, 50, 50) if dark else DIM)
+        y += box_h + GAP
+    info = PngInfo()
+    info.add_text("Title", "clipfind word weights")
+    info.add_text("Description", attention_text(rows))
+    info.add_text("Rows", str(len(rows)))
+    info.add_text("Lines", ",".join(str(n) for n in row_lines))
+    out = io.BytesIO()
+    img.save(out, format="PNG", optimize=True, pnginfo=info)
+    return out.getvalue()
+
+
+# ------------------------------------------------------------------------------- Discord
+
+
+def _embed(card: Card):
+    import discord
+
+    title = f"#{card.rank} · {card.title}" if card.title else f"#{card.rank}"
+    embed = discord.Embed(title=_clip(title, 256), url=card.link or None, colour=EMBED_COLOUR)
+    desc = [card.credit] if card.credit else []
+    if card.source:
+        desc.append(f"source: {card.source}")
+    if desc:
+        embed.description = _clip("\n".join(desc), 1000)
+    embed.set_footer(text=f"score {card.score:.3f}")
+    if card.file is not None:
+        embed.set_image(url=f"attachment://{card.file.name}")
+    elif card.image_url:
+        embed.set_image(url=card.image_url)
+    return embed
+
+
+def content_of(reply: Reply) -> str:
+    text = reply.text
+    if reply.attention_text:
+        text = f"{text}\n{reply.attention_text}" if text else reply.attention_text
+    return _clip_lines(text, MAX_CONTENT)
+
+
+def _clip_lines(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def to_discord(reply: Reply) -> dict:
+    """`content`, `embeds` and `files` for Messageable.send / Message.edit (`attachments`)."""
+    import discord
+
+    embeds = [_embed(c) for c in reply.cards[:MAX_EMBEDS]]
+    files = [discord.File(io.BytesIO(f.data), filename=f.name, description=f.description or None)
+             for f in reply.files[:MAX_FILES]]
+    return {"content": content_of(reply) or None, "embeds": embeds, "files": files}
