@@ -1,0 +1,230 @@
+"""Reaction paging: ◀️ ▶️ ⏹️ under a result message.
+
+`Pages` is the state machine (no Discord in it): which message shows which result, who may
+turn it, when its controls expire, and which reaction removals the bot caused itself.
+`Paginator` is the Discord side: it adds the controls, listens to raw reaction events (so
+messages that left the cache still page), edits the same message on a turn (embeds and
+attachments replaced), removes other members' control reactions when it has Manage
+Messages (and works without: the Forbidden is logged), and takes the controls off after
+the timeout or ⏹️.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import render
+from .core import Core, PagingState
+from .reply import Reply
+
+log = logging.getLogger(__name__)
+
+PREV, NEXT, STOP = "◀️", "▶️", "⏹️"
+CONTROLS = (PREV, NEXT, STOP)
+
+
+def _norm(emoji: str) -> str:
+    return emoji.replace("\ufe0f", "")
+
+
+_BY_NORM = {_norm(e): e for e in CONTROLS}
+
+
+class Action(enum.Enum):
+    IGNORE = "ignore"
+    REMOVE = "remove"  # someone else's control reaction: take it off if allowed
+    PREV = "prev"
+    NEXT = "next"
+    STOP = "stop"
+
+
+_ACTIONS = {PREV: Action.PREV, NEXT: Action.NEXT, STOP: Action.STOP}
+
+
+@dataclass
+class Session:
+    message_id: int
+    channel_id: int
+    author_id: int
+    state: PagingState
+    reply: Reply  # what the message shows now
+    deadline: float
+    can_manage: bool = True  # until a removal was refused
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+
+
+class Pages:
+    """The paging sessions, keyed by result message id."""
+
+    def __init__(self, timeout_s: float, clock: Callable[[], float] = time.monotonic):
+        self.timeout_s = timeout_s
+        self.clock = clock
+        self.sessions: dict[int, Session] = {}
+        self._own_removals: set[tuple[int, int, str]] = set()
+
+    def add(self, message_id: int, channel_id: int, reply: Reply) -> Session:
+        state: PagingState = reply.state
+        s = Session(message_id, channel_id, state.author_id, state, reply,
+                    self.clock() + self.timeout_s)
+        self.sessions[message_id] = s
+        return s
+
+    def get(self, message_id: int) -> Session | None:
+        return self.sessions.get(message_id)
+
+    def drop(self, message_id: int) -> Session | None:
+        self._own_removals = {k for k in self._own_removals if k[0] != message_id}
+        return self.sessions.pop(message_id, None)
+
+    def touch(self, s: Session) -> None:
+        s.deadline = self.clock() + self.timeout_s
+
+    def expired(self) -> list[Session]:
+        now = self.clock()
+        return [s for s in self.sessions.values() if s.deadline <= now]
+
+    def expect_removal(self, message_id: int, user_id: int, emoji: str) -> None:
+        """The bot is about to remove this reaction; its removal event is no press."""
+        self._own_removals.add((message_id, user_id, _norm(emoji)))
+
+    def decide(self, message_id: int, user_id: int, emoji: str, *, added: bool,
+               bot_id: int | None) -> Action:
+        """What a reaction event means.
+
+        Added by the asker: a press. Removed by the asker: a press too (without Manage
+        Messages the bot cannot take the asker's reaction off, so toggling must work),
+        unless the bot removed it itself. Anyone else's control reaction: REMOVE when
+        added, else nothing.
+        """
+        if user_id == bot_id:
+            return Action.IGNORE
+        s = self.sessions.get(message_id)
+        key = _norm(emoji)
+        if s is None or key not in _BY_NORM:
+            return Action.IGNORE
+        if user_id != s.author_id:
+            return Action.REMOVE if added else Action.IGNORE
+        if not added:
+            own = (message_id, user_id, key)
+            if own in self._own_removals:
+                self._own_removals.discard(own)
+                return Action.IGNORE
+        return _ACTIONS[_BY_NORM[key]]
+
+
+class Paginator:
+    """Discord glue for `Pages`."""
+
+    def __init__(self, bot, core: Core, timeout_s: float):
+        self.bot = bot
+        self.core = core
+        self.pages = Pages(timeout_s)
+        self._tasks: set[asyncio.Task] = set()
+
+    def _message(self, channel_id: int, message_id: int):
+        return self.bot.get_partial_messageable(channel_id).get_partial_message(message_id)
+
+    async def attach(self, message, reply: Reply) -> None:
+        """Put the controls under a freshly sent result message."""
+        import discord
+
+        session = self.pages.add(message.id, message.channel.id, reply)
+        try:
+            for emoji in CONTROLS:
+                await message.add_reaction(emoji)
+        except discord.Forbidden:
+            log.warning("no paging controls in channel %s: missing Add Reactions or Read "
+                        "Message History permission", message.channel.id)
+        except discord.HTTPException as e:
+            log.warning("could not add paging controls: %s", e)
+        task = asyncio.create_task(self._expire(session.message_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _expire(self, message_id: int) -> None:
+        while (s := self.pages.get(message_id)) is not None:
+            left = s.deadline - self.pages.clock()
+            if left <= 0:
+                await self._stop(s)
+                return
+            await asyncio.sleep(left)
+
+    async def on_reaction(self, payload, *, added: bool) -> None:
+        import discord
+
+        bot_id = self.bot.user.id if self.bot.user else None
+        action = self.pages.decide(payload.message_id, payload.user_id, str(payload.emoji),
+                                   added=added, bot_id=bot_id)
+        if action is Action.IGNORE:
+            return
+        s = self.pages.get(payload.message_id)
+        if s is None:
+            return
+        if action is Action.REMOVE:
+            await self._remove(s, payload.user_id, str(payload.emoji))
+            return
+        async with s.lock:
+            if self.pages.get(s.message_id) is not s:
+                return  # stopped meanwhile
+            if action is Action.STOP:
+                await self._stop(s)
+                return
+            self.pages.touch(s)
+            if added and s.can_manage:
+                await self._remove(s, payload.user_id, str(payload.emoji))
+            try:
+                await self._turn(s, -1 if action is Action.PREV else 1)
+            except discord.HTTPException as e:
+                log.warning("page turn in channel %s failed: %s", s.channel_id, e)
+
+    async def _remove(self, s: Session, user_id: int, emoji: str) -> None:
+        import discord
+
+        if not s.can_manage:
+            return
+        self.pages.expect_removal(s.message_id, user_id, emoji)
+        try:
+            await self._message(s.channel_id, s.message_id).remove_reaction(
+                emoji, discord.Object(user_id))
+        except discord.Forbidden:
+            s.can_manage = False
+            self.pages._own_removals.discard((s.message_id, user_id, _norm(emoji)))
+            log.info("cannot remove reactions in channel %s (no Manage Messages); "
+                     "paging works without it", s.channel_id)
+        except discord.HTTPException as e:
+            log.debug("removing a reaction failed: %s", e)
+
+    async def _turn(self, s: Session, delta: int) -> None:
+        reply = await self.core.turn(s.state, delta)
+        msg = self._message(s.channel_id, s.message_id)
+        if reply.is_page:
+            kw = render.to_discord(reply)
+            await msg.edit(content=kw["content"], embeds=kw["embeds"], attachments=kw["files"])
+            s.state, s.reply = reply.state, reply
+        else:  # a notice: keep the page, say why it did not turn
+            base = render.content_of(s.reply)
+            await msg.edit(content=render._clip_lines(f"{base}\n*{reply.text}*", render.MAX_CONTENT))
+
+    async def _stop(self, s: Session) -> None:
+        """Forget the session and take the bot's controls off (members' reactions stay)."""
+        import discord
+
+        self.pages.drop(s.message_id)
+        msg = self._message(s.channel_id, s.message_id)
+        for emoji in CONTROLS:
+            try:
+                await msg.remove_reaction(emoji, self.bot.user)
+            except discord.HTTPException as e:
+                log.debug("removing the paging controls failed: %s", e)
+                return
+
+    async def close(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        self._tasks.clear()
+        self.pages.sessions.clear()
