@@ -1,0 +1,221 @@
+"""The Discord bot: a `commands.Bot` that owns the engine, the core logic and the paging.
+
+- Intents: the defaults plus message content (the `!` prefix needs it; `/find` does not).
+- `setup_hook` loads the cogs and starts opening the engine in a thread, so the gateway
+  connects while the model warms up; until it is ready a search is answered with
+  "still starting up, try again in a few seconds".
+- One error handler (`on_command_error`) answers every failure with one line and logs what
+  is not the member's fault; a channel where the bot may not write is logged, not fatal.
+- The token never reaches a log line: `setup_logging` masks it in everything it formats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import sys
+from collections.abc import Callable
+
+import discord
+from discord.ext import commands
+
+from index.engine import Engine, EngineOptions
+from index.errors import ClipfindError
+
+from . import render
+from .config import Settings
+from .core import Core
+from .paginate import Paginator
+from .reply import Reply
+
+log = logging.getLogger("bot")
+
+INTERNAL_ERROR = "something went wrong on my side; it has been logged, please try again"
+
+
+class RedactingFormatter(logging.Formatter):
+    """A formatter that masks the token in the message, arguments and tracebacks."""
+
+    def __init__(self, settings: Settings, fmt: str | None = None):
+        super().__init__(fmt or "%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+        self.settings = settings
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.settings.redact(super().format(record))
+
+
+def setup_logging(settings: Settings, stream=None) -> logging.Handler:
+    """Log to stderr (or `stream`) at the configured level, token masked."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(RedactingFormatter(settings))
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_clipfind", False):
+            root.removeHandler(h)
+    handler._clipfind = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(settings.log_level)
+    if settings.log_level == "DEBUG":  # discord.py's DEBUG is every gateway frame
+        logging.getLogger("discord").setLevel(logging.INFO)
+    return handler
+
+
+def open_engine(settings: Settings) -> Engine:
+    options = EngineOptions(device=settings.device, threads=settings.threads or None,
+                            queue_size=settings.queue_size)
+    return Engine.open(settings.collection, model=settings.model or None, options=options)
+
+
+def _unwrap(error: BaseException) -> BaseException:
+    for _ in range(5):
+        inner = getattr(error, "original", None)
+        if inner is None:
+            break
+        error = inner
+    return error
+
+
+class ClipfindBot(commands.Bot):
+    """The bot. `engine` given: used as is (and not closed); else opened from `settings`."""
+
+    def __init__(self, settings: Settings, *, engine: Engine | None = None,
+                 engine_opener: Callable[[Settings], Engine] = open_engine, **options) -> None:
+        intents = discord.Intents.default()
+        intents.message_content = True
+        super().__init__(command_prefix=commands.when_mentioned_or(settings.prefix),
+                         intents=intents, help_command=None,
+                         allowed_mentions=discord.AllowedMentions.none(), **options)
+        self.settings = settings
+        self.core = Core(settings, engine)
+        self._owns_engine = engine is None
+        self._engine_opener = engine_opener
+        self._engine_task: asyncio.Task | None = None
+        self.paginator = Paginator(self, self.core, settings.paging_timeout_s)
+
+    # -- life cycle ------------------------------------------------------------------------------
+    async def setup_hook(self) -> None:
+        from .cogs import search
+
+        await search.setup(self)
+        if self.core.engine is None:
+            self._engine_task = asyncio.create_task(self._load_engine(), name="clipfind-engine")
+        if self.settings.sync_commands:
+            try:
+                synced = await self.tree.sync()
+                log.info("slash commands synced: %s", ", ".join(f"/{c.name}" for c in synced))
+            except discord.HTTPException as e:
+                log.warning("could not sync slash commands (prefix commands still work): %s", e)
+
+    async def _load_engine(self) -> None:
+        s = self.settings
+        log.info("opening collection %s and loading the model", s.collection)
+        try:
+            engine = await asyncio.to_thread(self._engine_opener, s)
+        except ClipfindError as e:
+            self.core.load_error = str(e)
+            log.error("the search engine could not start: %s", e)
+            return
+        except Exception as e:
+            self.core.load_error = "unexpected error, see the bot's log"
+            log.exception("the search engine could not start: %r", e)
+            return
+        self.core.engine = engine
+        while not engine.encoder.ready:
+            await asyncio.sleep(0.05)
+        log.info("ready: %d images, model %s", len(engine.collection), engine.model_name)
+
+    async def wait_engine(self) -> None:
+        """Until the engine task is over (tests, and the console of a future admin cog)."""
+        if self._engine_task is not None:
+            await asyncio.shield(self._engine_task)
+
+    async def close(self) -> None:
+        await self.paginator.close()
+        if self._engine_task is not None and not self._engine_task.done():
+            self._engine_task.cancel()
+        await self.core.close()
+        await super().close()
+        engine = self.core.engine
+        if self._owns_engine and engine is not None:
+            self.core.engine = None
+            await asyncio.to_thread(engine.close)
+
+    async def on_ready(self) -> None:
+        log.info("connected as %s (%s) to %d servers", self.user, getattr(self.user, "id", "?"),
+                 len(self.guilds))
+
+    # -- replies ----------------------------------------------------------------------------------
+    async def send_reply(self, ctx: commands.Context, reply: Reply) -> discord.Message | None:
+        """Send a Reply; a page of results gets the paging controls."""
+        kw = render.to_discord(reply)
+        where = f"channel {getattr(ctx.channel, 'id', '?')}"
+        try:
+            message = await ctx.send(**kw)
+        except discord.Forbidden as e:
+            log.warning("missing permissions in %s: %s", where, e.text or e)
+            if reply.cards:  # maybe only embeds or files are refused
+                try:
+                    await ctx.send(render.content_of(reply) + "\n(I need the Embed Links and "
+                                   "Attach Files permissions here to show the pictures)")
+                except discord.HTTPException as e2:
+                    log.warning("cannot answer in %s either: %s", where, e2.text or e2)
+            return None
+        except discord.HTTPException as e:
+            log.error("sending a reply in %s failed: %s", where, e)
+            try:
+                await ctx.send("could not send the results (Discord said: "
+                               f"{e.text or e.status}); try again")
+            except discord.HTTPException:
+                pass
+            return None
+        if reply.is_page and message is not None:
+            await self.paginator.attach(message, reply)
+        return message
+
+    async def say(self, ctx: commands.Context, text: str) -> None:
+        """One line to the member; a channel the bot cannot write to is logged."""
+        try:
+            await ctx.send(" ".join(text.split())[: render.MAX_CONTENT])
+        except discord.HTTPException as e:
+            log.warning("cannot answer in channel %s: %s", getattr(ctx.channel, "id", "?"),
+                        e.text or e)
+
+    # -- errors and events --------------------------------------------------------------------------
+    async def on_command_error(self, ctx: commands.Context, error: commands.CommandError) -> None:
+        err = _unwrap(error)
+        p = self.settings.prefix
+        if isinstance(err, commands.CommandNotFound):
+            return  # another bot's command, or a typo: stay quiet
+        from .cogs.search import ChannelNotAllowed
+
+        if isinstance(err, ChannelNotAllowed):
+            if ctx.interaction is not None:
+                await self.say(ctx, str(err))
+            return
+        if isinstance(err, commands.CommandOnCooldown):
+            await self.say(ctx, f"slow down: you can try again in {math.ceil(err.retry_after)} s")
+        elif isinstance(err, commands.MissingRequiredArgument):
+            await self.say(ctx, f"missing {err.param.name}; `{p}help` shows how")
+        elif isinstance(err, commands.UserInputError):
+            await self.say(ctx, f"{err}; `{p}help` shows how")
+        elif isinstance(err, commands.CheckFailure):
+            await self.say(ctx, str(err) or "you cannot use this command here")
+        elif isinstance(err, ClipfindError):
+            await self.say(ctx, str(err))
+        elif isinstance(err, discord.Forbidden):
+            log.warning("missing permissions in channel %s: %s",
+                        getattr(ctx.channel, "id", "?"), err.text or err)
+        else:
+            log.error("command %s failed", getattr(ctx.command, "qualified_name", "?"),
+                      exc_info=(type(err), err, err.__traceback__))
+            await self.say(ctx, INTERNAL_ERROR)
+
+    async def on_error(self, event_method: str, /, *args, **kwargs) -> None:
+        log.exception("error in event %s", event_method)
+
+    async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
+        await self.paginator.on_reaction(payload, added=True)
+
+    async def on_raw_reaction_remove(self, payload: discord.RawReactionActionEvent) -> None:
+        await self.paginator.on_reaction(payload, added=False)

@@ -1,0 +1,83 @@
+"""The search capability: `find` and `help`, as prefix and slash commands (hybrid)."""
+
+from __future__ import annotations
+
+import logging
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from index.errors import FetchError
+
+from ..core import Attachment, FindRequest
+from ..reply import Reply
+
+log = logging.getLogger(__name__)
+
+
+class ChannelNotAllowed(commands.CheckFailure):
+    """A command in a channel that `allowed_channels` leaves out."""
+
+
+def _wrap(att: discord.Attachment) -> Attachment:
+    async def read() -> bytes:
+        try:
+            return await att.read()
+        except discord.HTTPException as e:
+            raise FetchError(f"{att.filename}: could not download the attachment "
+                             f"(HTTP {e.status}); post it again") from e
+
+    return Attachment(att.filename, att.size, att.content_type, read)
+
+
+async def _replied_attachments(ctx: commands.Context) -> list[Attachment]:
+    """The attachments of the message this one replies to (prefix commands)."""
+    ref = ctx.message.reference if ctx.interaction is None else None
+    if ref is None or ref.message_id is None:
+        return []
+    msg = ref.resolved if isinstance(ref.resolved, discord.Message) else None
+    if msg is None:
+        try:
+            msg = await ctx.channel.fetch_message(ref.message_id)
+        except discord.HTTPException as e:
+            log.info("could not fetch the replied-to message %s: %s", ref.message_id, e)
+            return []
+    return [_wrap(a) for a in msg.attachments]
+
+
+class Search(commands.Cog):
+    """Search the image collection."""
+
+    def __init__(self, bot) -> None:
+        self.bot = bot
+        self.core = bot.core
+
+    async def cog_check(self, ctx: commands.Context) -> bool:
+        allowed = self.bot.settings.allowed_channels
+        if allowed and ctx.channel.id not in allowed:
+            raise ChannelNotAllowed("searches are not enabled in this channel")
+        return True
+
+    @commands.hybrid_command(name="find", description="Search the images with words, pictures, or both")
+    @app_commands.describe(query="e.g. red circle*1 blue square*2, or #1*0.5 cars with an image",
+                           image="an image to search with (optional)")
+    async def find(self, ctx: commands.Context, *, query: str = "",
+                   image: discord.Attachment | None = None) -> None:
+        if ctx.interaction is not None:
+            await ctx.defer()
+            attachments = [_wrap(image)] if image is not None else []
+        else:
+            attachments = [_wrap(a) for a in ctx.message.attachments]
+        request = FindRequest(query, ctx.author.id, attachments, await _replied_attachments(ctx))
+        reply = await self.core.find(request)
+        await self.bot.send_reply(ctx, reply)
+
+    @commands.hybrid_command(name="help", description="How to search: the query grammar with examples")
+    async def help(self, ctx: commands.Context) -> None:
+        prefix = self.bot.settings.prefix
+        await self.bot.send_reply(ctx, Reply(self.core.help(prefix).text))
+
+
+async def setup(bot) -> None:
+    await bot.add_cog(Search(bot))
