@@ -1,0 +1,117 @@
+"""python -m bot: run the Discord bot, or the same commands on a local console.
+
+    python -m bot --config config.toml                 the bot (token: DISCORD_TOKEN or config)
+    python -m bot --console [--config F] [--demo] [--out DIR]   commands from standard input
+
+Exit status 2 with one line on standard error for a bad configuration, a missing token or
+a missing collection; 1 when Discord refuses the token or an intent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from . import config
+
+log = logging.getLogger("bot")
+
+NO_TOKEN = "no token: set DISCORD_TOKEN or token in config"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bot", description=(
+        "clipfind: a Discord bot that searches images with CLIP. Without --console it "
+        "connects to Discord; with --console it reads commands from standard input."))
+    p.add_argument("--config", type=Path, default=None,
+                   help="TOML settings (default: ./config.toml when it exists; "
+                        "see config.example.toml)")
+    p.add_argument("--console", action="store_true",
+                   help="read commands such as '!find red circle' from standard input")
+    p.add_argument("--demo", action="store_true",
+                   help="build the demo collection (./demo) with the bundled model if missing, "
+                        "and search it")
+    p.add_argument("--out", type=Path, default=Path("out"),
+                   help="console: folder for the pictures the bot would post (default ./out)")
+    return p
+
+
+def _fail(message: str) -> int:
+    print(f"clipfind: {message}", file=sys.stderr)
+    return 2
+
+
+async def run_bot(settings: config.Settings, *, demo: bool) -> int:
+    import discord
+
+    from .app import ClipfindBot
+
+    if demo:
+        from index.engine import EngineOptions
+
+        from .console import ensure_demo
+
+        options = EngineOptions(device=settings.device, threads=settings.threads or None,
+                                queue_size=settings.queue_size)
+        engine = await ensure_demo(Path("demo"), options, out=sys.stderr)
+        engine.close()
+        settings = replace(settings, collection=Path("demo") / "collection")
+    bot = ClipfindBot(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(bot.close()))
+        except (NotImplementedError, RuntimeError):
+            pass
+    try:
+        async with bot:
+            await bot.start(settings.token)
+    except discord.LoginFailure:
+        log.error("Discord refused the token; check DISCORD_TOKEN or token in the config")
+        return 1
+    except discord.PrivilegedIntentsRequired:
+        log.error("Discord refused the Message Content intent: enable it for the bot in the "
+                  "developer portal (Bot > Privileged Gateway Intents), see docs/DISCORD.md")
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    path = args.config
+    if path is None and Path("config.toml").exists():
+        path = Path("config.toml")
+    try:
+        settings = config.load(path)
+    except config.ConfigError as e:
+        return _fail(f"config error: {e}")
+    if args.console:
+        from .console import run_console
+
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        try:
+            return asyncio.run(run_console(settings, out_dir=args.out, demo=args.demo))
+        except KeyboardInterrupt:
+            return 130
+    if not settings.token:
+        return _fail(NO_TOKEN)
+    if not args.demo and not (settings.collection / "manifest.json").exists():
+        return _fail(f"no collection at {settings.collection}: build one with "
+                     f"`python -m index build --index {settings.collection} FOLDER` "
+                     "(or try `python -m bot --console --demo`)")
+    from .app import setup_logging
+
+    setup_logging(settings)
+    try:
+        return asyncio.run(run_bot(settings, demo=args.demo))
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
