@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import numpy as np
 from PIL import Image
@@ -18,3 +20,12 @@ def noise_png(size: int = 64, seed: int = 0) -> bytes:
     """A picture unlike any gallery image (so it is no near-duplicate of a result)."""
     arr = (np.random.default_rng(seed).random((size, size, 3)) * 255).astype("uint8")
     return png_bytes(Image.fromarray(arr))
+
+
+def bomb_png(width: int = 60_000, height: int = 60_000) -> bytes:
+    """A tiny PNG whose header claims width × height pixels (a decompression bomb)."""
+    data = png_bytes(Image.new("RGB", (1, 1)))
+    ihdr = bytearray(data[8:8 + 25])  # length, 'IHDR', 13 bytes, crc
+    ihdr[8:16] = struct.pack(">II", width, height)
+    ihdr[21:25] = struct.pack(">I", zlib.crc32(bytes(ihdr[4:21])))
+    return data[:8] + bytes(ihdr) + data[33:]

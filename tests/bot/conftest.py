@@ -8,16 +8,27 @@ not write to either.
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 
-import pytest
+# tests/ is on sys.path (pytest's rootdir insertion), so `import bot` could find tests/bot as
+# a namespace package before the real one when the repository root is not on the path too
+# (running `.venv/bin/pytest` rather than `python -m pytest`). Make sure it is the package.
+ROOT = Path(__file__).resolve().parents[2]
+if sys.path[:1] != [str(ROOT)]:
+    sys.path.insert(0, str(ROOT))
+for _name in [m for m in sys.modules if m == "bot" or m.startswith("bot.")]:
+    if getattr(sys.modules[_name], "__file__", None) is None:
+        del sys.modules[_name]
 
-from bot.config import Settings
-from index.build import build
-from index.engine import Engine
-from index.models import DEFAULT_MODEL
-from index.sources import scan_folder
-from index.synthetic import write_gallery
+import pytest  # noqa: E402
+
+from bot.config import Settings  # noqa: E402
+from index.build import build  # noqa: E402
+from index.engine import Engine  # noqa: E402
+from index.models import DEFAULT_MODEL  # noqa: E402
+from index.sources import scan_folder  # noqa: E402
+from index.synthetic import write_gallery  # noqa: E402
 
 DEMO_COUNT = 60
 

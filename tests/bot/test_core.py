@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
-from botutil import noise_png, png_bytes
+from botutil import bomb_png, noise_png, png_bytes
 from PIL import Image
 
 from bot.core import (
@@ -40,15 +38,6 @@ def att(name: str, data: bytes | None, ctype: str | None = "image/png", size: in
     a = Attachment(name, len(data) if size is None and data is not None else size, ctype, read)
     a.reads = reads  # type: ignore[attr-defined]
     return a
-
-
-def bomb_png(width: int = 60_000, height: int = 60_000) -> bytes:
-    """A tiny PNG whose header claims width × height pixels (a decompression bomb)."""
-    data = png_bytes(Image.new("RGB", (1, 1)))
-    ihdr = bytearray(data[8:8 + 25])  # length, 'IHDR', 13 bytes, crc
-    ihdr[8:16] = struct.pack(">II", width, height)
-    ihdr[21:25] = struct.pack(">I", zlib.crc32(bytes(ihdr[4:21])))
-    return data[:8] + bytes(ihdr) + data[33:]
 
 
 @pytest.fixture
