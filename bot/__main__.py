@@ -76,7 +76,8 @@ async def run_bot(settings: config.Settings, *, demo: bool) -> int:
         return 1
     except discord.PrivilegedIntentsRequired:
         log.error("Discord refused the Message Content intent: enable it for the bot in the "
-                  "developer portal (Bot > Privileged Gateway Intents), see docs/DISCORD.md")
+                  "developer portal (Bot > Privileged Gateway Intents), or set "
+                  "message_content = false to use /find only; see docs/DISCORD.md")
         return 1
     return 0
 

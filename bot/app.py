@@ -1,6 +1,7 @@
 """The Discord bot: a `commands.Bot` that owns the engine, the core logic and the paging.
 
-- Intents: the defaults plus message content (the `!` prefix needs it; `/find` does not).
+- Intents: the defaults plus message content (the `!` prefix needs it; `/find` and a
+  mention, `@bot find ...`, do not; `message_content = false` leaves it out).
 - `setup_hook` loads the cogs and starts opening the engine in a thread, so the gateway
   connects while the model warms up; until it is ready a search is answered with
   "still starting up, try again in a few seconds".
@@ -82,7 +83,7 @@ class ClipfindBot(commands.Bot):
     def __init__(self, settings: Settings, *, engine: Engine | None = None,
                  engine_opener: Callable[[Settings], Engine] = open_engine, **options) -> None:
         intents = discord.Intents.default()
-        intents.message_content = True
+        intents.message_content = settings.message_content
         super().__init__(command_prefix=commands.when_mentioned_or(settings.prefix),
                          intents=intents, help_command=None,
                          allowed_mentions=discord.AllowedMentions.none(), **options)
@@ -133,7 +134,9 @@ class ClipfindBot(commands.Bot):
     async def close(self) -> None:
         await self.paginator.close()
         if self._engine_task is not None and not self._engine_task.done():
-            self._engine_task.cancel()
+            # a model still loading in its thread cannot be interrupted: let it finish, then
+            # close it below rather than leave its encoder thread behind
+            await asyncio.wait({self._engine_task}, timeout=120)
         await self.core.close()
         await super().close()
         engine = self.core.engine

@@ -33,6 +33,7 @@ class Settings:
     # -- Discord ------------------------------------------------------------------------------
     token: str = field(default="", repr=False)
     prefix: str = "!"
+    message_content: bool = True  # ask for the privileged intent; false: /find and @mention only
     sync_commands: bool = True
     allowed_channels: tuple[int, ...] = ()
     # -- the engine -----------------------------------------------------------------------------
@@ -66,6 +67,7 @@ class Settings:
 _RULES: dict[str, tuple[str, float | None, float | None]] = {
     "token": ("str", None, None),
     "prefix": ("prefix", None, None),
+    "message_content": ("bool", None, None),
     "sync_commands": ("bool", None, None),
     "allowed_channels": ("channels", None, None),
     "collection": ("path", None, None),

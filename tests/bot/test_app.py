@@ -111,3 +111,5 @@ def test_the_log_masks_the_token():
 def test_intents(bot):
     assert bot.intents.message_content and bot.intents.guilds and bot.intents.guild_reactions
     assert not bot.intents.members and not bot.intents.presences
+    slash_only = ClipfindBot(Settings(message_content=False))
+    assert not slash_only.intents.message_content and slash_only.intents.guild_reactions

@@ -34,6 +34,7 @@ def test_every_key_is_read(tmp_path):
     p = write(tmp_path, """
 token = "abc.def"
 prefix = "?"
+message_content = false
 sync_commands = false
 allowed_channels = [123, "456"]
 collection = "/data/coll"
@@ -53,7 +54,7 @@ url_max_bytes = 2097152
 log_level = "debug"
 """)
     s = config.load(p, env={})
-    assert s == Settings(token="abc.def", prefix="?", sync_commands=False,
+    assert s == Settings(token="abc.def", prefix="?", message_content=False, sync_commands=False,
                          allowed_channels=(123, 456), collection=Path("/data/coll"),
                          model="ViT-B-32:laion2b_s34b_b79k", device="cpu", threads=4,
                          queue_size=64, results_per_page=10, paging_timeout_s=60.0,

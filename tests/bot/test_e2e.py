@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import threading
 import time
 from dataclasses import replace
 from types import SimpleNamespace
@@ -18,10 +19,10 @@ from botutil import bomb_png, noise_png
 from fakediscord import FakeDiscord
 from PIL import Image
 
-from bot.app import ClipfindBot, setup_logging
+from bot.app import ClipfindBot, open_engine, setup_logging
 from bot.core import BUSY, NOT_READY
 from bot.paginate import NEXT, PREV, STOP
-from index.errors import Busy
+from index.errors import Busy, StoreError
 
 CONTROLS = [PREV, NEXT, STOP]
 
@@ -67,7 +68,8 @@ async def quiesce():
     what a handler dispatches after `close()` would be dropped by discord.py."""
     for _ in range(5):
         busy = [t for t in asyncio.all_tasks()
-                if t.get_name().startswith("discord.py: ") and not t.done()]
+                if t.get_name().startswith(("discord.py: ", "CommandTree-invoker"))
+                and not t.done()]
         if not busy:
             return
         await asyncio.wait(busy, timeout=2)
@@ -404,3 +406,74 @@ async def test_the_token_never_reaches_the_log(settings, engine):
     assert "connected as" in out and "[token hidden]" in out
     assert fd.token not in out
     assert fd.token.split(".")[1] not in out
+
+
+async def test_the_engine_loads_while_the_gateway_connects(world, settings):
+    """setup_hook opens the engine in a thread: the bot is online (and answers) before it."""
+    w = world
+    gate = threading.Event()
+
+    def slow_open(s):
+        assert gate.wait(10)
+        return open_engine(s)
+
+    await quiesce()
+    await w.bot.close()
+    bot = await w.start(engine=None, engine_opener=slow_open)
+    msg = await ask(w, "!find red")
+    assert msg["content"] == NOT_READY
+    gate.set()
+    await asyncio.wait_for(bot.wait_engine(), 30)
+    assert_result_page(await ask(w, "!find red"), 1, 5)
+
+
+async def test_an_engine_that_cannot_start_is_explained(world):
+    w = world
+
+    def broken(s):
+        raise StoreError(f"{s.collection}: not a clipfind collection")
+
+    await quiesce()
+    await w.bot.close()
+    bot = await w.start(engine=None, engine_opener=broken)
+    await asyncio.wait_for(bot.wait_engine(), 10)
+    msg = await ask(w, "!find red")
+    assert msg["content"].startswith("the search engine could not start (")
+    assert "not a clipfind collection" in msg["content"] and "operator" in msg["content"]
+
+
+async def test_without_the_message_content_intent(settings, engine):
+    """message_content = false: /find and a mention work where Discord blanks other content."""
+    async with FakeDiscord(enforce_message_content=True, enabled_privileged_intents=()) as fd, \
+            fd.patch_discord():
+        guild = fd.add_guild("g")
+        chan = fd.add_channel(guild, "c")
+        alice = fd.add_member(guild, "alice")
+        bot = ClipfindBot(replace(settings, message_content=False, sync_commands=True),
+                          engine=engine, guild_ready_timeout=0.05)
+        task = asyncio.create_task(bot.start(fd.token))
+        try:
+            await fd.wait_ready()
+            await bot.wait_until_ready()
+            await fd.post_message(chan, alice, f"<@{fd.bot_user_id}> find red circle")
+            msg = (await fd.wait_for(lambda: fd.bot_messages(chan)))[0]
+            assert_result_page(msg, 1, 5)
+            rec = await fd.invoke_slash(chan, alice, "find", {"query": "blue"})
+            await fd.wait_for(lambda: [m for m in fd.interaction_messages(rec) if m["embeds"]])
+        finally:
+            await quiesce()
+            await bot.close()
+            await task
+    await settle()
+
+
+async def test_run_bot_explains_a_refused_intent(settings, caplog):
+    from bot.__main__ import run_bot
+
+    async with FakeDiscord(enabled_privileged_intents=()) as fd, fd.patch_discord():
+        fd.add_guild("g")
+        s = replace(settings, token=fd.token)
+        with caplog.at_level(logging.ERROR, logger="bot"):
+            assert await asyncio.wait_for(run_bot(s, demo=False), 60) == 1
+    assert any("Message Content intent" in r.getMessage() and "message_content = false"
+               in r.getMessage() for r in caplog.records)
