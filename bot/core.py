@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 NOT_READY = "still starting up, try again in a few seconds"
 BUSY = "busy, try again in a moment"
+KEEP_SIDE = 1024  # query images are kept at most this large
 
 # http(s) URLs in the query text; Discord's <url> form (no preview) too.
 _URL_RE = re.compile(r"<?(https?://[^\s<>]+)>?", re.IGNORECASE)
@@ -116,6 +117,14 @@ def _content_problem(a: Attachment) -> str | None:
     if ext in IMAGE_EXTENSIONS:
         return None
     return f"{a.filename}: not an image file; attach a JPEG, PNG, WebP or GIF picture"
+
+
+def _decode(data: bytes, name: str, max_pixels: int) -> Image.Image:
+    """Decode safely, then shrink: the model sees a few hundred pixels at most, and a page's
+    images are kept (for page turns) until its controls expire."""
+    img = open_image(data, name=name, max_pixels=max_pixels)
+    img.thumbnail((KEEP_SIDE, KEEP_SIDE), Image.Resampling.BICUBIC)
+    return img
 
 
 def _is_image(a: Attachment) -> bool:
@@ -284,7 +293,7 @@ class Core:
             if len(data) > s.max_attachment_bytes:
                 raise ImageError(f"{name}: too large ({_mib(len(data))}, limit "
                                  f"{_mib(s.max_attachment_bytes)}); attach a smaller image")
-        return await asyncio.to_thread(open_image, data, name=name, max_pixels=s.max_image_pixels)
+        return await asyncio.to_thread(_decode, data, name, s.max_image_pixels)
 
     async def _page(self, state: PagingState, *, notice_if_empty: bool = False) -> Reply:
         s = self.settings

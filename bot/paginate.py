@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 PREV, NEXT, STOP = "◀️", "▶️", "⏹️"
 CONTROLS = (PREV, NEXT, STOP)
+MAX_SESSIONS = 500  # result messages that page at once; the oldest stops first
 
 
 def _norm(emoji: str) -> str:
@@ -73,6 +74,13 @@ class Pages:
                     self.clock() + self.timeout_s)
         self.sessions[message_id] = s
         return s
+
+    def oldest_beyond(self, limit: int) -> list[Session]:
+        """The sessions to stop so that at most `limit` remain (oldest deadline first)."""
+        extra = len(self.sessions) - limit
+        if extra <= 0:
+            return []
+        return sorted(self.sessions.values(), key=lambda s: s.deadline)[:extra]
 
     def get(self, message_id: int) -> Session | None:
         return self.sessions.get(message_id)
@@ -134,6 +142,8 @@ class Paginator:
         import discord
 
         session = self.pages.add(message.id, message.channel.id, reply)
+        for old in self.pages.oldest_beyond(MAX_SESSIONS):
+            await self._stop(old)
         try:
             for emoji in CONTROLS:
                 await message.add_reaction(emoji)

@@ -18,6 +18,7 @@ from bot.core import (
     Core,
     FindRequest,
     PagingState,
+    _decode,
     split_urls,
 )
 from index.errors import Busy
@@ -228,6 +229,14 @@ async def test_a_query_with_an_attached_image(core):
     assert reply.state.images and reply.state.images[0].mode == "RGB"
     assert a.reads == ["photo.png"]
     assert "red 5" in reply.attention_text or "red " in reply.attention_text
+
+
+def test_big_query_images_are_kept_small():
+    big = png_bytes(Image.new("RGB", (3000, 1500), "blue"))
+    img = _decode(big, "big.png", 40_000_000)
+    assert img.size == (1024, 512) and img.mode == "RGB"
+    small = _decode(noise_png(64), "small.png", 40_000_000)
+    assert small.size == (64, 64)
 
 
 async def test_replied_images_join_and_non_images_are_skipped(core):

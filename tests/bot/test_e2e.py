@@ -275,9 +275,20 @@ async def test_slash_find_and_help(world, settings):
     rec = await w.fd.invoke_slash(w.chan, w.alice, "find", {"query": "red circle"})
     msgs = await w.fd.wait_for(lambda: [m for m in w.fd.interaction_messages(rec) if m["embeds"]])
     assert_result_page(msgs[0], 1, 5)
+    # the slash answer pages like any other
+    await controls_on(w, msgs[0])
+    await w.fd.add_reaction(w.chan, msgs[0]["id"], w.alice, NEXT)
+    page2 = await w.fd.wait_for(lambda: (m := w.fd.get_message(w.chan, msgs[0]["id"]))[
+        "content"].startswith("**Results 6–10**") and m)
+    assert_result_page(page2, 6, 10)
     rec = await w.fd.invoke_slash(w.chan, w.alice, "help", {})
     msgs = await w.fd.wait_for(lambda: [m for m in w.fd.interaction_messages(rec) if m["content"]])
     assert "/find query:" in msgs[0]["content"]
+
+
+async def test_quotes_reach_the_grammar_intact(world):
+    msg = await ask(world, '!find "red circle, big"*2 blue')
+    assert msg["content"].startswith('**Results 1–5** for `"red circle, big"*2 blue*1`')
 
 
 async def test_help_and_unknown_commands(world):

@@ -81,3 +81,14 @@ def test_sessions_are_per_message():
     assert p.decide(1, ALICE, NEXT, added=True, bot_id=BOT) is Action.NEXT
     assert p.decide(2, ALICE, NEXT, added=True, bot_id=BOT) is Action.REMOVE
     assert p.decide(2, BOB, NEXT, added=True, bot_id=BOT) is Action.NEXT
+
+
+def test_oldest_sessions_go_first_beyond_the_limit():
+    now = [0.0]
+    p = Pages(60, clock=lambda: now[0])
+    for i in range(5):
+        now[0] = i
+        p.add(i, CHAN, page_reply())
+    p.touch(p.get(0))  # recently turned: it stays
+    assert [s.message_id for s in p.oldest_beyond(3)] == [1, 2]
+    assert p.oldest_beyond(5) == []
