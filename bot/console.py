@@ -15,6 +15,7 @@ picture) are saved into the output folder and their paths printed. The command l
 from __future__ import annotations
 
 import asyncio
+import logging
 import mimetypes
 import re
 import sys
@@ -32,6 +33,8 @@ from index.synthetic import write_gallery
 from .config import Settings
 from .core import Attachment, Core, FindRequest, PagingState, error
 from .reply import Reply
+
+log = logging.getLogger(__name__)
 
 DEMO_COUNT, DEMO_SEED = 300, 0
 _IMAGE_OPT = re.compile(r'(?:^|\s)--image\s+(?:"([^"]*)"|(\S+))')
@@ -106,8 +109,13 @@ class Console:
                 line = await asyncio.to_thread(self.stdin.readline)
                 if not line:
                     break
-                if not await self.handle(line.strip()):
-                    break
+                try:
+                    if not await self.handle(line.strip()):
+                        break
+                except Exception:  # a bug must not end the session: say so, keep reading
+                    log.exception("command failed: %s", line.strip()[:80])
+                    self.show(error("something went wrong on my side (see the log); "
+                                    "try another command"))
         finally:
             await self.core.close()
         return 0

@@ -112,3 +112,25 @@ def test_split_image_options():
     assert split_image_options('--image a.png red --image "my cat.jpg" #1') == (
         "red #1", ["a.png", "my cat.jpg"])
     assert split_image_options("red circle") == ("red circle", [])
+
+
+async def test_a_failing_command_does_not_end_the_session(settings, engine, tmp_path, monkeypatch):
+    from bot.console import Console
+
+    stdin = io.StringIO("!find red\n!find blue\n")
+    stdout = io.StringIO()
+    console = Console(settings, engine, tmp_path / "out", stdin=stdin, stdout=stdout)
+    calls = []
+
+    async def flaky(req):
+        calls.append(req.text)
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        return await real(req)
+
+    real = console.core.find
+    monkeypatch.setattr(console.core, "find", flaky)
+    assert await console.run() == 0
+    out = stdout.getvalue()
+    assert "error: something went wrong on my side" in out
+    assert "Results 1–5 for blue*1" in out
