@@ -290,10 +290,11 @@ def read_unsplash_tsv(path: Path) -> list[SourceRecord]:
                     continue
                 seen.add(page)
                 title = col("photo_description") or col("ai_description")
+                image = unsplash_image_url(image_url)
                 records.append(
-                    SourceRecord(
-                        source=page,
-                        location=unsplash_image_url(image_url),
+                    SourceRecord(  # source is the image itself: what a result shows
+                        source=image,
+                        location=image,
                         is_url=True,
                         title=" ".join(title.split()),
                         credit=unsplash_credit(

@@ -87,7 +87,7 @@ async def test_unsplash_tsv_keeps_credit_and_page(tmp_path, web_images, engine):
     report = await build(engine.collection, engine.encoder, read_unsplash_tsv(tsv))
     assert report.added == 3
     assert served[0].endswith("?w=640")
-    item = engine.collection.by_source("https://unsplash.com/photos/p1")
+    item = engine.collection.by_source(f"{base}/img/1.png?w=640")
     assert item.page_url == "https://unsplash.com/photos/p1"
     assert item.title == "shapes number 1"
     assert "Ada Lovelace" in item.credit and "Unsplash" in item.credit

@@ -211,7 +211,7 @@ def test_read_unsplash_tsv(tmp_path: Path, caplog):
     assert len(recs) == 2
     a, b = recs
     assert a == SourceRecord(
-        source="https://unsplash.com/photos/XMyPniM9LF0",
+        source="https://images.unsplash.com/uploads/14119011/abc?w=640",
         location="https://images.unsplash.com/uploads/14119011/abc?w=640",
         is_url=True,
         title='A "quoted" red fox',
