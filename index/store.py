@@ -44,6 +44,7 @@ from index.errors import ModelMismatch, StoreError
 FORMAT_VERSION = 1
 EXACT_LIMIT = 50_000  # 'auto' uses an exact index below this many items
 TARGET_RECALL = 0.95  # recall@10 that tune() aims for on an approximate index
+TUNE_MARGIN = 0.02  # tune() aims this far above TARGET_RECALL: calibration is a sample
 
 MANIFEST = "manifest.json"
 META = "meta.sqlite"
@@ -52,7 +53,7 @@ VECTORS_META = "vectors.faiss.json"
 
 _IN_CHUNK = 500  # ids per `IN (...)` query
 _ROW_CHUNK = 20_000  # rows per chunk when streaming vectors out of SQLite
-_CALIB_QUERIES = 50  # item queries (plus as many two-item blends) used by tune()
+_CALIB_QUERIES = 50  # queries of each kind (item, blend, off-cone) used by tune()
 
 _META_COLUMNS = (
     "source",
@@ -147,24 +148,43 @@ def choose_factory(n: int) -> str:
 
 def tune(
     index: faiss.Index,
-    calibration: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    calibration: tuple[np.ndarray, ...] | None = None,
 ) -> dict[str, int]:
     """Set an approximate index's search-time knob; return {knob: value} (saved with it).
 
-    IVF: nprobe starts at max(16, nlist/16); HNSW: efSearch starts at 64. With
-    `calibration` = (queries, ids the query itself is (-1: none), exact top-10 ids), the
-    knob doubles until recall@10 >= TARGET_RECALL or it reaches its ceiling.
-    An exact index has no knob: {}.
+    The knob is IVF's nprobe or HNSW's efSearch. With `calibration` = (queries, ids the
+    query itself is (-1: none), exact top-10 ids[, group of each query]), it is the
+    smallest power of two from a low start whose recall@10 reaches TARGET_RECALL +
+    TUNE_MARGIN in every group (every kind of question, see calibration_queries), or
+    where doubling stops paying (recall above the target and gaining under 0.002: the
+    codes, not the probes, limit it), or the ceiling. Latency grows with the
+    knob, so the smallest that is good enough is the one to keep: starting high (as a
+    fixed nlist/16 did) costs 5-10x in latency at a million items for no recall.
+    Without calibration the conservative default is kept (IVF: max(16, nlist/16);
+    HNSW: 64). An exact index has no knob: {}.
     """
     knob = _knob(index)
     if knob is None:
         return {}
-    name, setter, value, ceiling = knob
-    setter(value)
-    if calibration is not None and len(calibration[0]):
-        while value < ceiling and _recall_at_10(index, *calibration) < TARGET_RECALL:
-            value = min(ceiling, value * 2)
-            setter(value)
+    name, setter, default, ceiling, floor = knob
+    if calibration is None or not len(calibration[0]):
+        setter(default)
+        return {name: int(default)}
+    goal = TARGET_RECALL + TUNE_MARGIN
+    queries, self_ids, truth = calibration[:3]
+    groups = calibration[3] if len(calibration) > 3 else np.zeros(len(queries), dtype=np.int64)
+    value, previous = min(floor, ceiling), -1.0
+    while True:
+        setter(value)
+        recall = min(
+            _recall_at_10(index, queries[groups == g], self_ids[groups == g], truth[groups == g])
+            for g in np.unique(groups)
+        )
+        if recall >= goal or value >= ceiling:
+            break
+        if recall >= TARGET_RECALL and recall - previous < 0.002:
+            break
+        previous, value = recall, min(ceiling, value * 2)
     return {name: int(value)}
 
 
@@ -176,21 +196,56 @@ def _unwrap(index: faiss.Index) -> faiss.Index:
     return idx
 
 
-def _knob(index: faiss.Index) -> tuple[str, Callable[[int], None], int, int] | None:
+def _knob(index: faiss.Index) -> tuple[str, Callable[[int], None], int, int, int] | None:
+    """(name, setter, default without calibration, ceiling, where tuning starts)."""
     inner = _unwrap(index)
     if isinstance(inner, faiss.IndexIVF):
 
         def set_nprobe(v: int) -> None:
             inner.nprobe = int(v)
 
-        return "nprobe", set_nprobe, min(inner.nlist, max(16, inner.nlist // 16)), inner.nlist
+        default = min(inner.nlist, max(16, inner.nlist // 16))
+        return "nprobe", set_nprobe, default, inner.nlist, 4
     if isinstance(inner, faiss.IndexHNSW):
 
         def set_ef(v: int) -> None:
             inner.hnsw.efSearch = int(v)
 
-        return "efSearch", set_ef, 64, 1024
+        return "efSearch", set_ef, 64, 1024, 16
     return None
+
+
+def training_size(index: faiss.Index, n: int) -> int:
+    """How many of n items a trainable index is trained on (64 per IVF list, >= 50k)."""
+    ivf = faiss.try_extract_index_ivf(index)
+    return min(n, max(50_000, 64 * (ivf.nlist if ivf is not None else 1)))
+
+
+def calibration_queries(
+    vecs: np.ndarray, ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Queries for tune(), made from 3m sampled stored vectors `vecs` (rows of `ids`).
+
+    Three kinds, m each, because users ask three kinds of question:
+    - a stored item itself (its own hit excluded): a search with a picture;
+    - normalise(a + b) of two items: a joint query (`flower*1 bee*1`);
+    - an item with the shared component of the collection taken out, normalise(a - mean):
+      CLIP's text vectors sit outside the cone the image vectors fill (the modality gap),
+      so a text query is far from every item and its top 10 are spread over more of the
+      index than an image query's. These off-cone queries stand in for text (own hit
+      excluded); without them tune() undershoots on text queries.
+    Returns (queries float32, the id each query must not count as a hit (-1: none), the
+    kind of each query: 0 item, 1 blend, 2 off-cone).
+    """
+    m = len(vecs) // 3
+    own, a, b = vecs[:m], vecs[m : 2 * m], vecs[2 * m : 3 * m]
+    blend = a + b
+    blend /= np.maximum(np.linalg.norm(blend, axis=1, keepdims=True), 1e-12)
+    off = b - vecs.mean(axis=0, keepdims=True)
+    off /= np.maximum(np.linalg.norm(off, axis=1, keepdims=True), 1e-12)
+    queries = np.ascontiguousarray(np.concatenate([own, blend, off]), dtype=np.float32)
+    self_ids = np.concatenate([ids[:m], np.full(m, -1, dtype=np.int64), ids[2 * m : 3 * m]])
+    return queries, self_ids, np.repeat(np.arange(3), m)
 
 
 def _apply_params(index: faiss.Index, params: dict[str, int]) -> None:
@@ -976,8 +1031,7 @@ class Collection:
                 try:
                     if n == 0:
                         raise RuntimeError("no items to train on")
-                    ivf = faiss.try_extract_index_ivf(index)
-                    m = min(n, max(50_000, 64 * (ivf.nlist if ivf is not None else 1)))
+                    m = training_size(index, n)
                     sample = self._fetch(np.sort(rng.choice(ids, size=m, replace=False)))
                     index.train(sample)
                     del sample
@@ -986,7 +1040,9 @@ class Collection:
                     index = _make_index(self._dim, "Flat")
             calib = None
             if not _is_exact(index) and n > 1:
-                calib = self._calibration_queries(ids, rng)
+                m = min(_CALIB_QUERIES, len(ids) // 3)
+                picked = rng.choice(ids, size=3 * m, replace=False)
+                calib = calibration_queries(self._fetch(picked), picked) if m else None
             best_s = best_i = None
             if calib is not None:
                 best_s = np.full((len(calib[0]), 0), -np.inf, dtype=np.float32)
@@ -1008,7 +1064,7 @@ class Collection:
         calibration = None
         if calib is not None:
             truth = np.where(np.isfinite(best_s), best_i, -1)
-            calibration = (calib[0], calib[1], truth)
+            calibration = (calib[0], calib[1], truth, calib[2])
         params = tune(index, calibration) if not _is_exact(index) else {}
         self._index, self._factory, self._params = index, factory, dict(params)
         self._gen, self._trained_n, self._fallback = gen, n, fallback
@@ -1016,22 +1072,6 @@ class Collection:
         self._stale, self._dirty = False, True
         self._loads += 1
         self._rebuilds += 1
-
-    def _calibration_queries(
-        self, ids: np.ndarray, rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Queries for tune(): stored vectors (their own hit excluded) and two-item blends."""
-        m = min(_CALIB_QUERIES, len(ids))
-        picked = rng.choice(ids, size=min(len(ids), 3 * m), replace=False)
-        vecs = self._fetch(picked)
-        own = vecs[:m]
-        a, b = vecs[m : 2 * m], vecs[2 * m : 3 * m]
-        k = min(len(a), len(b))
-        blend = a[:k] + b[:k]
-        blend /= np.maximum(np.linalg.norm(blend, axis=1, keepdims=True), 1e-12)
-        queries = np.ascontiguousarray(np.concatenate([own, blend]), dtype=np.float32)
-        self_ids = np.concatenate([picked[:m], np.full(k, -1, dtype=np.int64)])
-        return queries, self_ids
 
     def _fetch(self, ids: np.ndarray) -> np.ndarray:
         """Vectors for existing ids, in order (inside the caller's transaction)."""

@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
@@ -709,3 +710,73 @@ def test_invalid_factory_string(tmp_path):
     assert not (tmp_path / "c" / "manifest.json").exists()
     with pytest.raises(StoreError, match="PQ5"):  # 16 is not a multiple of 5
         Collection.create(tmp_path / "d", MODEL, DIM, index_type="PQ5")
+
+
+def _ivf(vecs: np.ndarray, nlist: int) -> faiss.Index:
+    index = store._make_index(vecs.shape[1], f"IVF{nlist},SQ8")
+    index.train(vecs)
+    index.add_with_ids(vecs, np.arange(len(vecs), dtype=np.int64))
+    return index
+
+
+def _truth(vecs: np.ndarray, queries: np.ndarray, self_ids: np.ndarray) -> np.ndarray:
+    scores = queries @ vecs.T
+    scores[self_ids[:, None] == np.arange(len(vecs))[None, :]] = -np.inf
+    return np.argsort(-scores, axis=1)[:, :10]
+
+
+def test_calibration_queries_are_items_blends_and_off_cone():
+    shared = unit(np.random.default_rng(19).standard_normal(32))  # CLIP-like: one narrow cone
+    vecs = unit(shared + clustered(300, 32, seed=20))
+    ids = np.arange(1000, 1300, dtype=np.int64)
+    q, self_ids, groups = store.calibration_queries(vecs[:150], ids[:150])
+    assert q.shape == (150, 32) and q.dtype == np.float32
+    assert np.allclose(np.linalg.norm(q, axis=1), 1, atol=1e-5)
+    assert groups.tolist() == [0] * 50 + [1] * 50 + [2] * 50
+    assert self_ids[:50].tolist() == ids[:50].tolist()  # an item is not its own hit
+    assert (self_ids[50:100] == -1).all()  # blends have no own item
+    assert self_ids[100:].tolist() == ids[100:150].tolist()
+    assert np.allclose(q[:50], vecs[:50])
+    # off-cone queries lost the shared component: less alike than the items they came from
+    mean_cos = lambda x: float((x @ x.T)[np.triu_indices(len(x), 1)].mean())  # noqa: E731
+    assert mean_cos(vecs[100:150]) > 0.4
+    assert abs(mean_cos(q[100:])) < 0.1
+
+
+def test_tune_picks_the_smallest_knob_that_reaches_the_target():
+    vecs = clustered(6000, 32, seed=21, n_clusters=300, spread=1.2)
+    index = _ivf(vecs, 256)
+    picked = np.random.default_rng(3).choice(len(vecs), 150, replace=False)
+    q, self_ids, groups = store.calibration_queries(vecs[picked], picked.astype(np.int64))
+    truth = _truth(vecs, q, self_ids)
+    params = store.tune(index, (q, self_ids, truth, groups))
+    nprobe = params["nprobe"]
+    ivf = faiss.extract_index_ivf(index)
+    assert ivf.nprobe == nprobe and nprobe & (nprobe - 1) == 0  # a power of two, applied
+
+    def worst(npr):
+        ivf.nprobe = npr
+        return min(store._recall_at_10(index, q[groups == g], self_ids[groups == g],
+                                       truth[groups == g]) for g in range(3))
+
+    assert worst(nprobe) >= store.TARGET_RECALL
+    if nprobe > 4:  # half as many probes would not have been enough
+        assert worst(nprobe // 2) < store.TARGET_RECALL + store.TUNE_MARGIN
+    # without calibration: the conservative default
+    assert store.tune(index) == {"nprobe": 16}
+
+
+def test_tune_serves_the_hardest_kind_of_query():
+    vecs = clustered(6000, 32, seed=22, n_clusters=100, spread=0.6)
+    index = _ivf(vecs, 256)
+    picked = np.random.default_rng(4).choice(len(vecs), 150, replace=False)
+    q, self_ids, groups = store.calibration_queries(vecs[picked], picked.astype(np.int64))
+    truth = _truth(vecs, q, self_ids)
+    easy = store.tune(index, (q[:50], self_ids[:50], truth[:50]))["nprobe"]
+    # a group of random directions (far from every item) needs more probes than items do
+    hard = np.random.default_rng(5).standard_normal((50, 32)).astype(np.float32)
+    hard /= np.linalg.norm(hard, axis=1, keepdims=True)
+    qs = np.concatenate([q[:50], hard])
+    ids = np.concatenate([self_ids[:50], np.full(50, -1)])
+    both = store.tune(index, (qs, ids, _truth(vecs, qs, ids), np.repeat([0, 1], 50)))["nprobe"]
+    assert both > easy, (easy, both)
