@@ -8,9 +8,12 @@ open_clip_config.json + open_clip_model.safetensors.
 
 Two objectives. The CLIP contrastive loss on captions that name a random subset of each
 image's objects (captions naming every object teach exact-set matching, and joint queries
-fail). And an alignment loss pulling each image's vector towards the vector of the caption
-that names all of its objects: it closes the gap between the image and text regions of the
-embedding space, so a picture added to words acts like the words that describe it.
+fail). And an alignment loss pulling each image's vector towards the normalised sum of the
+text vectors of its objects ("red circle" + "blue square"). It closes the gap between the
+image and text regions of the embedding space, so a picture added to words acts like the
+words that describe it, and it makes an image's vector the sum of its parts, so a query for
+two objects finds pictures holding both. (Aligning to the caption that names every object
+instead was measured and rejected: it teaches exact-set matching, joint queries 0.76.)
 """
 
 from __future__ import annotations
@@ -96,6 +99,8 @@ def train(out: Path, steps: int, batch: int, seed: int, lr: float, align: float,
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     parts = text_parts(model)
+    concept_tokens = tokenizer(list(synthetic.CONCEPTS))
+    membership = torch.tensor([[float(c in s.concepts) for c in synthetic.CONCEPTS] for s in scenes])
     model.train()
     t0 = time.time()
     for step in range(steps):
@@ -104,7 +109,6 @@ def train(out: Path, steps: int, batch: int, seed: int, lr: float, align: float,
         flip = torch.tensor([rng.random() < 0.5 for _ in idx])
         x[flip] = x[flip].flip(-1)
         partial = tokenizer([synthetic.partial_caption(scenes[i], rng) for i in idx])
-        full = tokenizer([synthetic.caption(scenes[i].concepts, rng) for i in idx])
         img = F.normalize(model.encode_image(x), dim=-1)
         txt = encode_text_trimmed(parts, partial)
         scale = model.logit_scale.exp().clamp(max=100)
@@ -112,8 +116,9 @@ def train(out: Path, steps: int, batch: int, seed: int, lr: float, align: float,
         labels = torch.arange(batch)
         loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
         if align > 0:
-            full_txt = encode_text_trimmed(parts, full)
-            loss = loss + align * (1 - (img * full_txt).sum(-1)).mean()
+            concept_vecs = encode_text_trimmed(parts, concept_tokens)
+            target = F.normalize(membership[idx] @ concept_vecs, dim=-1)
+            loss = loss + align * (1 - (img * target).sum(-1)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
