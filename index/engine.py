@@ -8,19 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from .attention import UNAVAILABLE, word_weights
-from .encoder import SEARCH, Encoder
+from .encoder import BULK, SEARCH, Encoder
 from .errors import ClipfindError
+from .images import content_hash
 from .models import DEFAULT_MODEL, load_model, parse_spec
 from .query import Query, parse_query
 from .ranking import STRATEGIES, WeightedVector, compose, normalise, zsum_scores
-from .store import Collection, Item
+from .store import Collection, Item, NewItem
 
 NEAR_DUPLICATE = 0.98  # results this close to a query image are the image itself
 ZSUM_CANDIDATES = 1000  # per term, for the z-scored composition
@@ -55,6 +57,13 @@ class SearchResult:
 
 
 @dataclass
+class AddReport:
+    ids: list[int] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)  # sources already stored
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (source, reason)
+
+
+@dataclass
 class EngineOptions:
     device: str = "auto"
     threads: int | None = None
@@ -66,9 +75,11 @@ class EngineOptions:
 
 
 class Engine:
-    def __init__(self, collection: Collection, encoder: Encoder, options: EngineOptions | None = None):
+    def __init__(self, collection: Collection, encoder: Encoder, options: EngineOptions | None = None,
+                 *, owns_encoder: bool = True):
         self.collection = collection
         self.encoder = encoder
+        self.owns_encoder = owns_encoder  # False when several collections share one encoder
         self.options = options or EngineOptions()
         if self.options.image_composition not in STRATEGIES:
             raise ClipfindError(f"unknown image_composition {self.options.image_composition!r}; "
@@ -95,7 +106,8 @@ class Engine:
         return cls(collection, encoder, options)
 
     def close(self) -> None:
-        self.encoder.close()
+        if self.owns_encoder:
+            self.encoder.close()
         self.collection.close()
 
     @property
@@ -192,6 +204,32 @@ class Engine:
 
     async def embed_images(self, images: list) -> np.ndarray:
         return await self.encoder.encode_images(list(images))
+
+    async def add_images(self, items: list[NewItem], images: list[bytes], *,
+                         priority: int = BULK) -> AddReport:
+        """Decode, encode and store images with their metadata, in one transaction.
+
+        Undecodable images are reported, not raised. An image whose content hash is already
+        stored in the same guild (or, for guild-less items, anywhere) is not stored twice.
+        """
+        report = AddReport()
+        keep_items, pixels, seen = [], [], set()
+        for item, data in zip(items, images, strict=True):
+            h = item.content_hash or content_hash(data)
+            if h in seen or self.collection.find_hash(h, item.guild_id) is not None:
+                report.duplicates.append(item.source)
+                continue
+            try:
+                pixels.append(await self.encoder.preprocess([data]))
+            except ClipfindError as e:
+                report.failed.append((item.source, str(e)))
+                continue
+            seen.add(h)
+            keep_items.append(replace(item, content_hash=h))
+        if keep_items:
+            vectors = await self.encoder.encode_pixels(torch.cat(pixels), priority=priority)
+            report.ids = await asyncio.to_thread(self.collection.add, keep_items, vectors)
+        return report
 
     def remove(self, ids: list[int]) -> int:
         return self.collection.remove(ids)

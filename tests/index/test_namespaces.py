@@ -1,0 +1,59 @@
+import pytest
+
+from index.encoder import Encoder
+from index.errors import StoreError
+from index.namespaces import Namespaces
+from index.store import NewItem
+
+
+@pytest.fixture
+def spaces(tmp_path, tiny):
+    enc = Encoder(tiny)
+    ns = Namespaces(tmp_path / "libs", enc)
+    yield ns
+    ns.close()
+    enc.close()
+
+
+def item(guild, n, h=""):
+    return NewItem(source=f"discord:{guild}/1/{n}/{n}", guild_id=guild, channel_id=1,
+                   message_id=n, attachment_id=n, content_hash=h)
+
+
+async def test_each_namespace_sees_only_its_own_items(spaces, demo_gallery):
+    a, b = spaces.get("111", create=True), spaces.get("222", create=True)
+    pics = sorted(demo_gallery.glob("*.png"))
+    ra = await a.add_images([item(111, i) for i in range(4)], [p.read_bytes() for p in pics[:4]])
+    rb = await b.add_images([item(222, i) for i in range(3)], [p.read_bytes() for p in pics[4:7]])
+    assert len(ra.ids) == 4 and len(rb.ids) == 3
+    res_a = await a.search("red circle", k=50)
+    res_b = await b.search("red circle", k=50)
+    assert {h.item.guild_id for h in res_a.hits} == {111} and len(res_a.hits) == 4
+    assert {h.item.guild_id for h in res_b.hits} == {222} and len(res_b.hits) == 3
+    assert spaces.keys() == ["111", "222"]
+    assert spaces.get("333") is None
+
+
+async def test_duplicates_stored_once_and_bad_images_reported(spaces, demo_gallery):
+    ns = spaces.get("5", create=True)
+    data = (demo_gallery / "shape_000.png").read_bytes()
+    report = await ns.add_images([item(5, 1), item(5, 2), item(5, 3)], [data, data, b"junk"])
+    assert len(report.ids) == 1
+    assert report.duplicates == ["discord:5/1/2/2"]
+    assert report.failed and report.failed[0][0] == "discord:5/1/3/3"
+    again = await ns.add_images([item(5, 9)], [data])
+    assert again.ids == [] and again.duplicates == ["discord:5/1/9/9"]
+
+
+async def test_drop_forgets_everything(spaces, demo_gallery):
+    ns = spaces.get("77", create=True)
+    await ns.add_images([item(77, 1)], [(demo_gallery / "shape_001.png").read_bytes()])
+    assert spaces.drop("77") is True
+    assert spaces.get("77") is None and not (spaces.root / "77").exists()
+    assert spaces.drop("77") is False
+
+
+def test_namespace_names_cannot_escape_the_root(spaces):
+    for bad in ["../x", "a/b", "", "x" * 65]:
+        with pytest.raises(StoreError):
+            spaces.get(bad, create=True)
