@@ -131,7 +131,10 @@ class Engine:
 
     async def search(self, text: str | Query, images: list[Image.Image | bytes | Path] = (), *,
                      k: int = 10, offset: int = 0, explain: bool = True,
-                     keep_near_duplicates: bool = False) -> SearchResult:
+                     keep_near_duplicates: bool = False, also: list[Engine] = ()) -> SearchResult:
+        """Rank this collection (and those of `also`: engines sharing this one's encoder,
+        e.g. a server's library plus the global collection) for one query, encoded once;
+        merged results are ordered by cosine."""
         images = list(images)
         query = text if isinstance(text, Query) else parse_query(text, len(images))
         k, offset = max(1, int(k)), max(0, int(offset))
@@ -142,6 +145,11 @@ class Engine:
         avoid = [normalise(t.vector) for t in terms if t.kind == "image" and not keep_near_duplicates]
         zsum = bool(query.image_terms) and self.options.image_composition == "zsum"
         ranked = await asyncio.to_thread(self._ranked, q, terms if zsum else None, offset + k + 1, avoid)
+        for other in also:
+            ranked += await asyncio.to_thread(other._ranked, q, terms if zsum else None,
+                                              offset + k + 1, avoid)
+        if also:
+            ranked = sorted(ranked, key=lambda pair: -pair[1])[:offset + k + 1]
         t2 = time.perf_counter()
         hits = [Hit(offset + i + 1, s, item) for i, (item, s) in enumerate(ranked[offset:offset + k])]
         attention, note = ([], None)
