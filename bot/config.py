@@ -53,6 +53,10 @@ class Settings:
     max_image_pixels: int = 40_000_000
     url_timeout_s: float = 10.0
     url_max_bytes: int = 8 * MiB
+    # -- the server image library --------------------------------------------------------------
+    library_root: Path = Path("libraries")  # one collection per server, under this folder
+    library_include_global: bool = False  # a server's searches also see `collection`
+    library_max_bytes: int = 8 * MiB  # larger posted images are not indexed
     # -- logging ---------------------------------------------------------------------------------------
     log_level: str = "INFO"
 
@@ -84,6 +88,9 @@ _RULES: dict[str, tuple[str, float | None, float | None]] = {
     "max_image_pixels": ("int", 10_000, 500_000_000),
     "url_timeout_s": ("float", 0.5, 300),
     "url_max_bytes": ("int", 1024, 500 * MiB),
+    "library_root": ("path", None, None),
+    "library_include_global": ("bool", None, None),
+    "library_max_bytes": ("int", 1024, 500 * MiB),
     "log_level": ("level", None, None),
 }
 assert set(_RULES) == {f.name for f in fields(Settings)}
@@ -171,6 +178,8 @@ def from_mapping(data: dict[str, Any], *, base: Path | None = None,
         values[key] = _check(key, value, base)
     if "collection" not in values:
         values["collection"] = base / Settings.collection
+    if "library_root" not in values:
+        values["library_root"] = base / Settings.library_root
     token = env.get(TOKEN_ENV, "").strip()
     if token:
         values["token"] = token

@@ -51,6 +51,9 @@ max_attachment_bytes = 1048576
 max_image_pixels = 1000000
 url_timeout_s = 3
 url_max_bytes = 2097152
+library_root = "/data/libs"
+library_include_global = true
+library_max_bytes = 4096
 log_level = "debug"
 """)
     s = config.load(p, env={})
@@ -60,7 +63,9 @@ log_level = "debug"
                          queue_size=64, results_per_page=10, paging_timeout_s=60.0,
                          thumbnail_size=256, cooldown_rate=2, cooldown_per_s=10.0,
                          max_attachment_bytes=1048576, max_image_pixels=1000000,
-                         url_timeout_s=3.0, url_max_bytes=2097152, log_level="DEBUG")
+                         url_timeout_s=3.0, url_max_bytes=2097152, library_root=Path("/data/libs"),
+                         library_include_global=True, library_max_bytes=4096,
+                         log_level="DEBUG")
 
 
 def test_env_token_wins_and_is_never_shown(tmp_path):
@@ -137,8 +142,8 @@ def test_example_config_documents_every_key_with_its_default():
     defaults = Settings()
     assert set(documented) == set(config._RULES)
     for key, value in documented.items():
-        if key == "collection":
-            assert value == str(defaults.collection)
+        if key in ("collection", "library_root"):
+            assert value == str(getattr(defaults, key))
         elif key == "allowed_channels":
             assert tuple(value) == defaults.allowed_channels
         else:
