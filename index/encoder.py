@@ -8,8 +8,8 @@
   `company_share` of what a lone pass of its kind costs; the default share is 0 (measured:
   waiting cost a lone query 10-30% of its time and bought nothing the two rules above
   do not already give).
-- A pass with one input runs on one torch thread when the warm-up measured that faster
-  than the configured threads (tiny matrices: the thread hand-offs cost more than they
+- A pass with one input (and a `call`, e.g. the attention read-out of one text) runs on
+  one torch thread when the warm-up measured that faster than the configured threads (tiny matrices: the thread hand-offs cost more than they
   share, and on a busy machine a multi-threaded pass waits for a second free core).
 - Lower `priority` goes first, so a search is served before queued bulk indexing.
 - The queue is bounded in inputs: past `queue_size` a caller gets `Busy` at once.
@@ -271,11 +271,19 @@ class Encoder:
             if batch is None:
                 return
             if batch[0].kind == "call":
+                # calls are small one-text jobs (the attention read-out): lone-text threads
+                threads = torch.get_num_threads()
+                alone = self.lone_threads.get("text", threads)
                 try:
+                    if alone != threads:
+                        torch.set_num_threads(alone)
                     with torch.inference_mode():
                         result = batch[0].fn()
                 except Exception as e:
                     result = e
+                finally:
+                    if alone != threads:
+                        torch.set_num_threads(threads)
                 batch[0].done(result)
                 continue
             inputs = torch.cat([r.inputs for r in batch]) if len(batch) > 1 else batch[0].inputs
