@@ -23,10 +23,12 @@ from discord.ext import commands
 
 from index.engine import Engine, EngineOptions
 from index.errors import ClipfindError
+from index.namespaces import Namespaces
 
 from . import render
 from .config import Settings
 from .core import Core
+from .library import Library
 from .paginate import Paginator
 from .reply import Reply
 
@@ -93,14 +95,20 @@ class ClipfindBot(commands.Bot):
         self._engine_opener = engine_opener
         self._engine_task: asyncio.Task | None = None
         self.paginator = Paginator(self, self.core, settings.paging_timeout_s)
+        self.library: Library | None = None  # the server libraries, once the engine is up
+        self._library_task: asyncio.Task | None = None
 
     # -- life cycle ------------------------------------------------------------------------------
     async def setup_hook(self) -> None:
-        from .cogs import search
+        from .cogs import library, search
 
         await search.setup(self)
+        await library.setup(self)
         if self.core.engine is None:
             self._engine_task = asyncio.create_task(self._load_engine(), name="clipfind-engine")
+        else:
+            self._library_task = asyncio.create_task(self._start_library(self.core.engine),
+                                                     name="clipfind-library")
         if self.settings.sync_commands:
             try:
                 synced = await self.tree.sync()
@@ -125,6 +133,23 @@ class ClipfindBot(commands.Bot):
         while not engine.encoder.ready:
             await asyncio.sleep(0.05)
         log.info("ready: %d images, model %s", len(engine.collection), engine.model_name)
+        self._library_task = asyncio.create_task(self._start_library(engine), name="clipfind-library")
+
+    async def _start_library(self, engine: Engine) -> None:
+        """Open the server libraries (on the engine's encoder), then let them catch up."""
+        s = self.settings
+        try:
+            spaces = Namespaces(s.library_root, engine.encoder, EngineOptions(queue_size=s.queue_size))
+            lib = Library(self, s, spaces, engine)
+            await lib.open()
+        except Exception:
+            log.exception("the server libraries could not be opened (searches use the collection)")
+            return
+        self.library = lib
+        self.core.library = lib
+        log.info("server libraries: %d", len(lib.guilds))
+        await self.wait_until_ready()
+        await lib.resume()
 
     async def wait_engine(self) -> None:
         """Until the engine task is over (tests, and the console of a future admin cog)."""
@@ -137,6 +162,12 @@ class ClipfindBot(commands.Bot):
             # a model still loading in its thread cannot be interrupted: let it finish, then
             # close it below rather than leave its encoder thread behind
             await asyncio.wait({self._engine_task}, timeout=120)
+        if self._library_task is not None and not self._library_task.done():
+            self._library_task.cancel()
+            await asyncio.gather(self._library_task, return_exceptions=True)
+        if self.library is not None:
+            lib, self.library, self.core.library = self.library, None, None
+            await lib.close()
         await self.core.close()
         await super().close()
         engine = self.core.engine

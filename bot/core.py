@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from PIL import Image
@@ -61,6 +62,18 @@ class FindRequest:
     author_id: int
     attachments: Sequence[Attachment] = ()  # the message's own: a non-image is an error
     replied: Sequence[Attachment] = ()  # the replied-to message's: non-images are skipped
+    guild_id: int | None = None  # the server asked in: its library, when it has one
+
+
+@dataclass
+class SearchScope:
+    """What one search sees: a collection (plus others merged in, `also`), and how its
+    result cards are finished (a server library's: fresh image URLs, who posted, when)."""
+
+    engine: Any
+    also: list = field(default_factory=list)
+    decorate: Callable[[list, list], Awaitable[list]] | None = None  # (cards, hits) -> cards
+    empty: str = "the collection is empty"
 
 
 @dataclass
@@ -75,6 +88,7 @@ class PagingState:
     has_more: bool
     query: str  # canonical form, for display
     shown: int = 0  # results on the page on show
+    guild_id: int | None = None  # the scope of the search (see Core.scope)
 
     @property
     def last_rank(self) -> int:
@@ -188,8 +202,19 @@ class Core:
         self.limits = FetchLimits(max_bytes=settings.url_max_bytes,
                                   timeout_s=settings.url_timeout_s, retries=1, max_redirects=3)
         self._session: aiohttp.ClientSession | None = None
+        # the server libraries (bot.library.Library): `scope(guild_id)` -> SearchScope | None
+        self.library = None
 
     # -- state ------------------------------------------------------------------------------
+    def scope(self, guild_id: int | None) -> SearchScope:
+        """A server with a library searches it (only it: see Library.scope); else the
+        global collection."""
+        if guild_id is not None and self.library is not None:
+            found = self.library.scope(guild_id)
+            if found is not None:
+                return found
+        return SearchScope(self.engine)
+
     def unavailable(self) -> str | None:
         """Why searches cannot run now (None when they can)."""
         if self.load_error is not None:
@@ -260,7 +285,7 @@ class Core:
             return error(f"slow down: you can search again in {math.ceil(wait)} s")
         images = await self._load_images(sources)
         state = PagingState(req.author_id, text, images, 0, s.results_per_page, False,
-                            query.describe())
+                            query.describe(), guild_id=req.guild_id)
         try:
             return await self._page(state)
         except Busy:
@@ -297,19 +322,23 @@ class Core:
 
     async def _page(self, state: PagingState, *, notice_if_empty: bool = False) -> Reply:
         s = self.settings
-        result = await self.engine.search(state.text, state.images, k=state.k, offset=state.offset)
+        scope = self.scope(state.guild_id)
+        result = await scope.engine.search(state.text, state.images, k=state.k,
+                                           offset=state.offset, also=scope.also)
         shown_query = state.query.replace("`", "ˋ")
         if not result.hits:
             if notice_if_empty and state.offset > 0:
                 return Reply(f"no more results: #{state.offset} was the last match")
             why = ""
-            if len(self.engine.collection) == 0:
-                why = " (the collection is empty)"
+            if all(len(e.collection) == 0 for e in [scope.engine, *scope.also]):
+                why = f" ({scope.empty})"
             elif state.images:
                 why = " (images almost identical to a query image are left out)"
             return Reply(f"no results for `{shown_query}`{why}")
         cards = await asyncio.to_thread(render.make_cards, result.hits,
                                         thumbnail_size=s.thumbnail_size)
+        if scope.decorate is not None:
+            cards = await scope.decorate(cards, result.hits)
         rows = render.attention_rows(result)
         att_text = render.attention_text(rows, result.attention_note)
         png = None

@@ -69,7 +69,8 @@ class Search(commands.Cog):
             attachments = [_wrap(image)] if image is not None else []
         else:
             attachments = [_wrap(a) for a in ctx.message.attachments]
-        request = FindRequest(query, ctx.author.id, attachments, await _replied_attachments(ctx))
+        request = FindRequest(query, ctx.author.id, attachments, await _replied_attachments(ctx),
+                              guild_id=ctx.guild.id if ctx.guild is not None else None)
         reply = await self.core.find(request)
         await self.bot.send_reply(ctx, reply)
 

@@ -1,0 +1,329 @@
+"""The server image library, end to end: the real bot against the loopback Discord.
+
+Two servers post shapes; admins add channels; the bot backfills, indexes live posts,
+forgets deleted ones, and a search in one server never sees the other's pictures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import random
+from dataclasses import replace
+from types import SimpleNamespace
+
+import aiohttp
+import pytest
+from fakediscord import FakeDiscord
+from PIL import Image
+
+from bot import library as library_mod
+from bot.app import ClipfindBot
+from bot.cogs.library import NEED_MANAGER
+from bot.library import STATE_FILE
+from index.synthetic import Scene, Shape, render
+
+
+def pic(colour: str, shape: str, seed: int) -> bytes:
+    """A PNG of one shape; `seed` moves it and tints the background (distinct bytes)."""
+    rng = random.Random(seed)
+    r = rng.uniform(0.2, 0.3)
+    scene = Scene((Shape(colour, shape, rng.uniform(r, 1 - r), rng.uniform(r, 1 - r), r),),
+                  (rng.randint(0, 40), rng.randint(0, 40), rng.randint(0, 40)))
+    buf = io.BytesIO()
+    render(scene, 96).save(buf, "PNG")
+    return buf.getvalue()
+
+
+async def quiesce():
+    for _ in range(5):
+        busy = [t for t in asyncio.all_tasks()
+                if t.get_name().startswith(("discord.py: ", "CommandTree-invoker"))
+                and not t.done()]
+        if not busy:
+            return
+        await asyncio.wait(busy, timeout=2)
+
+
+async def settle():
+    for _ in range(3):
+        leftovers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        if not leftovers:
+            return
+        await asyncio.wait(leftovers, timeout=1)
+    for t in leftovers:
+        t.cancel()
+    await asyncio.gather(*leftovers, return_exceptions=True)
+
+
+@pytest.fixture
+def lib_settings(settings, tmp_path):
+    return replace(settings, library_root=tmp_path / "libs")
+
+
+@pytest.fixture
+async def world(lib_settings, engine):
+    async with FakeDiscord() as fd, fd.patch_discord():
+        w = SimpleNamespace(fd=fd, bots=[], settings=lib_settings)
+        for name in ("a", "b"):
+            g = fd.add_guild(f"server-{name}")
+            setattr(w, name, SimpleNamespace(
+                guild=g, cmd=fd.add_channel(g, "commands"), pics=fd.add_channel(g, "pics"),
+                other=fd.add_channel(g, "chat"),
+                admin=fd.add_member(g, f"{name}-admin", manage_guild=True),
+                member=fd.add_member(g, f"{name}-member")))
+
+        async def start(settings=lib_settings):
+            bot = ClipfindBot(settings, engine=engine, guild_ready_timeout=0.05)
+            task = asyncio.create_task(bot.start(fd.token))
+            w.bots.append((bot, task))
+            await fd.wait_ready()
+            await asyncio.wait_for(bot.wait_until_ready(), 10)
+            await fd.wait_for(lambda: bot.library)
+            bot.library.progress_every_s = 0.0
+            w.bot = bot
+            return bot
+
+        async def stop():
+            await quiesce()
+            await w.bot.close()
+
+        w.start, w.stop = start, stop
+        try:
+            yield w
+        finally:
+            await quiesce()
+            for bot, task in w.bots:
+                await bot.close()
+                await asyncio.wait_for(task, 10)
+    await settle()
+
+
+async def say(w, s, content, *, author=None, chan=None):
+    """Post a command as a member; the bot's first new message in that channel."""
+    chan = chan or s.cmd
+    before = len(w.fd.bot_messages(chan))
+    await w.fd.post_message(chan, author or s.admin, content)
+    return (await w.fd.wait_for(lambda: w.fd.bot_messages(chan)[before:] or None, 20))[0]
+
+
+async def add_and_wait(w, s, chan=None, timeout=30):
+    chan = chan or s.pics
+    msg = await say(w, s, f"!library add <#{chan}>")
+    assert "added to the library" in msg["content"], msg["content"]
+    await w.fd.wait_for(lambda: "done" in w.fd.get_message(s.cmd, msg["id"])["content"], timeout)
+    return w.fd.get_message(s.cmd, msg["id"])
+
+
+def sources(w, s) -> set[str]:
+    g = w.bot.library.guilds.get(s.guild)
+    return set() if g is None else set(g.engine.collection.stamps())
+
+
+async def post_pics(w, s, specs, *, chan=None, author=None, prefix=None):
+    """Post one image per (colour, shape, seed); returns the posted messages."""
+    out = []
+    for colour, shape, seed in specs:
+        name = f"{prefix or s.tag}-{colour}-{shape}-{seed}.png"
+        out.append(await w.fd.post_message(chan or s.pics, author or s.member, "look",
+                                           attachments=[(name, pic(colour, shape, seed), None)]))
+    return out
+
+
+def find_ids(msg) -> list[str]:
+    return [e["url"] for e in msg["embeds"]]
+
+
+async def test_members_without_manage_server_are_refused(world):
+    w = world
+    await w.start()
+    for cmd in (f"!library add <#{w.a.pics}>", f"!library remove <#{w.a.pics}>", "!library status"):
+        reply = await say(w, w.a, cmd, author=w.a.member)
+        assert reply["content"] == NEED_MANAGER
+    assert w.bot.library.guilds == {}
+    # the slash form exists, as a group with three subcommands, for managers by default
+    group = w.bot.tree.get_command("library")
+    assert {c.name for c in group.commands} == {"add", "remove", "status"}
+    assert group.default_permissions.manage_guild
+
+
+async def test_backfill_live_posts_results_and_isolation(world):
+    w = world
+    w.a.tag, w.b.tag = "alpha", "beta"
+    reds = await post_pics(w, w.a, [("red", "circle", i) for i in range(4)])
+    await post_pics(w, w.a, [("green", "square", 10 + i) for i in range(2)])
+    # not indexed: text, a non-image file, a corrupt "PNG", a bot's picture, a duplicate
+    await w.fd.post_message(w.a.pics, w.a.member, "just words")
+    await w.fd.post_message(w.a.pics, w.a.member, "notes",
+                            attachments=[("notes.txt", b"hello", "text/plain")])
+    await w.fd.post_message(w.a.pics, w.a.member, "broken",
+                            attachments=[("broken.png", b"\x89PNG not really", "image/png")])
+    helper = w.fd.add_member(w.a.guild, "helper-bot", bot=True)
+    await w.fd.post_message(w.a.pics, helper, "", attachments=[("bot.png", pic("red", "circle", 99), None)])
+    await w.fd.post_message(w.a.pics, w.a.admin, "again",
+                            attachments=[("alpha-dup.png", pic("red", "circle", 0), None)])
+    await post_pics(w, w.b, [("red", "circle", 100 + i) for i in range(3)])
+    await post_pics(w, w.b, [("blue", "triangle", 200 + i) for i in range(3)])
+    await w.start()
+
+    done = await add_and_wait(w, w.a)
+    assert "6 images indexed" in done["content"], done["content"]
+    await add_and_wait(w, w.b)
+    src_a, src_b = sources(w, w.a), sources(w, w.b)
+    assert len(src_a) == 6 and len(src_b) == 6
+    assert all(s.startswith(f"discord:{w.a.guild}/{w.a.pics}/") for s in src_a)
+
+    # a search in A: only A's pictures, each with a fresh image, who posted it, when, a link
+    page = await say(w, w.a, "!find red circle")
+    assert page["content"].startswith("**Results 1–5**"), page["content"]
+    top = page["embeds"][:4]
+    assert {e["title"].split(" · ", 1)[1] for e in top} == {
+        f"alpha-red-circle-{i}.png" for i in range(4)}
+    red_ids = {str(m["id"]) for m in reds}
+    async with aiohttp.ClientSession() as http:
+        for e in page["embeds"]:
+            assert e["url"].startswith(f"https://discord.com/channels/{w.a.guild}/{w.a.pics}/")
+            assert f"<@{w.a.member}>" in e["description"] and "<t:" in e["description"]
+            async with http.get(e["image"]["url"]) as r:
+                assert r.status == 200
+    assert {e["url"].rsplit("/", 1)[1] for e in top} == red_ids
+    # CDN URLs expire: a later page shows fresh ones
+    w.fd.expire_cdn_urls()
+    w.bot.library._urls.clear()
+    again = await say(w, w.a, "!find red circle")
+    async with aiohttp.ClientSession() as http:
+        async with http.get(again["embeds"][0]["image"]["url"]) as r:
+            assert r.status == 200
+
+    # a live post is indexed; one in a channel outside the library is not
+    await post_pics(w, w.a, [("yellow", "triangle", 300)])
+    await post_pics(w, w.a, [("yellow", "triangle", 301)], chan=w.a.other)
+    await w.fd.wait_for(lambda: len(sources(w, w.a)) == 7)
+    await asyncio.sleep(0.2)
+    assert len(sources(w, w.a)) == 7
+    live = await say(w, w.a, "!find yellow triangle")
+    assert live["embeds"][0]["title"].endswith("alpha-yellow-triangle-300.png")
+
+    # isolation: B's searches, pages and errors never show anything of A
+    b_page = await say(w, w.b, "!find red circle")
+    assert b_page["content"].startswith("**Results 1–5**")
+    seen = [b_page]
+    mid = b_page["id"]
+    for expect in ("**Results 6–6**", "no more results"):
+        await w.fd.wait_for(lambda: w.fd.bot_user_id in w.fd.get_message(w.b.cmd, mid)[
+            "reactions"].get("▶️", []))
+        await w.fd.add_reaction(w.b.cmd, mid, w.b.admin, "▶️")
+        seen.append(await w.fd.wait_for(
+            lambda expect=expect: expect in (m := w.fd.get_message(w.b.cmd, mid))["content"] and m))
+        await w.fd.wait_for(lambda: w.b.admin not in w.fd.get_message(w.b.cmd, mid)[
+            "reactions"].get("▶️", []))
+    seen.append(await say(w, w.b, "!find yellow triangle*1 green square*1"))
+    seen.append(await say(w, w.b, "!library status"))
+    for m in seen:
+        blob = json.dumps(m, default=lambda o: "<bytes>")
+        for secret in ("alpha-", str(w.a.guild), str(w.a.pics), str(w.a.member), *red_ids):
+            assert secret not in blob, (secret, m["content"])
+    assert all(e["url"].startswith(f"https://discord.com/channels/{w.b.guild}/")
+               for m in seen for e in m["embeds"])
+    status = await say(w, w.a, "!library status")
+    assert f"<#{w.a.pics}>: 7 images" in status["content"] and "up to date" in status["content"]
+
+
+async def test_deletions_remove_items_from_search(world):
+    w = world
+    w.a.tag = "alpha"
+    msgs = await post_pics(w, w.a, [("red", "circle", i) for i in range(3)]
+                           + [("blue", "square", 10 + i) for i in range(3)])
+    side = await post_pics(w, w.a, [("green", "triangle", 20)], chan=w.a.other, prefix="side")
+    await w.start()
+    await add_and_wait(w, w.a)
+    await add_and_wait(w, w.a, w.a.other)
+    assert len(sources(w, w.a)) == 7
+
+    def in_search(page, message) -> bool:
+        return any(e["url"].endswith(f"/{message['id']}") for e in page["embeds"])
+
+    # one message deleted
+    first = await say(w, w.a, "!find red circle")
+    assert in_search(first, msgs[0])
+    await w.fd.delete_message(w.a.pics, msgs[0]["id"])
+    await w.fd.wait_for(lambda: len(sources(w, w.a)) == 6)
+    assert not in_search(await say(w, w.a, "!find red circle"), msgs[0])
+    # bulk delete
+    await w.fd.bulk_delete(w.a.pics, [msgs[1]["id"], msgs[3]["id"]])
+    await w.fd.wait_for(lambda: len(sources(w, w.a)) == 4)
+    page = await say(w, w.a, "!find red circle")
+    assert not in_search(page, msgs[1]) and not in_search(page, msgs[3])
+    # `!library remove`
+    reply = await say(w, w.a, f"!library remove <#{w.a.other}>")
+    assert reply["content"] == f"📚 <#{w.a.other}> removed from the library: 1 images forgotten"
+    assert not in_search(await say(w, w.a, "!find green triangle"), side[0])
+    assert len(sources(w, w.a)) == 3
+    assert (await say(w, w.a, f"!library remove <#{w.a.other}>"))["content"].endswith(
+        "is not in the library")
+    # a deleted channel: its items go; the last channel gone, the library goes
+    path = w.settings.library_root / str(w.a.guild)
+    assert path.exists()
+    await w.fd.delete_channel(w.a.pics)
+    await w.fd.wait_for(lambda: w.a.guild not in w.bot.library.guilds and not path.exists())
+    page = await say(w, w.a, "!find red circle")  # back to the global collection
+    assert page["embeds"] and not any("discord.com" in e.get("url", "") for e in page["embeds"])
+
+
+async def test_leaving_a_server_drops_its_library(world):
+    w = world
+    w.a.tag, w.b.tag = "alpha", "beta"
+    await post_pics(w, w.a, [("red", "circle", 1)])
+    await post_pics(w, w.b, [("red", "circle", 2)])
+    await w.start()
+    await add_and_wait(w, w.a)
+    await add_and_wait(w, w.b)
+    root = w.settings.library_root
+    assert (root / str(w.a.guild)).exists() and (root / str(w.b.guild)).exists()
+    await w.fd.remove_guild(w.a.guild)
+    await w.fd.wait_for(lambda: not (root / str(w.a.guild)).exists())
+    assert w.a.guild not in w.bot.library.guilds
+    assert len(sources(w, w.b)) == 1  # the other server keeps its library
+
+
+async def test_backfill_resumes_after_a_restart_nothing_lost_nothing_twice(world, monkeypatch):
+    w = world
+    w.a.tag = "alpha"
+    colours = ["red", "green", "blue", "yellow", "purple", "white"]
+    specs = [(colours[i % 6], ("circle", "square", "triangle")[i % 3], i) for i in range(30)]
+    posted = await post_pics(w, w.a, specs)
+    await w.fd.post_message(w.a.pics, w.a.member, "same picture again",
+                            attachments=[("alpha-again.png", pic(*specs[0]), None)])
+    monkeypatch.setattr(library_mod, "CHUNK_IMAGES", 3)
+    real_add = library_mod.Library._add
+
+    async def slow_add(self, g, items, blobs):
+        await asyncio.sleep(0.1)
+        return await real_add(self, g, items, blobs)
+
+    monkeypatch.setattr(library_mod.Library, "_add", slow_add)
+    await w.start()
+    msg = await say(w, w.a, f"!library add <#{w.a.pics}>")
+    state = w.settings.library_root / str(w.a.guild) / STATE_FILE
+
+    def saved():
+        return json.loads(state.read_text())["channels"][str(w.a.pics)] if state.exists() else None
+
+    await w.fd.wait_for(lambda: (s := saved()) and s["scanned"] >= 9 and s)
+    await w.stop()  # mid-backfill
+    stopped = saved()
+    assert not stopped["done"] and 0 < stopped["last"] < posted[-1]["id"]
+    n_before = len(w.fd.calls("GET", rf"/channels/{w.a.pics}/messages"))
+
+    monkeypatch.setattr(library_mod.Library, "_add", real_add)
+    await w.start()  # resumes on its own, from where it stopped
+    await w.fd.wait_for(lambda: (s := saved()) and s["done"], 30)
+    history = w.fd.calls("GET", rf"/channels/{w.a.pics}/messages")[n_before:]
+    afters = [int(r.query["after"]) for r in history if "after" in r.query]
+    assert afters and afters[0] == stopped["last"]  # not from the beginning
+    got = sorted(w.bot.library.guilds[w.a.guild].engine.collection.stamps())
+    want = sorted(f"discord:{w.a.guild}/{w.a.pics}/{m['id']}/{m['attachments'][0]['id']}"
+                  for m in posted)
+    assert got == want  # every picture once; the repeated picture not stored again
+    assert "done" in w.fd.get_message(w.a.cmd, msg["id"])["content"]  # the same status message
