@@ -139,22 +139,31 @@ class Engine:
         query = text if isinstance(text, Query) else parse_query(text, len(images))
         k, offset = max(1, int(k)), max(0, int(offset))
         t0 = time.perf_counter()
-        terms = await self.term_vectors(query, images)
-        t1 = time.perf_counter()
-        q = compose(terms)
-        avoid = [normalise(t.vector) for t in terms if t.kind == "image" and not keep_near_duplicates]
-        zsum = bool(query.image_terms) and self.options.image_composition == "zsum"
-        ranked = await asyncio.to_thread(self._ranked, q, terms if zsum else None, offset + k + 1, avoid)
-        for other in also:
-            ranked += await asyncio.to_thread(other._ranked, q, terms if zsum else None,
-                                              offset + k + 1, avoid)
-        if also:
-            ranked = sorted(ranked, key=lambda pair: -pair[1])[:offset + k + 1]
-        t2 = time.perf_counter()
+        # the explanation is queued with the encoding (same priority, same tick), so a
+        # search waits for bulk work in flight once, not once per step
+        explaining = asyncio.ensure_future(self.explain_terms(query)) if explain else None
+        try:
+            terms = await self.term_vectors(query, images)
+            t1 = time.perf_counter()
+            q = compose(terms)
+            avoid = [normalise(t.vector) for t in terms
+                     if t.kind == "image" and not keep_near_duplicates]
+            zterms = terms if bool(query.image_terms) and self.options.image_composition == "zsum" else None
+            ranked = await asyncio.to_thread(self._ranked, q, zterms, offset + k + 1, avoid)
+            for other in also:
+                ranked += await asyncio.to_thread(other._ranked, q, zterms, offset + k + 1, avoid)
+            if also:
+                ranked = sorted(ranked, key=lambda pair: -pair[1])[:offset + k + 1]
+            t2 = time.perf_counter()
+            attention, note = ([], None)
+            if explaining is not None:
+                attention, note = await explaining
+        except BaseException:
+            if explaining is not None:
+                explaining.cancel()  # a no-op when it is done
+                await asyncio.gather(explaining, return_exceptions=True)
+            raise
         hits = [Hit(offset + i + 1, s, item) for i, (item, s) in enumerate(ranked[offset:offset + k])]
-        attention, note = ([], None)
-        if explain:
-            attention, note = await self.explain_terms(query)
         t3 = time.perf_counter()
         return SearchResult(query, hits, offset, k, len(ranked) > offset + k, attention, note,
                             {"encode": t1 - t0, "search": t2 - t1, "explain": t3 - t2})
@@ -202,7 +211,7 @@ class Engine:
         return await self.encoder.call(word_weights, self.encoder.loaded, text)
 
     async def explain_terms(self, query: Query) -> tuple[list, str | None]:
-        weights = [await self.explain(t.text) for t in query.text_terms]
+        weights = list(await asyncio.gather(*(self.explain(t.text) for t in query.text_terms)))
         note = UNAVAILABLE if query.text_terms and all(w is None for w in weights) else None
         return weights, note
 

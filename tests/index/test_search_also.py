@@ -31,3 +31,57 @@ async def test_search_merges_collections_by_score_and_pages(tmp_path, tiny, demo
     finally:
         spaces.close()
         enc.close()
+
+
+async def test_a_search_queues_its_explanation_with_its_encoding(tmp_path, tiny, demo_gallery):
+    """Behind queued bulk work, a search's text and its word weights go in together, so
+    the search waits for the bulk pass in flight once, not once per step."""
+    import asyncio
+    import threading
+
+    import torch
+    from PIL import Image
+
+    from index.encoder import BULK
+
+    enc = Encoder(tiny, queue_size=4096)
+    spaces = Namespaces(tmp_path / "libs", enc)
+    release, started = threading.Event(), threading.Event()
+
+    def hold():
+        started.set()
+        release.wait(10)
+
+    try:
+        a = spaces.get("1", create=True)
+        pics = sorted(demo_gallery.glob("*.png"))
+        await a.add_images([item(1, i) for i in range(3)], [p.read_bytes() for p in pics[:3]])
+        block = asyncio.ensure_future(enc.call(hold))
+        await asyncio.to_thread(started.wait, 5)
+        done = []
+        pixels = torch.stack([tiny.preprocess(Image.new("RGB", (64, 64)))] * 16)
+
+        async def bulk(i):
+            await enc.encode_pixels(pixels, priority=BULK)
+            done.append(f"bulk{i}")
+
+        async def search():
+            result = await a.search("a lonely purple square and a red circle*2 green*1")
+            assert result.hits and len(result.attention) == 2
+            done.append("search")
+
+        jobs = [asyncio.ensure_future(bulk(i)) for i in range(2)]
+        await asyncio.sleep(0.05)
+        jobs.append(asyncio.ensure_future(search()))
+        for _ in range(500):
+            if sum(r.kind == "call" for r in enc._pending) >= 2:
+                break
+            await asyncio.sleep(0.01)
+        assert any(r.kind == "text" for r in enc._pending)
+        release.set()
+        await asyncio.gather(block, *jobs)
+        assert done[0] == "search", done
+    finally:
+        release.set()
+        spaces.close()
+        enc.close()
