@@ -60,11 +60,31 @@ from .core import SearchScope
 log = logging.getLogger(__name__)
 
 STATE_FILE = "library.json"
-CHUNK_IMAGES = 8  # images per add_images call: one short BULK pass
+CHUNK_IMAGES = 8  # images per add_images call at most: one short BULK pass
+PASS_BUDGET_S = 0.1  # ... and fewer when the model is slow: a search waits for one such pass
 CHUNK_MESSAGES = 100  # messages per chunk at most (one history page)
 DOWNLOADS = 4  # attachment downloads at once, per library
 DELETED_MEMORY = 5000  # recently deleted message ids remembered per server
 EMPTY = "this server's library is empty so far"
+
+
+class ChunkSizer:
+    """How many pictures go into one BULK call: at most CHUNK_IMAGES, and about as many as
+    the model encodes in PASS_BUDGET_S (measured), so the pass a search may have to wait
+    for stays short whatever the model and device (ViT-B-32 on a CPU: one picture)."""
+
+    def __init__(self) -> None:
+        self.per_image: float | None = None  # seconds per picture, smoothed
+
+    def size(self) -> int:
+        if self.per_image is None:
+            return 1  # measure first
+        return max(1, min(CHUNK_IMAGES, int(PASS_BUDGET_S / max(self.per_image, 1e-6))))
+
+    def record(self, n: int, seconds: float) -> None:
+        if n > 0:
+            x = seconds / n
+            self.per_image = x if self.per_image is None else 0.7 * self.per_image + 0.3 * x
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -177,6 +197,7 @@ class Library:
         self._urls: dict[tuple[int, int], tuple[float, dict | None]] = {}
         self._downloads = asyncio.Semaphore(DOWNLOADS)
         self._live: set[asyncio.Task] = set()
+        self.sizer = ChunkSizer()
 
     # -- life cycle ---------------------------------------------------------------------------
     async def open(self) -> None:
@@ -432,9 +453,11 @@ class Library:
                 author_id=m.author.id, posted_at=m.created_at.timestamp(),
                 content_hash=await asyncio.to_thread(content_hash, data)))
             blobs.append(data)
-        stored = 0
-        for i in range(0, max(len(items), 1), CHUNK_IMAGES):
-            part, part_blobs = items[i:i + CHUNK_IMAGES], blobs[i:i + CHUNK_IMAGES]
+        stored, i = 0, 0
+        while i == 0 or i < len(items):
+            n = self.sizer.size()
+            part, part_blobs = items[i:i + n], blobs[i:i + n]
+            i += max(n, 1)
             async with g.lock:
                 if g.gone or channel_id not in g.channels or (
                         st is not None and g.channels[channel_id] is not st):
@@ -451,7 +474,10 @@ class Library:
     async def _add(self, g: GuildLibrary, items, blobs):
         while True:
             try:
-                return await g.engine.add_images(items, blobs, priority=BULK)
+                t0 = time.perf_counter()
+                report = await g.engine.add_images(items, blobs, priority=BULK)
+                self.sizer.record(len(items), time.perf_counter() - t0)
+                return report
             except Busy:
                 await asyncio.sleep(0.5)  # searches fill the queue: they go first
 
