@@ -601,6 +601,9 @@ class Library:
             await self._save(g)
         if not was_done or st.status:
             await self._report(st, channel, final=True)
+            async with g.lock:  # the finished progress message is not edited again
+                if not g.gone and g.channels.get(channel.id) is st:
+                    await self._save(g)
 
     async def _report(self, st: ChannelState, channel, *, final: bool = False) -> None:
         """Edit the progress message (when there is one)."""
