@@ -71,7 +71,8 @@ class EngineOptions:
     max_wait_ms: float = 4.0
     queue_size: int = 512
     cache_size: int = 2048
-    image_composition: str = "sum"
+    image_composition: str = "zsum"  # for queries with image terms; measured in README
+    image_scale: float = 1.0  # an image term's weight is multiplied by this (modality balance)
 
 
 class Engine:
@@ -144,6 +145,9 @@ class Engine:
         explaining = asyncio.ensure_future(self.explain_terms(query)) if explain else None
         try:
             terms = await self.term_vectors(query, images)
+            if self.options.image_scale != 1.0:
+                terms = [replace(t, weight=t.weight * self.options.image_scale) if t.kind == "image"
+                         else t for t in terms]
             t1 = time.perf_counter()
             q = compose(terms)
             avoid = [normalise(t.vector) for t in terms

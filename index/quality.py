@@ -69,7 +69,7 @@ def summarise(scored: list[tuple[str, float | None]]) -> dict[str, float]:
 
 
 async def measure(model: str, count: int, seed: int, workdir: Path,
-                  composition: str | None = None) -> dict[str, float]:
+                  composition: str | None = None, image_scale: float | None = None) -> dict[str, float]:
     from .build import build
     from .engine import Engine, EngineOptions
     from .sources import scan_folder
@@ -77,7 +77,11 @@ async def measure(model: str, count: int, seed: int, workdir: Path,
     folder = workdir / "gallery"
     write_gallery(folder, count, seed)
     gallery = list(scenes(count, seed))
-    options = EngineOptions(image_composition=composition) if composition else EngineOptions()
+    options = EngineOptions()
+    if composition:
+        options.image_composition = composition
+    if image_scale is not None:
+        options.image_scale = image_scale
     engine = Engine.open(workdir / "collection", model=model, create=True, options=options)
     try:
         await build(engine.collection, engine.encoder, scan_folder(folder))
@@ -102,10 +106,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--count", type=int, default=1000)
     p.add_argument("--seed", type=int, default=4242, help="a seed the model never saw in training")
     p.add_argument("--composition", default=None, help="image-term composition (default: engine's)")
+    p.add_argument("--image-scale", type=float, default=None, help="image-term weight factor")
     a = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        figures = asyncio.run(measure(a.model, a.count, a.seed, Path(tmp), a.composition))
-    print(f"model {a.model}, {a.count} images, seed {a.seed}, composition {a.composition or 'default'}")
+        figures = asyncio.run(measure(a.model, a.count, a.seed, Path(tmp), a.composition, a.image_scale))
+    print(f"model {a.model}, {a.count} images, seed {a.seed}, "
+          f"composition {a.composition or 'default'}, image scale {a.image_scale or 'default'}")
     for name, value in figures.items():
         print(f"  {name:11s} {value:.3f}  (target >= {TARGETS[name]:.2f})")
 

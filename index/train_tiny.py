@@ -62,6 +62,17 @@ def render_pool(count: int, seed: int, transform) -> tuple[list[synthetic.Scene]
     return scenes, pixels
 
 
+def swapped_concept(scene: synthetic.Scene, rng: random.Random) -> str:
+    """A concept the scene does not hold, made of a colour and a shape that it does hold
+    (blue square + green circle -> "green square"): a hard negative that teaches binding."""
+    pairs = [(a.colour, b.shape) for a in scene.objects for b in scene.objects
+             if a is not b and a.colour != b.colour and a.shape != b.shape]
+    candidates = [f"{c} {s}" for c, s in pairs if f"{c} {s}" not in scene.concepts]
+    if not candidates:
+        candidates = [c for c in synthetic.CONCEPTS if c not in scene.concepts]
+    return rng.choice(candidates)
+
+
 def normalise_pixels(batch: torch.Tensor) -> torch.Tensor:
     x = batch.float() / 255.0
     mean = torch.tensor(MEAN).view(1, 3, 1, 1)
@@ -78,11 +89,15 @@ def save(model: torch.nn.Module, out: Path) -> None:
 
 
 def train(out: Path, steps: int, batch: int, seed: int, lr: float, align: float,
-          pool: int, threads: int) -> None:
+          pool: int, threads: int, init: Path | None = None, hard_negatives: bool = False) -> None:
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     rng = random.Random(seed)
     model = build_model()
+    if init is not None:  # continue from an earlier run's weights (a second stage)
+        from safetensors.torch import load_file
+        state = load_file(str(init / "open_clip_model.safetensors"))
+        model.load_state_dict({k: v.float() for k, v in state.items()})
     tokenizer = open_clip.get_tokenizer("ViT-B-32")
     # Resize and centre-crop only: the same geometry as the inference transform.
     from torchvision import transforms as T
@@ -114,7 +129,11 @@ def train(out: Path, steps: int, batch: int, seed: int, lr: float, align: float,
         scale = model.logit_scale.exp().clamp(max=100)
         logits = scale * img @ txt.T
         labels = torch.arange(batch)
-        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+        image_logits = logits
+        if hard_negatives:
+            negs = tokenizer([synthetic.caption([swapped_concept(scenes[i], rng)], rng) for i in idx])
+            image_logits = torch.cat([logits, scale * img @ encode_text_trimmed(parts, negs).T], dim=1)
+        loss = (F.cross_entropy(image_logits, labels) + F.cross_entropy(logits.T, labels)) / 2
         if align > 0:
             concept_vecs = encode_text_trimmed(parts, concept_tokens)
             target = F.normalize(membership[idx] @ concept_vecs, dim=-1)
@@ -142,8 +161,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--align", type=float, default=1.0)
     p.add_argument("--pool", type=int, default=40000)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--init", type=Path, default=None, help="start from this local-dir's weights")
+    p.add_argument("--hard-negatives", action="store_true",
+                   help="add a swapped-binding caption per image as an extra negative")
     a = p.parse_args(argv)
-    train(a.out, a.steps, a.batch, a.seed, a.lr, a.align, a.pool, a.threads)
+    train(a.out, a.steps, a.batch, a.seed, a.lr, a.align, a.pool, a.threads, a.init,
+          a.hard_negatives)
 
 
 if __name__ == "__main__":
