@@ -148,7 +148,7 @@ async def run(args) -> str:
     verdict = "meets" if ratio <= 2.0 else "misses"
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     text = "\n".join([
-        f"## Library: search latency during a backfill (`bench/library_latency.py`)",
+        "## Library: search latency during a backfill (`bench/library_latency.py`)",
         "",
         f"`python -m bench.library_latency {' '.join(sys.argv[1:])}` — {time.strftime('%Y-%m-%d %H:%M')}",
         "",

@@ -16,7 +16,6 @@ from types import SimpleNamespace
 import aiohttp
 import pytest
 from fakediscord import FakeDiscord
-from PIL import Image
 
 from bot import library as library_mod
 from bot.app import ClipfindBot

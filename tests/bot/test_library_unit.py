@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from types import SimpleNamespace
 from dataclasses import replace
+from types import SimpleNamespace
 
 import discord
 from test_library import pic
