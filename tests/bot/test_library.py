@@ -110,7 +110,8 @@ async def say(w, s, content, *, author=None, chan=None):
 async def add_and_wait(w, s, chan=None, timeout=30):
     chan = chan or s.pics
     msg = await say(w, s, f"!library add <#{chan}>")
-    assert "added to the library" in msg["content"], msg["content"]
+    # the one status message: "added ..." at first, edited as the history is read
+    assert msg["content"].startswith(f"📚 <#{chan}>: "), msg["content"]
     await w.fd.wait_for(lambda: "done" in w.fd.get_message(s.cmd, msg["id"])["content"], timeout)
     return w.fd.get_message(s.cmd, msg["id"])
 
@@ -325,4 +326,5 @@ async def test_backfill_resumes_after_a_restart_nothing_lost_nothing_twice(world
     want = sorted(f"discord:{w.a.guild}/{w.a.pics}/{m['id']}/{m['attachments'][0]['id']}"
                   for m in posted)
     assert got == want  # every picture once; the repeated picture not stored again
-    assert "done" in w.fd.get_message(w.a.cmd, msg["id"])["content"]  # the same status message
+    # the same status message says so
+    await w.fd.wait_for(lambda: "done" in w.fd.get_message(w.a.cmd, msg["id"])["content"])
