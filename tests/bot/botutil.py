@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import struct
 import zlib
@@ -29,3 +30,27 @@ def bomb_png(width: int = 60_000, height: int = 60_000) -> bytes:
     ihdr[8:16] = struct.pack(">II", width, height)
     ihdr[21:25] = struct.pack(">I", zlib.crc32(bytes(ihdr[4:21])))
     return data[:8] + bytes(ihdr) + data[33:]
+
+
+async def quiesce():
+    """Let the bot finish the events it is handling (a command still adding its controls):
+    what a handler dispatches after `close()` would be dropped by discord.py."""
+    for _ in range(5):
+        busy = [t for t in asyncio.all_tasks()
+                if t.get_name().startswith(("discord.py: ", "CommandTree-invoker"))
+                and not t.done()]
+        if not busy:
+            return
+        await asyncio.wait(busy, timeout=2)
+
+
+async def settle():
+    """Finish what closed bots left scheduled (event handlers), so no task dies pending."""
+    for _ in range(3):
+        leftovers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        if not leftovers:
+            return
+        await asyncio.wait(leftovers, timeout=1)
+    for t in leftovers:
+        t.cancel()
+    await asyncio.gather(*leftovers, return_exceptions=True)

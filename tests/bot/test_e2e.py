@@ -15,7 +15,7 @@ from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
-from botutil import bomb_png, noise_png
+from botutil import bomb_png, noise_png, quiesce, settle
 from fakediscord import FakeDiscord
 from PIL import Image
 
@@ -61,30 +61,6 @@ async def world(settings, engine):
                 await bot.close()
                 await asyncio.wait_for(task, 10)
     await settle()
-
-
-async def quiesce():
-    """Let the bot finish the events it is handling (a command still adding its controls):
-    what a handler dispatches after `close()` would be dropped by discord.py."""
-    for _ in range(5):
-        busy = [t for t in asyncio.all_tasks()
-                if t.get_name().startswith(("discord.py: ", "CommandTree-invoker"))
-                and not t.done()]
-        if not busy:
-            return
-        await asyncio.wait(busy, timeout=2)
-
-
-async def settle():
-    """Finish what closed bots left scheduled (event handlers), so no task dies pending."""
-    for _ in range(3):
-        leftovers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        if not leftovers:
-            return
-        await asyncio.wait(leftovers, timeout=1)
-    for t in leftovers:
-        t.cancel()
-    await asyncio.gather(*leftovers, return_exceptions=True)
 
 
 async def ask(w, content: str, *, author=None, attachments=(), reply_to=None, chan=None):

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import aiohttp
 import pytest
+from botutil import quiesce, settle
 from fakediscord import FakeDiscord
 
 from bot import library as library_mod
@@ -35,25 +36,6 @@ def pic(colour: str, shape: str, seed: int) -> bytes:
     return buf.getvalue()
 
 
-async def quiesce():
-    for _ in range(5):
-        busy = [t for t in asyncio.all_tasks()
-                if t.get_name().startswith(("discord.py: ", "CommandTree-invoker"))
-                and not t.done()]
-        if not busy:
-            return
-        await asyncio.wait(busy, timeout=2)
-
-
-async def settle():
-    for _ in range(3):
-        leftovers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        if not leftovers:
-            return
-        await asyncio.wait(leftovers, timeout=1)
-    for t in leftovers:
-        t.cancel()
-    await asyncio.gather(*leftovers, return_exceptions=True)
 
 
 @pytest.fixture
