@@ -156,8 +156,8 @@ def tune(
     query itself is (-1: none), exact top-10 ids[, group of each query]), it is the
     smallest power of two from a low start whose recall@10 reaches TARGET_RECALL +
     TUNE_MARGIN in every group (every kind of question, see calibration_queries), or
-    where doubling stops paying (recall above the target and gaining under 0.002: the
-    codes, not the probes, limit it), or the ceiling. Latency grows with the
+    where doubling stops paying (recall above the target and gaining under 0.003 over two
+    doublings: the codes, not the probes, limit it), or the ceiling. Latency grows with the
     knob, so the smallest that is good enough is the one to keep: starting high (as a
     fixed nlist/16 did) costs 5-10x in latency at a million items for no recall.
     Without calibration the conservative default is kept (IVF: max(16, nlist/16);
@@ -173,18 +173,21 @@ def tune(
     goal = TARGET_RECALL + TUNE_MARGIN
     queries, self_ids, truth = calibration[:3]
     groups = calibration[3] if len(calibration) > 3 else np.zeros(len(queries), dtype=np.int64)
-    value, previous = min(floor, ceiling), -1.0
+    value, history = min(floor, ceiling), []
     while True:
         setter(value)
         recall = min(
             _recall_at_10(index, queries[groups == g], self_ids[groups == g], truth[groups == g])
             for g in np.unique(groups)
         )
+        history.append(recall)
         if recall >= goal or value >= ceiling:
             break
-        if recall >= TARGET_RECALL and recall - previous < 0.002:
+        # saturated: above the target and flat over the last two doublings (4x the knob);
+        # one flat step is not enough, recall often pauses and climbs again
+        if recall >= TARGET_RECALL and len(history) >= 3 and recall - history[-3] < 0.003:
             break
-        previous, value = recall, min(ceiling, value * 2)
+        value = min(ceiling, value * 2)
     return {name: int(value)}
 
 
