@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,15 +123,17 @@ def _split_preprocess(preprocess) -> tuple[Callable, Callable, Callable] | None:
     return pil, to_batch, T.Compose(stages[-2:])
 
 
-_SPLITS: dict[int, tuple[Callable, Callable, Callable] | None] = {}
+_SPLITS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # preprocess -> split
 
 
 def _decode(loaded, pairs: list[tuple[SourceRecord, bytes | None]], failed: list) -> _Prepared:
     """Read (files), decode and preprocess one chunk; runs in a worker thread."""
-    key = id(loaded.preprocess)
-    if key not in _SPLITS:
-        _SPLITS[key] = _split_preprocess(loaded.preprocess)
-    split = _SPLITS[key]
+    try:
+        split = _SPLITS[loaded.preprocess]
+    except KeyError:
+        split = _SPLITS[loaded.preprocess] = _split_preprocess(loaded.preprocess)
+    except TypeError:  # a preprocess that cannot be weakly referenced
+        split = _split_preprocess(loaded.preprocess)
     records, hashes, images = [], [], []
     for r, data in pairs:
         if data is None:
