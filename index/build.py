@@ -90,25 +90,30 @@ def _split_preprocess(preprocess) -> tuple[Callable, Callable, Callable] | None:
     exactly the tensors that `preprocess` gives one image at a time; None for a pipeline
     not of that shape.
 
-    The usual CLIP pipeline ends in ToTensor and Normalize: a few small tensor operations
-    per image whose dispatch costs more than their arithmetic at 64-224 px. Done once per
-    chunk on the stacked uint8 pixels they are the same elementwise operations in the same
-    order (so the same floats), for a fraction of the CPU time the decoding threads take
-    away from the model.
+    The usual CLIP pipeline ends in ToTensor and Normalize, a map from each 8-bit channel
+    value to a float. Run on one image at a time it costs more in dispatch than in
+    arithmetic; run on a whole chunk as torch ops it goes multi-threaded (the chunk is
+    above torch's grain size) and fights the model for the cores. So the map is taken
+    from the pipeline itself once (all 256 values of each channel through ToTensor and
+    Normalize) and applied to a chunk as a single-threaded table lookup: the same floats
+    by construction.
     """
     from torchvision import transforms as T
 
     stages = list(getattr(preprocess, "transforms", ()))
     if len(stages) < 2 or not isinstance(stages[-2], T.ToTensor):
         return None
-    norm = stages[-1]
-    if not isinstance(norm, T.Normalize):
+    if not isinstance(stages[-1], T.Normalize):
         return None
-    dtype = torch.get_default_dtype()
-    mean = torch.as_tensor(norm.mean, dtype=dtype).view(1, -1, 1, 1)
-    std = torch.as_tensor(norm.std, dtype=dtype).view(1, -1, 1, 1)
-    if (std == 0).any():
+    tail = T.Compose(stages[-2:])
+    ramp = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, axis=2)  # 1x256 RGB
+    try:
+        table = tail(Image.fromarray(ramp, "RGB"))
+    except Exception:
         return None
+    if not isinstance(table, torch.Tensor) or tuple(table.shape) != (3, 1, 256):
+        return None
+    lut = table[:, 0, :].numpy().copy()  # (3, 256)
     pil = T.Compose(stages[:-2])
 
     def to_batch(images: list) -> torch.Tensor | None:
@@ -116,11 +121,13 @@ def _split_preprocess(preprocess) -> tuple[Callable, Callable, Callable] | None:
             return None
         if len({im.size for im in images}) != 1:
             return None
-        x = torch.from_numpy(np.stack([np.asarray(im) for im in images]))
-        x = x.permute(0, 3, 1, 2).contiguous().to(dtype=dtype).div(255)
-        return x.sub_(mean).div_(std)
+        pixels = np.stack([np.asarray(im) for im in images])  # (n, h, w, 3) uint8
+        out = np.empty((pixels.shape[0], 3, *pixels.shape[1:3]), dtype=lut.dtype)
+        for c in range(3):
+            np.take(lut[c], pixels[..., c], out=out[:, c])
+        return torch.from_numpy(out)
 
-    return pil, to_batch, T.Compose(stages[-2:])
+    return pil, to_batch, tail
 
 
 _SPLITS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # preprocess -> split
