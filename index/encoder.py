@@ -15,7 +15,8 @@
 - A batch of texts of different lengths runs packed: the tokens of all texts in one
   sequence, each attending only to its own text, so no work goes to padding (a batch
   of queries is ~30% padding when trimmed to its longest). Used when the warm-up found
-  it both equal to the padded pass (within 1e-5) and faster.
+  it both equal to the padded pass (within 1e-5) and faster; the same measurement
+  picks the thread count of text batches (a small text tower runs them faster on one).
 - glibc's malloc thresholds are pinned (see `_pin_malloc_thresholds`): without it every
   pass on the model thread page-faults its activations in afresh (700k faults and 30-40%
   of the time for 4096 images on the bundled model; the main thread does not suffer).
@@ -152,6 +153,11 @@ def _packable(parts: TextParts | None) -> bool:
     return True
 
 
+_PROBE_TEXTS = ("a dog", "a photo of a small red car parked in front of an old house at night",
+                "tokyo tower", "two cats sleeping on a sofa in the sun", "snow", "a bowl of ramen",
+                "a lighthouse in a storm", "sunflower field")
+
+
 @dataclass
 class EncoderStats:
     batches: int = 0
@@ -173,6 +179,7 @@ class Encoder:
         self.lone_pass: dict[str, float] = {}
         self.lone_threads: dict[str, int] = {}
         self.packed = False  # batches of texts run packed (decided at warm-up)
+        self.batch_threads: dict[str, int] = {}  # threads of a batch pass, where measured
         self.queue_size = queue_size
         self.threads = threads
         self.stats = EncoderStats()
@@ -342,35 +349,40 @@ class Encoder:
                 v = F.normalize(m.model.encode_image(inputs.to(m.device, m.dtype)), dim=-1)
         return v.float().cpu().numpy()
 
-    def _packing_pays(self) -> bool:
-        """Whether packed text batches give the padded pass's vectors (1e-5), faster."""
+    def _calibrate_text_batches(self, choices: list[int], threads: int) -> None:
+        """How batches of texts run: packed or padded, on how many threads (the fastest on
+        a probe batch; packed only when it gives the padded pass's vectors within 1e-5)."""
         m = self.loaded
-        if m.device.type != "cpu" or not _packable(m.text):
-            return False  # on a GPU padding is nearly free; keep the plain path there
-        probe = ["a dog", "a photo of a small red car parked in front of an old house at night",
-                 "tokyo tower", "two cats sleeping on a sofa in the sun", "snow", "a bowl of ramen",
-                 "a lighthouse in a storm", "sunflower field"]
-        tokens = m.tokenizer(probe).to(m.device)
-        try:
-            with torch.inference_mode():
-                padded = encode_text_trimmed(m.text, tokens)
-                packed = encode_text_packed(m.text, tokens)
-                if float((padded - packed).abs().max()) > 1e-5:
-                    log.warning("packed text pass differs from the padded one; not used")
-                    return False
-
-                def best(fn) -> float:
+        if m.device.type != "cpu" or m.text is None:
+            return  # on a GPU padding is nearly free and threads are not ours to pick
+        tokens = m.tokenizer(list(_PROBE_TEXTS)).to(m.device)
+        ways = [False]
+        with torch.inference_mode():
+            if _packable(m.text):
+                try:
+                    padded = encode_text_trimmed(m.text, tokens)
+                    packed = encode_text_packed(m.text, tokens)
+                    if float((padded - packed).abs().max()) <= 1e-5:
+                        ways.append(True)
+                    else:
+                        log.warning("packed text pass differs from the padded one; not used")
+                except Exception:  # an unusual tower: the padded pass serves
+                    log.exception("packed text pass failed; not used")
+            timings: dict[tuple[int, bool], float] = {}
+            for n in choices:
+                torch.set_num_threads(n)
+                for way in ways:
+                    fn = encode_text_packed if way else encode_text_trimmed
+                    fn(m.text, tokens)
                     times = []
                     for _ in range(3):
                         t0 = time.perf_counter()
                         fn(m.text, tokens)
                         times.append(time.perf_counter() - t0)
-                    return min(times)
-
-                return best(encode_text_packed) < 0.95 * best(encode_text_trimmed)
-        except Exception:  # an unusual tower: the padded pass serves
-            log.exception("packed text pass failed; not used")
-            return False
+                    timings[(n, way)] = min(times)
+            torch.set_num_threads(threads)
+        n, way = min(timings, key=lambda k: timings[k])
+        self.batch_threads["text"], self.packed = n, way
 
     def _timed_forward(self, kind: str, inputs: torch.Tensor) -> float:
         t0 = time.perf_counter()
@@ -394,7 +406,7 @@ class Encoder:
                 torch.set_num_threads(threads)
                 n = min(best, key=lambda k: best[k])
                 self.lone_threads[kind], self.lone_pass[kind] = n, best[n]
-            self.packed = self._packing_pays()
+            self._calibrate_text_batches(choices, threads)
         except Exception:  # a broken model shows up on the first real request too
             log.exception("encoder warm-up failed")
         self._ready.set()
@@ -421,11 +433,12 @@ class Encoder:
             inputs = torch.cat([r.inputs for r in batch]) if len(batch) > 1 else batch[0].inputs
             kind = batch[0].kind
             threads = torch.get_num_threads()
-            alone = inputs.shape[0] == 1 and self.lone_threads.get(kind, threads) != threads
+            table = self.lone_threads if inputs.shape[0] == 1 else self.batch_threads
+            use = table.get(kind, threads)
             t0 = time.perf_counter()
             try:
-                if alone:
-                    torch.set_num_threads(self.lone_threads[kind])
+                if use != threads:
+                    torch.set_num_threads(use)
                 out = self._forward(kind, inputs)
             except Exception as e:
                 log.exception("encoder forward pass failed")
@@ -433,7 +446,7 @@ class Encoder:
                     r.done(e)
                 continue
             finally:
-                if alone:
+                if use != threads:
                     torch.set_num_threads(threads)
             seconds = time.perf_counter() - t0
             self.stats.batches += 1
