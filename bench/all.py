@@ -1,7 +1,7 @@
 """Every benchmark, one after another, each in its own process (so that one's memory and
 threads do not colour the next), tables to standard output and, with --out, to a file.
 
-    python -m bench.all                          # about 30-40 minutes on 2 CPU cores
+    python -m bench.all                          # about 15-20 minutes on 2 idle CPU cores
     python -m bench.all --out bench/latest.md --quick
 
 --quick runs smaller sizes (a few minutes in all): a smoke test, not the figures to quote.

@@ -1,6 +1,6 @@
 """Search at scale: numpy baselines against the FAISS index the engine builds, and others.
 
-    python -m bench.search                        # N = 100k and 1M, 512-d, k = 10
+    python -m bench.search                        # N = 100k and 1M, 512-d, k = 10 (~5-8 min)
     python -m bench.search --n 100000 --queries 300 --collection-n 100000
     python -m bench.search --n 1000000 --alternatives IVF2048,SQ8 HNSW32,SQ8
 
