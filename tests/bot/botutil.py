@@ -44,6 +44,14 @@ async def quiesce():
         await asyncio.wait(busy, timeout=2)
 
 
+async def close_bots(bots) -> None:
+    """Close the (bot, task) pairs a test started, once their events are handled."""
+    await quiesce()
+    for bot, task in bots:
+        await bot.close()
+        await asyncio.wait_for(task, 10)
+
+
 async def settle():
     """Finish what closed bots left scheduled (event handlers), so no task dies pending."""
     for _ in range(3):

@@ -15,7 +15,7 @@ from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
-from botutil import bomb_png, noise_png, quiesce, settle
+from botutil import bomb_png, close_bots, noise_png, quiesce, settle
 from fakediscord import FakeDiscord
 from PIL import Image
 
@@ -56,10 +56,7 @@ async def world(settings, engine):
         try:
             yield w
         finally:
-            await quiesce()
-            for bot, task in w.bots:
-                await bot.close()
-                await asyncio.wait_for(task, 10)
+            await close_bots(w.bots)
     await settle()
 
 

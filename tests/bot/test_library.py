@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import aiohttp
 import pytest
-from botutil import quiesce, settle
+from botutil import close_bots, quiesce, settle
 from fakediscord import FakeDiscord
 
 from bot import library as library_mod
@@ -74,10 +74,7 @@ async def world(lib_settings, engine):
         try:
             yield w
         finally:
-            await quiesce()
-            for bot, task in w.bots:
-                await bot.close()
-                await asyncio.wait_for(task, 10)
+            await close_bots(w.bots)
     await settle()
 
 
