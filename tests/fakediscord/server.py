@@ -548,14 +548,22 @@ class FakeDiscord:
         content: str | None = None,
         *,
         embeds: list[dict[str, Any]] | None = None,
+        keep_attachments: Iterable[int] | None = None,
     ) -> dict[str, Any]:
-        """A member edits their message; dispatches MESSAGE_UPDATE."""
+        """A member edits their message; dispatches MESSAGE_UPDATE.
+
+        ``keep_attachments``: the ids of the attachments that stay (a member can remove
+        attachments in an edit, not add them); None keeps them all.
+        """
         msg = self._message(channel_id, message_id)
         if content is not None:
             msg.content = content
             msg.mentions = self._parse_mentions(content, msg.guild_id)
         if embeds is not None:
             msg.embeds = list(embeds)
+        if keep_attachments is not None:
+            keep = {int(i) for i in keep_attachments}
+            msg.attachments = [a for a in msg.attachments if a.id in keep]
         msg.edited_timestamp = now_iso()
         self._dispatch_message_update(msg)
         await self.gateway.drain()
