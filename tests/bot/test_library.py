@@ -307,3 +307,73 @@ async def test_backfill_resumes_after_a_restart_nothing_lost_nothing_twice(world
     assert got == want  # every picture once; the repeated picture not stored again
     # the same status message says so
     await w.fd.wait_for(lambda: "done" in w.fd.get_message(w.a.cmd, msg["id"])["content"])
+
+
+def source(s, msg, i: int = 0) -> str:
+    """The library source of attachment `i` of a posted message."""
+    return f"discord:{s.guild}/{msg['channel_id']}/{msg['id']}/{msg['attachments'][i]['id']}"
+
+
+def seen_by_library(w, s, msg) -> bool:
+    """Every picture of `msg` is in the library's posts (stored, or a repeat of one)."""
+    want = {source(s, msg, i) for i in range(len(msg["attachments"]))}
+    return w.bot.library.guilds[s.guild].posts.known(sorted(want)) == want
+
+
+def shown(page, msg) -> bool:
+    return any(e["url"].endswith(f"/{msg['id']}") for e in page["embeds"])
+
+
+def titles(page) -> set[str]:
+    return {e["title"].split(" · ", 1)[1] for e in page["embeds"]}
+
+
+async def test_a_picture_stays_while_any_post_of_it_remains(world):
+    """The same picture, posted three times (two read by the backfill, one live), is stored
+    once. Deleting its posts (one, then in bulk after a restart) keeps it, shown through a
+    post left; deleting the channel of its last post removes it."""
+    w = world
+    same = pic("red", "circle", 0)
+    first = await w.fd.post_message(w.a.pics, w.a.member, "mine",
+                                    attachments=[("first.png", same, None)])
+    fillers = await post_pics(w, w.a, [("blue", "square", 1), ("green", "triangle", 2)],
+                              prefix="alpha")
+    again = await w.fd.post_message(w.a.pics, w.a.admin, "again",
+                                    attachments=[("again.png", same, None)])
+    await w.start()
+    await add_and_wait(w, w.a)
+    await add_and_wait(w, w.a, w.a.other)
+    third = await w.fd.post_message(w.a.other, w.a.member, "and again",
+                                    attachments=[("third.png", same, None)])
+    await w.fd.wait_for(lambda: seen_by_library(w, w.a, third))
+    assert sources(w, w.a) == {source(w.a, m) for m in (first, *fillers)}
+
+    # the first post deleted: the picture stays, its card now the second post's
+    await w.fd.delete_message(w.a.pics, first["id"])
+    await w.fd.wait_for(lambda: source(w.a, again) in sources(w, w.a))
+    page = await say(w, w.a, "!find red circle")
+    assert shown(page, again) and not shown(page, first)
+    assert "again.png" in titles(page) and "first.png" not in titles(page)
+    card = next(e for e in page["embeds"] if e["url"].endswith(f"/{again['id']}"))
+    assert f"<@{w.a.admin}>" in card["description"] and f"<#{w.a.pics}>" in card["description"]
+    status = await say(w, w.a, "!library status")
+    assert "2 channel(s), 3 images" in status["content"], status["content"]
+
+    # after a restart (what the library knows is on disk), a bulk delete of the second post
+    # and a filler: the picture stays through the third post, in the other channel
+    await w.stop()
+    await w.start()
+    await w.fd.bulk_delete(w.a.pics, [again["id"], fillers[0]["id"]])
+    await w.fd.wait_for(lambda: sources(w, w.a) == {source(w.a, third), source(w.a, fillers[1])})
+    page = await say(w, w.a, "!find red circle")
+    assert shown(page, third) and titles(page) == {"third.png", "alpha-green-triangle-2.png"}
+    assert f"<#{w.a.other}>" in page["embeds"][0]["description"]
+
+    # the channel of its last post deleted: the picture is gone
+    await w.fd.delete_channel(w.a.other)
+    await w.fd.wait_for(lambda: sources(w, w.a) == {source(w.a, fillers[1])})
+    page = await say(w, w.a, "!find red circle")
+    assert titles(page) == {"alpha-green-triangle-2.png"}
+    status = await say(w, w.a, "!library status")
+    assert "1 channel(s), 1 images" in status["content"], status["content"]
+

@@ -6,14 +6,25 @@ from __future__ import annotations
 import asyncio
 import threading
 from dataclasses import replace
+from datetime import UTC, datetime
 from types import SimpleNamespace
 
 import discord
+import numpy as np
 from test_library import pic
 
 from bot.core import Core, FindRequest
-from bot.library import STATE_FILE, ChannelState, GuildLibrary, Library, is_indexable, load_channels
+from bot.library import (
+    POSTS_FILE,
+    STATE_FILE,
+    ChannelState,
+    GuildLibrary,
+    Library,
+    is_indexable,
+    load_channels,
+)
 from index.encoder import BULK
+from index.images import content_hash
 from index.namespaces import Namespaces
 from index.store import NewItem
 
@@ -144,3 +155,100 @@ async def test_a_search_is_served_before_queued_backfill_work(engine, settings, 
     finally:
         release.set()
         await asyncio.to_thread(spaces.close)
+
+
+def message(mid: int, *pictures: tuple[int, bytes], channel: int = 1, guild: int = 7):
+    """A member's message (what Library._index reads of one) with (attachment id, PNG) pictures."""
+    def attachment(aid, data):
+        async def read():
+            return data
+        return SimpleNamespace(id=aid, filename=f"{aid}.png", content_type="image/png",
+                               size=len(data), width=96, height=96, is_spoiler=lambda: False,
+                               read=read)
+    return SimpleNamespace(
+        id=mid, guild=SimpleNamespace(id=guild), channel=SimpleNamespace(id=channel),
+        author=SimpleNamespace(id=42, bot=False), created_at=datetime.fromtimestamp(1.7e9 + mid, UTC),
+        jump_url=f"https://discord.com/channels/{guild}/{channel}/{mid}",
+        attachments=[attachment(a, d) for a, d in pictures])
+
+
+async def open_library(engine, settings, root, *messages) -> tuple[Library, GuildLibrary]:
+    """Server 7's library, its channels 1 and 2 holding `messages` (indexed in order)."""
+    lib = Library(None, settings, Namespaces(root, engine.encoder), engine)
+    await lib.open()
+    g = await lib._open_guild(7, create=True)
+    for m in messages:
+        g.channels.setdefault(m.channel.id, ChannelState())
+        await lib._index(g, m.channel.id, [m], None)
+    return lib, g
+
+
+def holder(g, data: bytes) -> tuple[int, int, int] | None:
+    """(channel, message, attachment) of the item that holds this picture."""
+    it = g.engine.collection.find_hash(content_hash(data), 7)
+    return None if it is None else (it.channel_id, it.message_id, it.attachment_id)
+
+
+X, Y = pic("red", "circle", 0), pic("blue", "square", 1)
+
+
+async def test_a_repeated_picture_moves_to_the_oldest_post_left_and_goes_with_the_last(
+        engine, settings, tmp_path):
+    lib, g = await open_library(
+        engine, settings, tmp_path / "libs",
+        message(10, (100, X)), message(11, (110, X), (111, X)), message(12, (120, Y)),
+        message(20, (200, X), channel=2), message(21, (210, X), channel=2))
+    coll = g.engine.collection
+    try:
+        assert len(coll) == 2 and holder(g, X) == (1, 10, 100)
+        vector = coll.vectors([coll.find_hash(content_hash(X), 7).id])
+        # a repeat deleted: nothing changes
+        assert await lib.remove_messages(7, 2, [20]) == 0 and holder(g, X) == (1, 10, 100)
+        # the holder deleted: the oldest post left holds it, with the same vector
+        assert await lib.remove_messages(7, 1, [10]) == 0 and holder(g, X) == (1, 11, 110)
+        assert np.array_equal(coll.vectors([coll.find_hash(content_hash(X), 7).id]), vector)
+        # a channel leaves: its own pictures go (1), the repeated one moves to channel 2
+        assert await lib.remove_channel(7, 1) == 1
+        assert holder(g, X) == (2, 21, 210) and holder(g, Y) is None and len(coll) == 1
+        # the last post deleted: the picture is gone, and so are its posts
+        assert await lib.remove_messages(7, 2, [21]) == 1
+        assert len(coll) == 0 and g.posts.of_hashes({content_hash(X), content_hash(Y)}) == []
+        assert lib.channel_state(7, 2) is not None  # the library itself stays
+    finally:
+        await lib.close()
+
+
+async def test_an_unrelated_delete_changes_nothing(engine, settings, tmp_path):
+    lib, g = await open_library(engine, settings, tmp_path / "libs",
+                                message(10, (100, X), (101, Y)), message(11, (110, X)))
+    try:
+        assert await lib.remove_messages(7, 1, [98, 99]) == 0
+        assert len(g.engine.collection) == 2 and holder(g, X) == (1, 10, 100)
+        # a post seen again (a resumed backfill) is neither downloaded nor recorded twice
+        again = message(11, (110, X))
+        again.attachments[0].read = None
+        assert await lib._index(g, 1, [again], None) == (0, True)
+        assert len(g.posts.of_hashes({content_hash(X)})) == 2
+    finally:
+        await lib.close()
+
+
+async def test_posts_survive_a_restart_and_older_libraries_get_theirs(engine, settings, tmp_path):
+    root = tmp_path / "libs"
+    lib, g = await open_library(engine, settings, root, message(10, (100, X)), message(11, (110, X)),
+                                message(12, (120, Y)))
+    await lib.close()
+    lib, _ = await open_library(engine, settings, root)
+    try:  # the repeat is known after the restart: the picture stays when the first goes
+        assert await lib.remove_messages(7, 1, [10]) == 0 and holder(lib.guilds[7], X) == (1, 11, 110)
+    finally:
+        await lib.close()
+    # a library from before posts.sqlite: its posts are read from its collection
+    (root / "7" / POSTS_FILE).unlink()
+    lib, g = await open_library(engine, settings, root)
+    try:
+        assert len(g.posts.of_channel(1)) == 2
+        assert await lib.remove_messages(7, 1, [12]) == 1 and holder(g, Y) is None
+    finally:
+        await lib.close()
+
