@@ -11,7 +11,8 @@ the server's channels and, for each, how far the history has been read:
 
 Also next to it, `posts.sqlite` (class `Posts`) lists every post of every stored picture:
 the collection stores a picture once per server (by content hash) and its item names one
-post of it; the table knows the others. So a picture stays while any post of it remains.
+post of it; the table knows the others. So a picture stays while any post of it remains,
+and an edit that removes an attachment finds the picture it held.
 
 `last` is the newest message such that every message up to it has been handled (its
 images stored, or found not to be images). It only moves after the images of the messages
@@ -29,12 +30,13 @@ stored twice (sources in `posts.sqlite` are not read again).
   (ImageError from the engine). Bots' messages and spoilers are skipped. The same picture is
   stored once per server (the engine dedupes by content hash within the guild); its other
   posts are recorded in `posts.sqlite`.
-- Deletions: a deleted message (one or in bulk), a deleted or removed channel forget their
-  posts; a picture with no post left loses its item and vector, one that another post still
-  holds is re-pointed at that post (`GuildLibrary.forget`). The bot leaving the server drops
-  everything. A guild's writes and removals are serialised by one lock, so a removal never
-  races a commit in flight. A result whose message turns out to be gone when it is shown
-  (deleted while the bot was away) is removed then.
+- Deletions: a deleted message (one or in bulk), an edit that removes attachments, a
+  deleted or removed channel forget their posts; a picture with no post left loses its item
+  and vector, one that another post still holds is re-pointed at that post
+  (`GuildLibrary.forget`). The bot leaving the server drops everything. A guild's writes
+  and removals are serialised by one lock, so a removal never races a commit in flight. A
+  result whose message or attachment turns out to be gone when it is shown (deleted or
+  edited while the bot was away) is removed then.
 - Results show the picture through a fresh attachment URL (CDN URLs expire): the message
   is fetched again, with a small cache; plus who posted it, when, and a jump link.
 """
@@ -232,13 +234,17 @@ class GuildLibrary:
     saved_at: float = 0.0
     posts: Posts | None = None
 
-    def forget(self, channel_id: int, message_ids: list[int] | None = None) -> int:
-        """Forget the posts of a channel, or of some of its messages. Their pictures
+    def forget(self, channel_id: int, message_ids: list[int] | None = None,
+               keep: set[int] | None = None) -> int:
+        """Forget the posts of a channel, or of some of its messages, or (with `keep`, the
+        attachment ids a message still has after an edit) those edited away. Their pictures
         leave the library, except those another post still holds: such a picture's item is
         first re-pointed at the oldest post left (a new item with the same vector), so it
         stays. Returns how many pictures left. In a thread, with `lock` held."""
         coll = self.engine.collection
         gone = self.posts.of_channel(channel_id, message_ids)
+        if keep is not None:
+            gone = [p for p in gone if p.attachment_id not in keep]
         names = {p.source for p in gone}
         heirs: dict[str, NewItem] = {}
         for p in self.posts.of_hashes({p.content_hash for p in gone}):
@@ -250,8 +256,11 @@ class GuildLibrary:
             if item is not None and item.source in names:
                 coll.add([heir], coll.vectors([item.id]))  # first: a crash keeps both
                 moved += 1
-        removed = len(coll.remove_where(guild_id=self.guild_id, channel_id=channel_id,
-                                        message_ids=message_ids))
+        if keep is None:
+            removed = len(coll.remove_where(guild_id=self.guild_id, channel_id=channel_id,
+                                            message_ids=message_ids))
+        else:
+            removed = coll.remove([it.id for s in sorted(names) if (it := coll.by_source(s))])
         self.posts.remove(names)
         return removed - moved
 
@@ -412,25 +421,22 @@ class Library:
                 log.error("item %s of server %s in the library of %s", it.id, it.guild_id, guild_id)
                 continue
             info = fresh.get((it.channel_id, it.message_id), {})
-            if info is None:  # the message is gone: forget it
-                gone.append(it.message_id)
+            if info is None or ("urls" in info and it.attachment_id not in info["urls"]):
+                gone.append((it, info))  # the message, or the picture on it, is gone
                 out.append(replace(card, title="(deleted since)", image_url=None, link=None,
-                                   credit="this message was deleted", file=None))
+                                   credit="this post was deleted", file=None))
                 continue
             name = info.get("author")
             who = f"{name} (<@{it.author_id}>)" if name else f"<@{it.author_id}>"
             credit = f"posted by {who}{_when(it.posted_at)} in <#{it.channel_id}>"
             out.append(replace(card, image_url=info.get("urls", {}).get(it.attachment_id),
                                credit=credit, source="Discord"))
-        if gone:
-            g = self.guilds.get(guild_id)
-            if g is not None:
-                by_channel: dict[int, list[int]] = {}
-                for hit in hits:
-                    if hit.item.message_id in gone:
-                        by_channel.setdefault(hit.item.channel_id, []).append(hit.item.message_id)
-                for cid, mids in by_channel.items():
-                    await self.remove_messages(guild_id, cid, mids)
+        for it, info in gone:
+            if info is None:
+                await self.remove_messages(guild_id, it.channel_id, [it.message_id])
+            else:
+                await self.remove_attachments(guild_id, it.channel_id, it.message_id,
+                                              set(info["urls"]))
         return out
 
     async def _fresh(self, channel_id: int, message_id: int) -> dict | None:
@@ -510,6 +516,22 @@ class Library:
             n = await asyncio.to_thread(g.forget, channel_id, message_ids)
         if n:
             log.info("library of server %s: %d images of deleted messages removed", guild_id, n)
+        return n
+
+    async def remove_attachments(self, guild_id: int, channel_id: int, message_id: int,
+                                 keep: set[int]) -> int:
+        """A message was edited: the pictures of the attachments not in `keep` (its
+        attachment ids now) leave, unless another post holds them. How many left."""
+        g = self.guilds.get(guild_id)
+        if g is None or g.gone:
+            return 0
+        self._urls.pop((channel_id, message_id), None)
+        async with g.lock:
+            if g.gone:
+                return 0
+            n = await asyncio.to_thread(g.forget, channel_id, [message_id], set(keep))
+        if n:
+            log.info("library of server %s: %d images edited out of a message removed", guild_id, n)
         return n
 
     async def drop_guild(self, guild_id: int) -> bool:

@@ -157,6 +157,13 @@ class LibraryCog(commands.Cog, name="Library"):
             await self.lib.remove_messages(payload.guild_id, payload.channel_id, payload.message_ids)
 
     @commands.Cog.listener()
+    async def on_raw_message_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
+        atts = payload.data.get("attachments")  # absent: the edit did not touch them
+        if atts is not None and self._tracked(payload.guild_id, payload.channel_id):
+            await self.lib.remove_attachments(payload.guild_id, payload.channel_id,
+                                              payload.message_id, {int(a["id"]) for a in atts})
+
+    @commands.Cog.listener()
     async def on_guild_channel_delete(self, channel: discord.abc.GuildChannel) -> None:
         if self._tracked(channel.guild.id, channel.id):
             n = await self.lib.remove_channel(channel.guild.id, channel.id)

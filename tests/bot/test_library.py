@@ -377,3 +377,34 @@ async def test_a_picture_stays_while_any_post_of_it_remains(world):
     status = await say(w, w.a, "!library status")
     assert "1 channel(s), 1 images" in status["content"], status["content"]
 
+
+async def test_an_attachment_edited_out_of_its_message_leaves_the_library(world):
+    """A message with two pictures is edited: a picture that another post also shows stays
+    (shown through that post); one that no other post shows leaves the library."""
+    w = world
+    await post_pics(w, w.a, [("blue", "square", 1)], prefix="alpha")
+    await w.start()
+    await add_and_wait(w, w.a)
+    red, green = pic("red", "circle", 0), pic("green", "triangle", 2)
+    both = await w.fd.post_message(w.a.pics, w.a.member, "two",
+                                   attachments=[("red.png", red, None), ("green.png", green, None)])
+    repeat = await w.fd.post_message(w.a.pics, w.a.admin, "green again",
+                                     attachments=[("green-again.png", green, None)])
+    await w.fd.wait_for(lambda: seen_by_library(w, w.a, both) and seen_by_library(w, w.a, repeat))
+    assert len(sources(w, w.a)) == 3
+    red_att = both["attachments"][0]["id"]
+
+    await w.fd.edit_message(w.a.pics, both["id"], "two pictures")  # the text only: no change
+    await w.fd.edit_message(w.a.pics, both["id"], keep_attachments=[red_att])
+    await w.fd.wait_for(lambda: source(w.a, repeat) in sources(w, w.a))
+    assert len(sources(w, w.a)) == 3
+    page = await say(w, w.a, "!find green triangle")
+    assert titles(page) == {"red.png", "green-again.png", "alpha-blue-square-1.png"}
+    assert shown(page, repeat) and shown(page, both)
+
+    await w.fd.edit_message(w.a.pics, both["id"], keep_attachments=[])
+    await w.fd.wait_for(lambda: len(sources(w, w.a)) == 2)
+    page = await say(w, w.a, "!find red circle")
+    assert titles(page) == {"green-again.png", "alpha-blue-square-1.png"}
+    status = await say(w, w.a, "!library status")
+    assert "1 channel(s), 2 images" in status["content"], status["content"]

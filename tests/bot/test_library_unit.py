@@ -23,7 +23,9 @@ from bot.library import (
     is_indexable,
     load_channels,
 )
+from bot.reply import Card
 from index.encoder import BULK
+from index.engine import Hit
 from index.images import content_hash
 from index.namespaces import Namespaces
 from index.store import NewItem
@@ -207,21 +209,25 @@ async def test_a_repeated_picture_moves_to_the_oldest_post_left_and_goes_with_th
         # the holder deleted: the oldest post left holds it, with the same vector
         assert await lib.remove_messages(7, 1, [10]) == 0 and holder(g, X) == (1, 11, 110)
         assert np.array_equal(coll.vectors([coll.find_hash(content_hash(X), 7).id]), vector)
+        # edited out of its message, the picture moves to its other attachment there
+        assert await lib.remove_attachments(7, 1, 11, {111}) == 0 and holder(g, X) == (1, 11, 111)
         # a channel leaves: its own pictures go (1), the repeated one moves to channel 2
         assert await lib.remove_channel(7, 1) == 1
         assert holder(g, X) == (2, 21, 210) and holder(g, Y) is None and len(coll) == 1
-        # the last post deleted: the picture is gone, and so are its posts
-        assert await lib.remove_messages(7, 2, [21]) == 1
+        # the last post edited away: the picture is gone, and so are its posts
+        assert await lib.remove_attachments(7, 2, 21, set()) == 1
         assert len(coll) == 0 and g.posts.of_hashes({content_hash(X), content_hash(Y)}) == []
         assert lib.channel_state(7, 2) is not None  # the library itself stays
     finally:
         await lib.close()
 
 
-async def test_an_unrelated_delete_changes_nothing(engine, settings, tmp_path):
+async def test_an_unrelated_edit_or_delete_changes_nothing(engine, settings, tmp_path):
     lib, g = await open_library(engine, settings, tmp_path / "libs",
                                 message(10, (100, X), (101, Y)), message(11, (110, X)))
     try:
+        assert await lib.remove_attachments(7, 1, 10, {100, 101}) == 0  # the text was edited
+        assert await lib.remove_attachments(7, 1, 99, set()) == 0  # not a library message
         assert await lib.remove_messages(7, 1, [98, 99]) == 0
         assert len(g.engine.collection) == 2 and holder(g, X) == (1, 10, 100)
         # a post seen again (a resumed backfill) is neither downloaded nor recorded twice
@@ -248,7 +254,35 @@ async def test_posts_survive_a_restart_and_older_libraries_get_theirs(engine, se
     lib, g = await open_library(engine, settings, root)
     try:
         assert len(g.posts.of_channel(1)) == 2
-        assert await lib.remove_messages(7, 1, [12]) == 1 and holder(g, Y) is None
+        assert await lib.remove_attachments(7, 1, 12, set()) == 1 and holder(g, Y) is None
     finally:
         await lib.close()
 
+
+async def test_a_result_edited_away_while_the_bot_was_away_is_removed_when_shown(
+        engine, settings, tmp_path):
+    lib, g = await open_library(engine, settings, tmp_path / "libs",
+                                message(10, (100, X), (101, Y)), message(11, (110, X)))
+    now = {10: [101], 11: [110]}  # attachments on each message now: 100 was edited out
+
+    async def fetch_message(mid):
+        atts = [SimpleNamespace(id=a, url=f"https://cdn/{a}.png") for a in now[mid]]
+        return SimpleNamespace(attachments=atts, author=SimpleNamespace(display_name="ann"))
+
+    channel = SimpleNamespace(fetch_message=fetch_message)
+    lib.bot = SimpleNamespace(get_channel=lambda cid: channel)
+
+    async def show():
+        coll = g.engine.collection
+        hits = [Hit(i + 1, 0.5, it) for i, it in enumerate(coll.get(coll.ids().tolist()))]
+        cards = [Card(h.rank, h.score, h.item.title) for h in hits]
+        return await lib.decorate(7, cards, hits)
+
+    try:
+        first = await show()
+        assert [c.title for c in first] == ["(deleted since)", "101.png"]
+        assert first[1].image_url == "https://cdn/101.png" and "ann" in first[1].credit
+        assert holder(g, X) == (1, 11, 110)  # the repeat holds it now
+        assert [c.image_url for c in await show()] == ["https://cdn/101.png", "https://cdn/110.png"]
+    finally:
+        await lib.close()
