@@ -73,6 +73,9 @@ class EngineOptions:
     cache_size: int = 2048
     image_composition: str = "zsum"  # for queries with image terms; measured in README
     image_scale: float = 1.0  # an image term's weight is multiplied by this (modality balance)
+    # long-lived processes (the bot): retrain the index (Flat -> IVF, ...) in a thread
+    # instead of inside the search that noticed it; see Collection.open
+    background_rebuilds: bool = False
 
 
 class Engine:
@@ -86,6 +89,8 @@ class Engine:
             raise ClipfindError(f"unknown image_composition {self.options.image_composition!r}; "
                                 f"use one of: {', '.join(STRATEGIES)}")
         self._sample: tuple[int, np.ndarray] | None = None
+        if self.options.background_rebuilds:  # also for collections opened by the caller
+            collection.background_rebuilds = True
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -96,10 +101,11 @@ class Engine:
         path = Path(path)
         if create and not (path / "manifest.json").exists():
             loaded = load_model(model or DEFAULT_MODEL, options.device)
-            collection = Collection.create(path, loaded.name, loaded.dim, index_type)
+            collection = Collection.create(path, loaded.name, loaded.dim, index_type,
+                                           background_rebuilds=options.background_rebuilds)
         else:
             wanted = parse_spec(model).canonical if model else None
-            collection = Collection.open(path, wanted)
+            collection = Collection.open(path, wanted, background_rebuilds=options.background_rebuilds)
             loaded = load_model(collection.manifest.model, options.device)
         encoder = Encoder(loaded, max_batch=options.max_batch, max_wait_ms=options.max_wait_ms,
                           queue_size=options.queue_size, cache_size=options.cache_size,

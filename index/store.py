@@ -18,6 +18,12 @@ count; otherwise it is rebuilt from SQLite. A generation change made by another 
 
 Every `add`/`remove` is one SQLite transaction, so a process killed mid-build leaves
 whole batches only; sources are UNIQUE, so re-adding after a crash never duplicates.
+
+Opened with `background_rebuilds=True` (a long-lived process: the bot), a rebuild the
+index-type policy asks for (Flat -> IVF at EXACT_LIMIT, retraining after growth) runs in a
+thread on its own SQLite snapshot while searches and adds keep using the current, valid
+index; it is swapped in with this collection's writes since then re-applied. A missing,
+stale or corrupt index is still rebuilt at once: without it there is nothing right to serve.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import secrets
@@ -54,6 +61,10 @@ VECTORS_META = "vectors.faiss.json"
 _IN_CHUNK = 500  # ids per `IN (...)` query
 _ROW_CHUNK = 20_000  # rows per chunk when streaming vectors out of SQLite
 _CALIB_QUERIES = 50  # queries of each kind (item, blend, off-cone) used by tune()
+_RETRY_FIRST = 60.0  # seconds before a failed background rebuild is tried again (doubling)
+_RETRY_MAX = 3600.0
+
+log = logging.getLogger(__name__)
 
 _META_COLUMNS = (
     "source",
@@ -127,6 +138,20 @@ class Manifest:
     dim: int
     index_type: str
     format_version: int
+
+
+@dataclass
+class _Built:
+    """An index made from one SQLite snapshot, not yet in use."""
+
+    index: faiss.Index
+    factory: str
+    params: dict[str, int]
+    gen: int  # the snapshot's generation
+    n: int  # items in the snapshot
+    wanted: str
+    fallback: bool
+    trainable: bool
 
 
 # ---------------------------------------------------------------------------------------
@@ -468,12 +493,18 @@ class Collection:
 
     @classmethod
     def create(
-        cls, path: str | os.PathLike[str], model: str, dim: int, index_type: str = "auto"
+        cls,
+        path: str | os.PathLike[str],
+        model: str,
+        dim: int,
+        index_type: str = "auto",
+        *,
+        background_rebuilds: bool = False,
     ) -> Collection:
         """Make a new collection at `path`; if one is already there, open it (with `model`)."""
         p = Path(path)
         if (p / MANIFEST).exists():
-            coll = cls.open(p, model)
+            coll = cls.open(p, model, background_rebuilds=background_rebuilds)
             if coll.manifest.dim != dim:
                 coll.close()
                 raise StoreError(
@@ -513,11 +544,22 @@ class Collection:
             _atomic_write_json(p / MANIFEST, manifest)
         except OSError as e:
             raise StoreError(f"cannot create collection {p}: {e}") from e
-        return cls.open(p, model)
+        return cls.open(p, model, background_rebuilds=background_rebuilds)
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], model: str | None = None) -> Collection:
-        """Open an existing collection; `model`, when given, must be the one that built it."""
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        model: str | None = None,
+        *,
+        background_rebuilds: bool = False,
+    ) -> Collection:
+        """Open an existing collection; `model`, when given, must be the one that built it.
+
+        background_rebuilds: policy rebuilds (a bigger index type, retraining) run in a
+        thread instead of inside the search that noticed them. For long-lived processes;
+        a one-shot command keeps the default so that its save() writes the trained index.
+        """
         p = Path(path)
         manifest = _read_manifest(p)
         if model is not None and model != manifest.model:
@@ -530,9 +572,16 @@ class Collection:
             raise StoreError(
                 f"collection {p} has no {META}; its items are gone, build a new collection"
             )
-        return cls(p, manifest, _connect(db))
+        return cls(p, manifest, _connect(db), background_rebuilds=background_rebuilds)
 
-    def __init__(self, path: Path, manifest: Manifest, conn: sqlite3.Connection):
+    def __init__(
+        self,
+        path: Path,
+        manifest: Manifest,
+        conn: sqlite3.Connection,
+        *,
+        background_rebuilds: bool = False,
+    ):
         """Use create() or open()."""
         self.path = path
         self.manifest = manifest
@@ -553,6 +602,15 @@ class Collection:
         self._dirty = False  # differs from vectors.faiss on disk
         self._loads = 0  # times vectors.faiss was loaded / rebuilt (tests, status)
         self._rebuilds = 0
+        # Policy rebuilds in a thread (see _start_background); may be switched on later.
+        self.background_rebuilds = background_rebuilds
+        self._bg: threading.Thread | None = None  # the background rebuild in progress
+        self._bg_cancel = threading.Event()  # set: its result is not wanted (closing)
+        self._bg_target = ""  # the factory it builds (for index_description)
+        self._bg_touched: set[int] | None = None  # ids we wrote since it began
+        self._bg_failures = 0
+        self._bg_not_before = 0.0  # time.monotonic() before which none is started
+        self._closing = False
         try:
             with self._lock:
                 self._check_schema()
@@ -560,6 +618,8 @@ class Collection:
                 _remove_dead_tmp_files(self.path)
                 self._load_or_rebuild(save=True)
         except BaseException:
+            self._closing = True
+            self._bg_cancel.set()
             conn.close()
             self._conn = None
             raise
@@ -640,11 +700,31 @@ class Collection:
     def index_description(self) -> str:
         with self._lock:
             if self._fallback:
-                return f"Flat (exact; {self._wanted} is trained once there are enough items)"
-            if self._factory == "Flat" or (self._index is not None and _is_exact(self._index)):
-                return "Flat (exact)" if self._factory == "Flat" else f"{self._factory} (exact)"
-            knobs = ", ".join(f"{k}={v}" for k, v in sorted(self._params.items()))
-            return f"{self._factory} (approximate{', ' + knobs if knobs else ''})"
+                head, notes = "Flat", ["exact"]
+                if self._bg is None:
+                    notes.append(f"{self._wanted} is trained once there are enough items")
+            elif self._factory == "Flat" or (self._index is not None and _is_exact(self._index)):
+                head, notes = self._factory, ["exact"]
+            else:
+                knobs = ", ".join(f"{k}={v}" for k, v in sorted(self._params.items()))
+                head, notes = self._factory, [f"approximate{', ' + knobs if knobs else ''}"]
+            if self._bg is not None:
+                notes.append(f"{self._bg_target} being built in the background")
+            return f"{head} ({'; '.join(notes)})"
+
+    @property
+    def rebuilding(self) -> bool:
+        """Whether a background rebuild is in progress."""
+        with self._lock:
+            return self._bg is not None
+
+    def wait_for_rebuild(self, timeout: float | None = None) -> bool:
+        """Wait for the background rebuild in progress, if any; False if still running."""
+        thread = self._bg
+        if thread is not None:
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
 
     # -- search ----------------------------------------------------------------------
 
@@ -721,6 +801,8 @@ class Collection:
                 ids, changed, replaced = self._write(body)
             except (sqlite3.Error, OverflowError) as e:
                 raise StoreError(f"cannot add to collection {self.path}: {e}") from e
+            if self._bg_touched is not None:
+                self._bg_touched.update(changed)
             if replaced:
                 self._index_remove(sorted(replaced))
             if changed and not self._stale:
@@ -796,10 +878,16 @@ class Collection:
                     raise StoreError(f"cannot write {self.path / VECTORS}: {e}") from e
 
     def close(self) -> None:
-        """Save if dirty, then close SQLite. Idempotent."""
+        """Save if dirty, then close SQLite. Idempotent.
+
+        A background rebuild in progress is abandoned, not waited for: its thread reads
+        only its own snapshot connection and drops its result; the next open starts again.
+        """
         with self._lock:
             if self._conn is None:
                 return
+            self._closing = True
+            self._bg_cancel.set()
             try:
                 # Our own unsaved work is saved; if someone wrote after us, the next opener
                 # (or that writer) brings vectors.faiss up to date instead.
@@ -829,8 +917,9 @@ class Collection:
                 f"{self.path / META} is not a clipfind database (no items/state tables)"
             )
 
-    def _state(self, key: str) -> int:
-        row = self._db().execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+    def _state(self, key: str, conn: sqlite3.Connection | None = None) -> int:
+        conn = self._db() if conn is None else conn
+        row = conn.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
         return int(row[0]) if row else 0
 
     def _write(
@@ -869,6 +958,8 @@ class Collection:
                 gone = self._write(body, noop=lambda g: not g)
             except sqlite3.Error as e:
                 raise StoreError(f"cannot remove from collection {self.path}: {e}") from e
+            if gone and self._bg_touched is not None:
+                self._bg_touched.update(gone)
             if gone:
                 self._index_remove(gone)
         return gone
@@ -943,6 +1034,13 @@ class Collection:
         if self._stale:
             self._load_or_rebuild(save=False)
         elif self._rebuild_wanted():
+            self._policy_rebuild()
+
+    def _policy_rebuild(self) -> None:
+        """The index is valid but not the type the policy wants. Lock held."""
+        if self.background_rebuilds:
+            self._start_background()
+        else:
             self._rebuild()
 
     def _rebuild_wanted(self) -> bool:
@@ -970,7 +1068,7 @@ class Collection:
                 except (OSError, RuntimeError):
                     pass  # read-only directory: keep it in memory, stay dirty
         elif self._rebuild_wanted():
-            self._rebuild()
+            self._policy_rebuild()
 
     def _try_load(self) -> bool:
         """Load vectors.faiss if it provably reflects the current SQLite state."""
@@ -1016,12 +1114,32 @@ class Collection:
         return True
 
     def _rebuild(self) -> None:
-        """Build the index afresh from SQLite (one read snapshot). Lock held."""
-        conn = self._db()
+        """Build the index afresh from SQLite and use it. Lock held."""
+        built = self._build(self._db())
+        assert built is not None
+        self._install(built, built.gen)
+
+    def _install(self, built: _Built, gen: int) -> None:
+        """Use `built` as the index of generation `gen`. Lock held."""
+        self._index, self._factory, self._params = built.index, built.factory, dict(built.params)
+        self._gen, self._trained_n, self._fallback = gen, built.n, built.fallback
+        self._wanted, self._trainable = built.wanted, built.trainable
+        self._stale, self._dirty = False, True
+        self._loads += 1
+        self._rebuilds += 1
+
+    def _build(
+        self, conn: sqlite3.Connection, cancel: threading.Event | None = None
+    ) -> _Built | None:
+        """Build an index from one read snapshot of `conn`; None if `cancel` was set.
+
+        Touches no index state of self, so a background thread may run it on its own
+        connection without the lock.
+        """
         rng = np.random.default_rng(0)
         conn.execute("BEGIN")
         try:
-            gen = self._state("generation")
+            gen = self._state("generation", conn)
             ids = np.fromiter(
                 (r[0] for r in conn.execute("SELECT id FROM items ORDER BY id")), dtype=np.int64
             )
@@ -1035,7 +1153,7 @@ class Collection:
                     if n == 0:
                         raise RuntimeError("no items to train on")
                     m = training_size(index, n)
-                    sample = self._fetch(np.sort(rng.choice(ids, size=m, replace=False)))
+                    sample = self._fetch(np.sort(rng.choice(ids, size=m, replace=False)), conn)
                     index.train(sample)
                     del sample
                 except Exception:  # too few items for this factory: exact until there are more
@@ -1045,7 +1163,7 @@ class Collection:
             if not _is_exact(index) and n > 1:
                 m = min(_CALIB_QUERIES, len(ids) // 3)
                 picked = rng.choice(ids, size=3 * m, replace=False)
-                calib = calibration_queries(self._fetch(picked), picked) if m else None
+                calib = calibration_queries(self._fetch(picked, conn), picked) if m else None
             best_s = best_i = None
             if calib is not None:
                 best_s = np.full((len(calib[0]), 0), -np.inf, dtype=np.float32)
@@ -1064,25 +1182,104 @@ class Collection:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             raise
+        if cancel is not None and cancel.is_set():
+            return None
         calibration = None
         if calib is not None:
             truth = np.where(np.isfinite(best_s), best_i, -1)
             calibration = (calib[0], calib[1], truth, calib[2])
         params = tune(index, calibration) if not _is_exact(index) else {}
-        self._index, self._factory, self._params = index, factory, dict(params)
-        self._gen, self._trained_n, self._fallback = gen, n, fallback
-        self._wanted, self._trainable = wanted, trainable
-        self._stale, self._dirty = False, True
-        self._loads += 1
-        self._rebuilds += 1
+        return _Built(index, factory, dict(params), gen, n, wanted, fallback, trainable)
 
-    def _fetch(self, ids: np.ndarray) -> np.ndarray:
-        """Vectors for existing ids, in order (inside the caller's transaction)."""
+    def _start_background(self) -> None:
+        """Start a policy rebuild in a thread, unless one runs, we close or back off. Lock held."""
+        if self._bg is not None or self._closing or time.monotonic() < self._bg_not_before:
+            return
+        assert self._index is not None
+        n = int(self._index.ntotal)
+        self._bg_target = choose_factory(n) if self._auto else self.manifest.index_type
+        self._bg_touched = set()
+        self._bg_cancel = cancel = threading.Event()
+        self._bg = threading.Thread(
+            target=self._background_build,
+            args=(self._loads, cancel),
+            name=f"clipfind-rebuild:{self.path.name}",
+            daemon=True,
+        )
+        self._bg.start()
+
+    def _background_build(self, epoch: int, cancel: threading.Event) -> None:
+        """Thread body: build on our own snapshot without the lock, then swap in under it.
+
+        Never raises: a failure is logged, the current index stays, and the next attempt
+        waits _RETRY_FIRST seconds, doubling per failure up to _RETRY_MAX.
+        """
+        built: _Built | None = None
+        error: Exception | None = None
+        try:
+            conn = _connect(self.path / META)
+            try:
+                built = self._build(conn, cancel)
+            finally:
+                conn.close()
+        except Exception as e:
+            error = e
+        with self._lock:
+            touched, self._bg_touched, self._bg = self._bg_touched, None, None
+            if cancel.is_set() or self._conn is None:
+                return  # closed meanwhile: nobody wants the result
+            if error is None and built is not None:
+                try:
+                    self._swap_in(built, epoch, touched or set())
+                except Exception as e:
+                    error = e
+            if error is None:
+                self._bg_failures = 0
+                return
+            self._bg_failures += 1
+            delay = min(_RETRY_MAX, _RETRY_FIRST * 2 ** (self._bg_failures - 1))
+            self._bg_not_before = time.monotonic() + delay
+            log.error(
+                "background rebuild of %s failed; keeping the %s index, retrying in %.0f s",
+                self.path,
+                self._factory,
+                delay,
+                exc_info=error,
+            )
+
+    def _swap_in(self, built: _Built, epoch: int, touched: set[int]) -> None:
+        """Use a background-built index, brought up to date with our writes since. Lock held.
+
+        Our writes since the build began (`touched` ids: added, changed or removed, some
+        perhaps already in the snapshot) are re-applied from SQLite: each is removed from
+        the new index and added again with its current vector if it still exists, so none
+        is lost or doubled. If the index was reloaded or rebuilt meanwhile, or another
+        process wrote (our index is stale), the result is dropped: the next refresh decides.
+        """
+        if epoch != self._loads or self._stale or self._state("generation") != self._gen:
+            return
+        index = built.index
+        if touched:
+            if not _can_remove_in_place(index):
+                raise StoreError(f"{built.factory} cannot remove ids: writes came meanwhile")
+            wanted = sorted(touched)
+            index.remove_ids(np.asarray(wanted, dtype=np.int64))
+            rows: list[tuple[int, bytes]] = []
+            for chunk in _chunks(wanted):
+                q = f"SELECT id, vector FROM items WHERE id IN ({','.join('?' * len(chunk))})"
+                rows.extend(self._db().execute(q, tuple(chunk)))
+            if rows:
+                ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+                index.add_with_ids(self._decode([r[1] for r in rows]), ids)
+        self._install(built, self._gen)
+
+    def _fetch(self, ids: np.ndarray, conn: sqlite3.Connection) -> np.ndarray:
+        """Vectors for existing ids, in order (inside the caller's transaction on conn)."""
         found: dict[int, bytes] = {}
         wanted = [int(i) for i in ids]
         for chunk in _chunks(sorted(set(wanted))):
             q = f"SELECT id, vector FROM items WHERE id IN ({','.join('?' * len(chunk))})"
-            found.update(self._db().execute(q, tuple(chunk)))
+            found.update(conn.execute(q, tuple(chunk)))
         return self._decode([found[i] for i in wanted])
 
     def _write_index_file(self) -> None:
