@@ -217,7 +217,7 @@ async def run_console(settings: Settings, *, out_dir: Path, demo: bool,
                       demo_root: Path = Path("demo"), stdin: TextIO = sys.stdin,
                       stdout: TextIO = sys.stdout) -> int:
     options = EngineOptions(device=settings.device, threads=settings.threads or None,
-                            queue_size=settings.queue_size)
+                            queue_size=settings.queue_size, background_rebuilds=True)
     try:
         if demo:
             engine = await ensure_demo(demo_root, options, out=stdout)
