@@ -73,6 +73,19 @@ def swapped_concept(scene: synthetic.Scene, rng: random.Random) -> str:
     return rng.choice(candidates)
 
 
+def structure_loss(img: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
+    """Image-to-image similarities matched to the overlap of the images' objects (cosine of
+    their concept sets, bound pairs: {blue square} and {blue circle} share nothing).
+
+    It makes a picture's vector depend on what it shows, not where or how large, so a query
+    picture of a red circle lands near every picture holding one; and it teaches binding on
+    the image side without tying image vectors to sums of text vectors (which the text
+    tower's additive colour + shape structure would unbind)."""
+    target = F.normalize(members, dim=-1)
+    target = target @ target.T
+    return ((img @ img.T - target) ** 2).mean()
+
+
 def normalise_pixels(batch: torch.Tensor) -> torch.Tensor:
     x = batch.float() / 255.0
     mean = torch.tensor(MEAN).view(1, 3, 1, 1)
@@ -89,7 +102,8 @@ def save(model: torch.nn.Module, out: Path) -> None:
 
 
 def train(out: Path, steps: int, batch: int, seed: int, lr: float, align: float,
-          pool: int, threads: int, init: Path | None = None, hard_negatives: bool = False) -> None:
+          pool: int, threads: int, init: Path | None = None, hard_negatives: bool = False,
+          structure: float = 0.0) -> None:
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     rng = random.Random(seed)
@@ -138,6 +152,8 @@ def train(out: Path, steps: int, batch: int, seed: int, lr: float, align: float,
             concept_vecs = encode_text_trimmed(parts, concept_tokens)
             target = F.normalize(membership[idx] @ concept_vecs, dim=-1)
             loss = loss + align * (1 - (img * target).sum(-1)).mean()
+        if structure > 0:
+            loss = loss + structure * structure_loss(img, membership[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -164,9 +180,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--init", type=Path, default=None, help="start from this local-dir's weights")
     p.add_argument("--hard-negatives", action="store_true",
                    help="add a swapped-binding caption per image as an extra negative")
+    p.add_argument("--structure", type=float, default=0.0,
+                   help="weight of the image-image loss matching similarities to object overlap")
     a = p.parse_args(argv)
     train(a.out, a.steps, a.batch, a.seed, a.lr, a.align, a.pool, a.threads, a.init,
-          a.hard_negatives)
+          a.hard_negatives, a.structure)
 
 
 if __name__ == "__main__":
