@@ -119,3 +119,14 @@ async def test_event_loop_keeps_ticking_while_images_encode(encoder):
 async def test_bad_image_bytes_raise_image_error(encoder):
     with pytest.raises(ImageError):
         await encoder.encode_images([b"this is not an image"])
+
+
+async def test_a_lone_text_gives_the_models_vector_whichever_pass_warm_up_chose(encoder, tiny):
+    assert encoder._packed_matches()  # the bundled tower has open_clip's block layout
+    with torch.inference_mode():
+        ref = tiny.model.encode_text(tiny.tokenizer(["purple triangle"]), normalize=True).numpy()
+    for way in (False, True):
+        encoder.lone_packed = way
+        encoder._cache.clear()
+        got = await encoder.encode_texts(["purple triangle"])
+        assert np.abs(got - ref).max() < 1e-5

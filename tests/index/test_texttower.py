@@ -15,3 +15,17 @@ def test_trimmed_text_tower_equals_open_clips_encode_text(model, request):
         fast = encode_text_trimmed(loaded.text, tokens)
     assert fast.shape == stock.shape
     assert (fast - stock).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("model", ["tiny", "vitb32"])
+def test_packed_text_pass_equals_open_clips_encode_text_in_a_batch_and_alone(model, request):
+    from index.encoder import encode_text_packed
+
+    loaded = request.getfixturevalue(model)
+    tokens = loaded.tokenizer(TEXTS)
+    with torch.inference_mode():
+        stock = loaded.model.encode_text(tokens, normalize=True)
+        batch = encode_text_packed(loaded.text, tokens)
+        alone = torch.cat([encode_text_packed(loaded.text, t[None]) for t in tokens])
+    assert (batch - stock).abs().max().item() < 1e-5
+    assert (alone - stock).abs().max().item() < 1e-5
