@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from .encoder import BULK, Encoder
 from .errors import ClipfindError
 from .images import content_hash, open_image
 from .netfetch import FetchLimits, fetch_many
+from .pixels import resize_stage, to_pixels
 from .sources import SourceRecord
 from .store import Collection, NewItem
 
@@ -85,62 +84,9 @@ async def _load(records: list[SourceRecord], limits: FetchLimits, public_only: b
     return out
 
 
-def _split_preprocess(preprocess) -> tuple[Callable, Callable, Callable] | None:
-    """(per-image PIL stages, batched to-tensor + normalise, the same per image) giving
-    exactly the tensors that `preprocess` gives one image at a time; None for a pipeline
-    not of that shape.
-
-    The usual CLIP pipeline ends in ToTensor and Normalize, a map from each 8-bit channel
-    value to a float. Run on one image at a time it costs more in dispatch than in
-    arithmetic; run on a whole chunk as torch ops it goes multi-threaded (the chunk is
-    above torch's grain size) and fights the model for the cores. So the map is taken
-    from the pipeline itself once (all 256 values of each channel through ToTensor and
-    Normalize) and applied to a chunk as a single-threaded table lookup: the same floats
-    by construction.
-    """
-    from torchvision import transforms as T
-
-    stages = list(getattr(preprocess, "transforms", ()))
-    if len(stages) < 2 or not isinstance(stages[-2], T.ToTensor):
-        return None
-    if not isinstance(stages[-1], T.Normalize):
-        return None
-    tail = T.Compose(stages[-2:])
-    ramp = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, axis=2)  # 1x256 RGB
-    try:
-        table = tail(Image.fromarray(ramp, "RGB"))
-    except Exception:
-        return None
-    if not isinstance(table, torch.Tensor) or tuple(table.shape) != (3, 1, 256):
-        return None
-    lut = table[:, 0, :].numpy().copy()  # (3, 256)
-    pil = T.Compose(stages[:-2])
-
-    def to_batch(images: list) -> torch.Tensor | None:
-        if not all(isinstance(im, Image.Image) and im.mode == "RGB" for im in images):
-            return None
-        if len({im.size for im in images}) != 1:
-            return None
-        pixels = np.stack([np.asarray(im) for im in images])  # (n, h, w, 3) uint8
-        out = np.empty((pixels.shape[0], 3, *pixels.shape[1:3]), dtype=lut.dtype)
-        for c in range(3):
-            np.take(lut[c], pixels[..., c], out=out[:, c])
-        return torch.from_numpy(out)
-
-    return pil, to_batch, tail
-
-
-_SPLITS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # preprocess -> split
-
-
 def _decode(loaded, pairs: list[tuple[SourceRecord, bytes | None]], failed: list) -> _Prepared:
     """Read (files), decode and preprocess one chunk; runs in a worker thread."""
-    try:
-        split = _SPLITS[loaded.preprocess]
-    except KeyError:
-        split = _SPLITS[loaded.preprocess] = _split_preprocess(loaded.preprocess)
-    except TypeError:  # a preprocess that cannot be weakly referenced
-        split = _split_preprocess(loaded.preprocess)
+    stage = resize_stage(loaded.preprocess)
     records, hashes, images = [], [], []
     for r, data in pairs:
         if data is None:
@@ -150,8 +96,7 @@ def _decode(loaded, pairs: list[tuple[SourceRecord, bytes | None]], failed: list
                 failed.append((r.source, f"cannot read: {e.strerror or e}"))
                 continue
         try:
-            img = open_image(data, name=r.source)
-            images.append(split[0](img) if split else loaded.preprocess(img))
+            images.append(stage(open_image(data, name=r.source)))
         except ClipfindError as e:
             failed.append((r.source, str(e)))
             continue
@@ -159,12 +104,7 @@ def _decode(loaded, pairs: list[tuple[SourceRecord, bytes | None]], failed: list
         hashes.append(content_hash(data))
     if not images:
         return _Prepared(records, hashes, None)
-    if not split:
-        return _Prepared(records, hashes, torch.stack(images))
-    pixels = split[1](images)
-    if pixels is None:  # images the batched path does not take (sizes or modes differ)
-        pixels = torch.stack([split[2](im) for im in images])
-    return _Prepared(records, hashes, pixels)
+    return _Prepared(records, hashes, to_pixels(loaded.preprocess, images))
 
 
 def _store(collection: Collection, prepared: _Prepared, vectors: np.ndarray,
