@@ -119,7 +119,6 @@ async def run_engine(engine, lines: list[str], out_dir: Path) -> dict:
 
 def run_naive(engine, lines: list[str], X16: np.ndarray, ids: np.ndarray) -> dict:
     """The same commands without the engine: stock encode_text, float16 argsort, cards."""
-    import torch
 
     from bot.render import make_cards
     from index.engine import Hit
@@ -130,9 +129,10 @@ def run_naive(engine, lines: list[str], X16: np.ndarray, ids: np.ndarray) -> dic
     for line in lines[1:]:
         t0 = time.perf_counter()
         query = parse_query(line.removeprefix("!find").strip(), 0)
-        with torch.inference_mode():
-            vecs = [m.model.encode_text(m.tokenizer([t.text]), normalize=True)[0].numpy()
-                    for t in query.terms]
+        # on the encoder's model thread, as bench.encoder does (one OpenMP team in the process)
+        vecs = asyncio.run(engine.encoder.call(lambda query=query: [
+            m.model.encode_text(m.tokenizer([t.text]), normalize=True)[0].numpy()
+            for t in query.terms]))
         q = sum(t.weight * v for t, v in zip(query.terms, vecs, strict=True))
         q = q / np.linalg.norm(q)
         t1 = time.perf_counter()

@@ -49,6 +49,7 @@ from PIL import Image
 
 from .errors import Busy
 from .images import open_image
+from .lean import block_forward, lean_visual, onednn_linear, walkable
 from .models import LoadedModel
 from .pixels import preprocess_images
 from .texttower import TextParts, encode_text_trimmed, eot_positions
@@ -100,34 +101,6 @@ class _Request:
     fn: object = field(compare=False, default=None)  # kind "call": run alone on the model thread
 
 
-def onednn_linear() -> Callable | None:
-    """`F.linear` through oneDNN, or None where this torch build lacks the op.
-
-    Measured here (AMD EPYC, 2 threads), the text tower's linear layers take half the time
-    of `F.linear`, which goes to MKL's sgemm: 4.2 vs 8.9 ms for 48 layers at 6 tokens,
-    24 vs 46 ms at 77. The op is the one torch's own compiler emits for CPU linear layers;
-    it is not public API, so the encoder uses it only after checking at warm-up that it
-    gives the same vectors (within 1e-5) as the stock pass.
-    """
-    try:
-        op = torch.ops.mkldnn._linear_pointwise
-    except (AttributeError, RuntimeError):
-        return None
-
-    def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        return op(x, weight, bias, "none", [], "")
-
-    return linear
-
-
-def _mlp(block, h: torch.Tensor, linear: Callable) -> torch.Tensor:
-    mlp = block.mlp
-    if linear is F.linear or not all(hasattr(mlp, n) for n in ("c_fc", "gelu", "c_proj")):
-        return mlp(h)
-    h = mlp.gelu(linear(h, mlp.c_fc.weight, mlp.c_fc.bias))
-    return linear(h, mlp.c_proj.weight, mlp.c_proj.bias)
-
-
 def encode_text_packed(parts: TextParts, tokens: torch.Tensor,
                        linear: Callable = F.linear) -> torch.Tensor:
     """Normalised text vectors from all texts' real tokens packed into one sequence.
@@ -157,17 +130,7 @@ def encode_text_packed(parts: TextParts, tokens: torch.Tensor,
         mask = torch.zeros(total, total, dtype=dtype, device=device).masked_fill_(
             ~allowed, float("-inf"))
     for block in parts.blocks:
-        attn = block.attn
-        heads, width = attn.num_heads, x.shape[-1]
-        h = block.ln_1(x)
-        qkv = linear(h, attn.in_proj_weight, attn.in_proj_bias)
-        qkv = qkv.view(total, 3, heads, width // heads).permute(1, 2, 0, 3)
-        o = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=mask,
-                                           is_causal=mask is None)
-        o = linear(o.permute(1, 0, 2).reshape(total, width), attn.out_proj.weight,
-                   attn.out_proj.bias)
-        x = x + block.ls_1(o)
-        x = x + block.ls_2(_mlp(block, block.ln_2(x), linear))
+        x = block_forward(block, x, linear, mask, causal=mask is None)
     x = parts.ln_final(x)
     pooled = x[torch.cumsum(torch.tensor(lengths, device=device), 0) - 1]
     proj = parts.projection
@@ -179,15 +142,7 @@ def encode_text_packed(parts: TextParts, tokens: torch.Tensor,
 
 
 def _packable(parts: TextParts | None) -> bool:
-    if parts is None or parts.pool_type not in ("argmax", "eos"):
-        return False
-    for b in parts.blocks:
-        attn = getattr(b, "attn", None)
-        if not isinstance(attn, torch.nn.MultiheadAttention) or attn.in_proj_weight is None:
-            return False
-        if not all(hasattr(b, n) for n in ("ln_1", "ls_1", "ln_2", "mlp", "ls_2")):
-            return False
-    return True
+    return parts is not None and parts.pool_type in ("argmax", "eos") and walkable(parts.blocks)
 
 
 _PROBE_TEXTS = ("a dog", "a photo of a small red car parked in front of an old house at night",
@@ -232,6 +187,7 @@ class Encoder:
         self._ready = threading.Event()
         self._packed_ok: bool | None = None
         self._linear: Callable = F.linear  # the packed pass's linear layers (see warm-up)
+        self._image_tower: Callable | None = None  # None: the model's encode_image
         self._decode_pool = ThreadPoolExecutor(decode_workers, thread_name_prefix="clipfind-decode")
         self._thread = threading.Thread(target=self._run, name="clipfind-encoder", daemon=True)
         self._thread.start()
@@ -387,7 +343,8 @@ class Encoder:
                 else:
                     v = F.normalize(m.model.encode_text(tokens), dim=-1)
             else:
-                v = F.normalize(m.model.encode_image(inputs.to(m.device, m.dtype)), dim=-1)
+                tower = self._image_tower or m.model.encode_image
+                v = F.normalize(tower(inputs.to(m.device, m.dtype)), dim=-1)
         return v.float().cpu().numpy()
 
     def _calibrate_text_batches(self, choices: list[int], threads: int) -> None:
@@ -447,6 +404,33 @@ class Encoder:
             self._packed_ok = ok
         return self._packed_ok
 
+    def _choose_image_tower(self, pixels: torch.Tensor) -> None:
+        """The image tower with oneDNN linear layers (lean.lean_visual) where it gives the
+        stock vectors within 1e-5 and a probe batch runs faster; else the stock tower."""
+        m = self.loaded
+        fast = onednn_linear() if m.device.type == "cpu" and m.dtype == torch.float32 else None
+        lean = lean_visual(m.model, fast) if fast else None
+        if lean is None:
+            return
+        gen = torch.Generator().manual_seed(0)
+        probe = torch.cat([pixels, torch.randn((3, *pixels.shape[1:]), generator=gen)])
+        try:
+            with torch.inference_mode():
+                stock = F.normalize(m.model.encode_image(probe), dim=-1)
+                if float((F.normalize(lean(probe), dim=-1) - stock).abs().max()) > 1e-5:
+                    log.warning("image tower with oneDNN linear layers differs; not used")
+                    return
+                times = {}
+                for name, fn in (("stock", m.model.encode_image), ("lean", lean)):
+                    t0 = time.perf_counter()
+                    fn(probe)
+                    times[name] = time.perf_counter() - t0
+        except Exception:  # an unusual tower or torch build: the stock one serves
+            log.debug("image tower with oneDNN linear layers failed", exc_info=True)
+            return
+        if times["lean"] < times["stock"]:
+            self._image_tower = lean
+
     def _timed_forward(self, kind: str, inputs: torch.Tensor) -> float:
         t0 = time.perf_counter()
         self._forward(kind, inputs)
@@ -461,6 +445,7 @@ class Encoder:
             pixels = self.loaded.preprocess(Image.new("RGB", (32, 32))).unsqueeze(0)
             threads = torch.get_num_threads()
             choices = [threads, 1] if threads > 1 and self.loaded.device.type == "cpu" else [threads]
+            self._choose_image_tower(pixels)
             for kind, inputs in (("text", tokens), ("image", pixels)):
                 ways = [False, True] if kind == "text" and self._packed_matches() else [False]
                 best: dict[tuple[int, bool], float] = {}
