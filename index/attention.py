@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import torch
 
+from .lean import block_forward, walkable
 from .models import LoadedModel
-from .texttower import run_blocks
+from .texttower import causal_mask, eot_positions, run_blocks
 
 UNAVAILABLE = "word weights are not available for this model's text encoder"
 
@@ -24,8 +25,25 @@ def _pieces_per_word(loaded: LoadedModel, words: list[str]) -> list[list[int]] |
     return [bpe(w) for w in words]
 
 
-def word_weights(loaded: LoadedModel, text: str) -> list[tuple[str, float]] | None:
-    """[(word as typed, weight)], weights summing to 1; None when the tower cannot say."""
+def _last_layer_input(parts, tokens: torch.Tensor, linear):
+    """run_blocks(..., stop_before_last=True), through the lean walk when given its linear."""
+    if linear is None or not walkable(parts.blocks) or not parts.batch_first:
+        return run_blocks(parts, tokens, stop_before_last=True)
+    eot = eot_positions(tokens, parts)
+    length = int(eot.max().item()) + 1
+    tokens = tokens[:, :length]
+    dtype = parts.positional_embedding.dtype
+    x = parts.token_embedding(tokens).to(dtype) + parts.positional_embedding[:length].to(dtype)
+    for block in parts.blocks[:-1]:
+        x = block_forward(block, x, linear, causal=True)
+    return x, eot, causal_mask(length, x.device, x.dtype)
+
+
+def word_weights(loaded: LoadedModel, text: str, linear=None) -> list[tuple[str, float]] | None:
+    """[(word as typed, weight)], weights summing to 1; None when the tower cannot say.
+
+    `linear`: the encoder's checked linear layer (lean.py) to walk the blocks below the
+    last one with; None walks them as modules."""
     parts = loaded.text
     words = text.split()
     if parts is None or not words:
@@ -42,7 +60,7 @@ def word_weights(loaded: LoadedModel, text: str) -> list[tuple[str, float]] | No
     ids = [sot] + [p for ps in pieces for p in ps][: context - 2] + [eot]
     tokens = torch.tensor([ids], device=loaded.device)
     with torch.inference_mode():
-        x, eot_pos, mask = run_blocks(parts, tokens, stop_before_last=True)
+        x, eot_pos, mask = _last_layer_input(parts, tokens, linear)
         if not parts.batch_first:
             x = x.transpose(0, 1)
         h = last.ln_1(x)

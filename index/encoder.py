@@ -204,6 +204,11 @@ class Encoder:
     def wait_ready(self, timeout: float | None = None) -> bool:
         return self._ready.wait(timeout)
 
+    @property
+    def text_linear(self) -> Callable | None:
+        """The linear layer the lean text walk uses, once warm-up checked it; else None."""
+        return self._linear if self._packed_ok else None
+
     async def encode_texts(self, texts: list[str], priority: int = SEARCH) -> np.ndarray:
         """L2-normalised float32 vectors, one row per text."""
         out: list[np.ndarray | None] = [self._cache_get(t) for t in texts]

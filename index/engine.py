@@ -218,7 +218,8 @@ class Engine:
         return [(items[i], float(s)) for i, s in found if i in items]
 
     async def explain(self, text: str) -> list[tuple[str, float]] | None:
-        return await self.encoder.call(word_weights, self.encoder.loaded, text)
+        return await self.encoder.call(word_weights, self.encoder.loaded, text,
+                                       self.encoder.text_linear)
 
     async def explain_terms(self, query: Query) -> tuple[list, str | None]:
         weights = list(await asyncio.gather(*(self.explain(t.text) for t in query.text_terms)))

@@ -54,3 +54,20 @@ def test_no_weights_for_a_tower_that_cannot_say(tiny):
     from dataclasses import replace
     assert word_weights(replace(tiny, text=None), "red circle") is None
     assert word_weights(tiny, "   ") is None
+
+
+@pytest.mark.parametrize("model", ["tiny", "vitb32"])
+def test_word_weights_through_the_lean_walk_equal_the_module_walk(model, request):
+    import torch.nn.functional as F
+
+    from index.lean import onednn_linear
+
+    loaded = request.getfixturevalue(model)
+    text = "two purple triangles beside a white square"
+    stock = word_weights(loaded, text)
+    for linear in (F.linear, onednn_linear()):
+        if linear is None:
+            continue
+        lean = word_weights(loaded, text, linear)
+        assert [w for w, _ in lean] == [w for w, _ in stock]
+        assert max(abs(a - b) for (_, a), (_, b) in zip(lean, stock, strict=True)) < 1e-5
