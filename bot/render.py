@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 MAX_EMBEDS = 10  # Discord: embeds per message
 MAX_FILES = 10  # Discord: files per message
+THUMBNAIL_CACHE = 512  # result thumbnails kept (~50 kB each), keyed by file, mtime and size
 UPLOAD_LIMIT = 10 * 1024 * 1024  # Discord: an unboosted server's upload limit
 PAGE_BUDGET = 8 * 1024 * 1024  # what a page may upload, with room to spare
 MAX_CONTENT = 2000  # Discord: characters of message content
@@ -73,8 +75,25 @@ def _clip(s: str, n: int) -> str:
 
 
 def _thumbnail(path: Path, side: int, quality: int) -> bytes | None:
+    """A result's JPEG thumbnail, cached by the file's identity: decoding and re-encoding a
+    photo is most of a page's rendering, and results repeat (page turns, popular queries)."""
     try:
-        return thumbnail_jpeg(open_image(path), max_side=side, quality=quality)
+        st = path.stat()
+    except OSError:
+        st = None
+    if st is None:  # open_image says what is wrong, in one line
+        return _make_thumbnail(str(path), side, quality)
+    return _cached_thumbnail(str(path), st.st_mtime_ns, st.st_size, side, quality)
+
+
+@functools.lru_cache(maxsize=THUMBNAIL_CACHE)
+def _cached_thumbnail(path: str, mtime_ns: int, size: int, side: int, quality: int) -> bytes | None:
+    return _make_thumbnail(path, side, quality)
+
+
+def _make_thumbnail(path: str, side: int, quality: int) -> bytes | None:
+    try:
+        return thumbnail_jpeg(open_image(Path(path)), max_side=side, quality=quality)
     except ClipfindError as e:
         log.warning("no thumbnail for a result: %s", e)
         return None

@@ -134,3 +134,18 @@ def test_a_note_replaces_the_numbers():
 def test_content_is_clipped_to_discord_length():
     reply = Reply("x" * 2500)
     assert len(render.to_discord(reply)["content"]) == render.MAX_CONTENT
+
+
+def test_a_shown_result_is_not_decoded_again_until_its_file_changes(tmp_path, monkeypatch):
+    pic = big_noise_file(tmp_path / "photo.png", 1, side=300)
+    opened = []
+    real = render.open_image
+    monkeypatch.setattr(render, "open_image", lambda p, **kw: opened.append(p) or real(p, **kw))
+    hits = [Hit(1, 0.5, item(str(pic)))]
+    first = render.make_cards(hits, thumbnail_size=96)[0].file.data
+    again = render.make_cards(hits, thumbnail_size=96)[0].file.data  # a page turn back
+    assert again == first and len(opened) == 1
+    big_noise_file(pic, 2, side=200)  # the file is replaced: its new picture is shown
+    changed = render.make_cards(hits, thumbnail_size=96)[0].file.data
+    assert changed != first and len(opened) == 2
+    assert Image.open(io.BytesIO(changed)).size == (96, 96)
