@@ -93,7 +93,7 @@ def _cached_thumbnail(path: str, mtime_ns: int, size: int, side: int, quality: i
 
 def _make_thumbnail(path: str, side: int, quality: int) -> bytes | None:
     try:
-        return thumbnail_jpeg(open_image(Path(path)), max_side=side, quality=quality)
+        return thumbnail_jpeg(open_image(Path(path), draft=side), max_side=side, quality=quality)
     except ClipfindError as e:
         log.warning("no thumbnail for a result: %s", e)
         return None

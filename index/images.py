@@ -41,17 +41,22 @@ BACKGROUND = (255, 255, 255)
 _FORMAT_HINT = "use a JPEG, PNG, WebP or GIF file"
 
 
-def open_image(data: bytes | Path, *, name: str = "", max_pixels: int = MAX_PIXELS) -> Image.Image:
+def open_image(data: bytes | Path, *, name: str = "", max_pixels: int = MAX_PIXELS,
+               draft: int | None = None) -> Image.Image:
     """Decode `data` (the bytes, or a path to read) into a loaded RGB image.
 
     `name` prefixes every error message (default: the path, or "image").
+    `draft`: the image will only be shown at most this many pixels on a side, so a JPEG
+    may be decoded at 1/2, 1/4 or 1/8 scale (still at least `draft` on each side), which
+    for a phone photo is most of the work of a thumbnail. Not for the model's input: its
+    pixels would differ from a full decode.
     Raises ImageError: not an image, truncated or corrupt, too large, unreadable file.
     """
     if isinstance(data, Path):
         label = name or str(data)
         try:
             with open(data, "rb") as f:
-                return _decode(f, label, max_pixels)
+                return _decode(f, label, max_pixels, draft)
         except OSError as e:
             reason = e.strerror or type(e).__name__
             raise ImageError(f"{label}: cannot read the file ({reason})") from e
@@ -60,10 +65,10 @@ def open_image(data: bytes | Path, *, name: str = "", max_pixels: int = MAX_PIXE
         raise TypeError(f"open_image wants bytes or a Path, not {type(data).__name__}")
     if len(data) == 0:
         raise ImageError(f"{label}: not an image (empty file); {_FORMAT_HINT}")
-    return _decode(io.BytesIO(data), label, max_pixels)
+    return _decode(io.BytesIO(data), label, max_pixels, draft)
 
 
-def _decode(fp: BinaryIO, label: str, max_pixels: int) -> Image.Image:
+def _decode(fp: BinaryIO, label: str, max_pixels: int, draft: int | None = None) -> Image.Image:
     try:
         im = _open_header(fp, label, max_pixels)
     except ImageError:
@@ -88,6 +93,8 @@ def _decode(fp: BinaryIO, label: str, max_pixels: int) -> Image.Image:
             raise _too_large(label, (w, h), max_pixels)
         try:
             im.seek(0)  # first frame of an animation
+            if draft and im.format == "JPEG":
+                im.draft("RGB", (draft, draft))
             im.load()
         except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as e:
             raise _corrupt(label) from e

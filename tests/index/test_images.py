@@ -193,3 +193,16 @@ def test_thumbnail_jpeg():
     assert t2.size == (100, 50) and t2.mode == "RGB"
     with pytest.raises(ValueError):
         thumbnail_jpeg(big, max_side=0)
+
+
+def test_a_draft_decodes_a_big_jpeg_at_a_reduced_scale_but_never_below_the_side_asked():
+    arr = (np.random.default_rng(0).random((1600, 2400, 3)) * 255).astype("uint8")
+    out = io.BytesIO()
+    Image.fromarray(arr).save(out, "JPEG")
+    full = open_image(out.getvalue())
+    drafted = open_image(out.getvalue(), draft=300)
+    assert full.size == (2400, 1600)
+    assert drafted.size[0] < 2400 and min(drafted.size) >= 300 and drafted.mode == "RGB"
+    png = io.BytesIO()
+    Image.fromarray(arr[:400, :600]).save(png, "PNG")
+    assert open_image(png.getvalue(), draft=100).size == (600, 400)  # only JPEG has a draft mode
