@@ -90,6 +90,13 @@ def on_model_thread(encoder, fn, threads: int | None = None):
     return encoder.call(pinned)
 
 
+def text_path(encoder) -> str:
+    """How the encoder runs a lone text, as warm-up chose."""
+    if not encoder.lone_packed:
+        return "trimmed tower"
+    return "lean walk, " + ("oneDNN linears" if encoder.text_linear is not F.linear else "F.linear")
+
+
 def bare_forward(loaded, pixels: torch.Tensor, chunk: int, tower=None) -> tuple[float, np.ndarray]:
     """Seconds for the batched forward pass over pre-made tensors, and the vectors
     (open_clip's `encode_image`, or `tower`: the one the encoder chose at warm-up)."""
@@ -252,8 +259,8 @@ def run_model(spec: str, device: str, args, workdir: Path) -> list[tuple[str, st
         s50, e50 = median(lt["stock"]), median(lt["engine"])
         rows = [
             ("open_clip `model.encode_text` (77 positions)", ms(s50), ms(pct(lt["stock"], 99)), "1.00×"),
-            ("**engine: `Encoder.encode_texts` (trimmed tower, oneDNN linears)**", ms(e50), ms(pct(lt["engine"], 99)),
-             ratio(e50 / s50)),
+            (f"**engine: `Encoder.encode_texts` ({text_path(encoder)})**", ms(e50),
+             ms(pct(lt["engine"], 99)), ratio(e50 / s50)),
         ]
         sections.append((f"Lone text query — {label}",
                          f"{lt['n']} single-text queries ({len(TEXTS)} distinct texts × "

@@ -79,9 +79,7 @@ def _thumbnail(path: Path, side: int, quality: int) -> bytes | None:
     photo is most of a page's rendering, and results repeat (page turns, popular queries)."""
     try:
         st = path.stat()
-    except OSError:
-        st = None
-    if st is None:  # open_image says what is wrong, in one line
+    except OSError:  # open_image says what is wrong, in one line
         return _make_thumbnail(str(path), side, quality)
     return _cached_thumbnail(str(path), st.st_mtime_ns, st.st_size, side, quality)
 

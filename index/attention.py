@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from .lean import block_forward, walkable
 from .models import LoadedModel
-from .texttower import causal_mask, eot_positions, run_blocks
+from .texttower import run_blocks
 
 UNAVAILABLE = "word weights are not available for this model's text encoder"
 
@@ -23,20 +22,6 @@ def _pieces_per_word(loaded: LoadedModel, words: list[str]) -> list[list[int]] |
     if bpe is None:
         return None
     return [bpe(w) for w in words]
-
-
-def _last_layer_input(parts, tokens: torch.Tensor, linear):
-    """run_blocks(..., stop_before_last=True), through the lean walk when given its linear."""
-    if linear is None or not walkable(parts.blocks) or not parts.batch_first:
-        return run_blocks(parts, tokens, stop_before_last=True)
-    eot = eot_positions(tokens, parts)
-    length = int(eot.max().item()) + 1
-    tokens = tokens[:, :length]
-    dtype = parts.positional_embedding.dtype
-    x = parts.token_embedding(tokens).to(dtype) + parts.positional_embedding[:length].to(dtype)
-    for block in parts.blocks[:-1]:
-        x = block_forward(block, x, linear, causal=True)
-    return x, eot, causal_mask(length, x.device, x.dtype)
 
 
 def word_weights(loaded: LoadedModel, text: str, linear=None) -> list[tuple[str, float]] | None:
@@ -60,7 +45,7 @@ def word_weights(loaded: LoadedModel, text: str, linear=None) -> list[tuple[str,
     ids = [sot] + [p for ps in pieces for p in ps][: context - 2] + [eot]
     tokens = torch.tensor([ids], device=loaded.device)
     with torch.inference_mode():
-        x, eot_pos, mask = _last_layer_input(parts, tokens, linear)
+        x, eot_pos, mask = run_blocks(parts, tokens, stop_before_last=True, linear=linear)
         if not parts.batch_first:
             x = x.transpose(0, 1)
         h = last.ln_1(x)

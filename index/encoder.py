@@ -341,16 +341,19 @@ class Encoder:
         with torch.inference_mode():
             if kind == "text":
                 tokens = inputs.to(m.device)
-                if self.packed if len(tokens) > 1 else self.lone_packed:
-                    v = encode_text_packed(m.text, tokens, self._linear)
-                elif m.text is not None:
-                    v = encode_text_trimmed(m.text, tokens)
+                if m.text is not None:
+                    v = self._text_pass(tokens, self.packed if len(tokens) > 1 else self.lone_packed)
                 else:
                     v = F.normalize(m.model.encode_text(tokens), dim=-1)
             else:
                 tower = self._image_tower or m.model.encode_image
                 v = F.normalize(tower(inputs.to(m.device, m.dtype)), dim=-1)
         return v.float().cpu().numpy()
+
+    def _text_pass(self, tokens: torch.Tensor, packed: bool) -> torch.Tensor:
+        if packed:
+            return encode_text_packed(self.loaded.text, tokens, self._linear)
+        return encode_text_trimmed(self.loaded.text, tokens)
 
     def _calibrate_text_batches(self, choices: list[int], threads: int) -> None:
         """How batches of texts run: packed or padded, on how many threads (the fastest on
@@ -365,15 +368,11 @@ class Encoder:
             for n in choices:
                 torch.set_num_threads(n)
                 for way in ways:
-                    def fn(t, way=way):
-                        if way:
-                            return encode_text_packed(m.text, t, self._linear)
-                        return encode_text_trimmed(m.text, t)
-                    fn(tokens)
+                    self._text_pass(tokens, way)
                     times = []
                     for _ in range(3):
                         t0 = time.perf_counter()
-                        fn(tokens)
+                        self._text_pass(tokens, way)
                         times.append(time.perf_counter() - t0)
                     timings[(n, way)] = min(times)
             torch.set_num_threads(threads)
@@ -389,10 +388,11 @@ class Encoder:
             if m.text is not None and _packable(m.text):
                 tokens = m.tokenizer(list(_PROBE_TEXTS)).to(m.device)
                 fast = onednn_linear() if m.device.type == "cpu" else None
+                with torch.inference_mode():
+                    padded = encode_text_trimmed(m.text, tokens)
                 for linear in ([fast] if fast else []) + [F.linear]:
                     try:
                         with torch.inference_mode():
-                            padded = encode_text_trimmed(m.text, tokens)
                             batch = encode_text_packed(m.text, tokens, linear)
                             alone = torch.cat([encode_text_packed(m.text, t[None], linear)
                                                for t in tokens])

@@ -12,8 +12,8 @@ Specs:
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,20 +118,8 @@ def load_model(spec: str | ModelSpec, device: str = "auto") -> LoadedModel:
     instead of 13.5 ms here after the model was loaded on the main thread. A team that dies
     with its thread costs nothing.
     """
-    box: dict[str, object] = {}
-
-    def run() -> None:
-        try:
-            box["model"] = _load_model(spec, device)
-        except BaseException as e:  # re-raised on the caller's thread
-            box["error"] = e
-
-    loader = threading.Thread(target=run, name="clipfind-model-load")
-    loader.start()
-    loader.join()
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    return box["model"]  # type: ignore[return-value]
+    with ThreadPoolExecutor(1, thread_name_prefix="clipfind-model-load") as loader:
+        return loader.submit(_load_model, spec, device).result()  # its thread ends on exit
 
 
 def _load_model(spec: str | ModelSpec, device: str) -> LoadedModel:

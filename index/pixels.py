@@ -82,8 +82,7 @@ def to_pixels(preprocess, staged: list) -> torch.Tensor:
         return torch.stack(staged)
     pixels = split[1](staged)
     if pixels is None:  # sizes or modes differ: one lookup per image
-        parts = [split[1]([im]) if isinstance(im, Image.Image) and im.mode == "RGB" else None
-                 for im in staged]
+        parts = [split[1]([im]) for im in staged]  # None for an image not in RGB
         if any(p is None for p in parts):
             return torch.stack([split[2](im) for im in staged])
         pixels = torch.cat(parts)  # type: ignore[arg-type]

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .lean import block_forward, walkable
+
 
 @dataclass
 class TextParts:
@@ -64,8 +66,13 @@ def causal_mask(length: int, device, dtype) -> torch.Tensor:
     return torch.triu(mask, 1)
 
 
-def run_blocks(parts: TextParts, tokens: torch.Tensor, stop_before_last: bool = False):
-    """Embed and run the blocks on tokens trimmed to the longest text. Returns (x, eot, mask)."""
+def run_blocks(parts: TextParts, tokens: torch.Tensor, stop_before_last: bool = False,
+               linear=None):
+    """Embed and run the blocks on tokens trimmed to the longest text. Returns (x, eot, mask).
+
+    `linear`: walk the blocks with `lean.block_forward` and this linear layer (one the
+    encoder checked at warm-up) instead of calling them as modules, where their layout
+    allows."""
     eot = eot_positions(tokens, parts)
     length = int(eot.max().item()) + 1
     tokens = tokens[:, :length]
@@ -73,6 +80,10 @@ def run_blocks(parts: TextParts, tokens: torch.Tensor, stop_before_last: bool = 
     x = parts.token_embedding(tokens).to(dtype) + parts.positional_embedding[:length].to(dtype)
     mask = causal_mask(length, x.device, x.dtype)
     blocks = parts.blocks[:-1] if stop_before_last else parts.blocks
+    if linear is not None and walkable(blocks):  # batch first, whatever the tower's layout
+        for block in blocks:
+            x = block_forward(block, x, linear, causal=True)
+        return x, eot, mask
     if not parts.batch_first:
         x = x.transpose(0, 1)
     for block in blocks:
