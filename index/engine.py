@@ -95,11 +95,22 @@ class Engine:
     # -- construction ------------------------------------------------------------------------
     @classmethod
     def open(cls, path: str | Path, *, model: str | None = None, create: bool = False,
-             index_type: str = "auto", options: EngineOptions | None = None) -> Engine:
-        """Open a collection with the model that built it (or create it, with `model`)."""
+             index_type: str = "auto", options: EngineOptions | None = None,
+             store: str = "faiss", milvus_uri: str | None = None,
+             milvus_token: str | None = None) -> Engine:
+        """Open a collection with the model that built it (or create it, with `model`).
+
+        store="milvus": the collection lives in the Milvus at `milvus_uri` (a server URL, or
+        a Milvus Lite file; default `path`/milvus.db) under the name `path`'s last component.
+        """
         options = options or EngineOptions()
         path = Path(path)
-        if create and not (path / "manifest.json").exists():
+        if store == "milvus":
+            collection, loaded = _open_milvus(path, model, create, index_type, options,
+                                              milvus_uri, milvus_token)
+        elif store != "faiss":
+            raise ClipfindError(f"unknown store {store!r}: use faiss or milvus")
+        elif create and not (path / "manifest.json").exists():
             loaded = load_model(model or DEFAULT_MODEL, options.device)
             collection = Collection.create(path, loaded.name, loaded.dim, index_type,
                                            background_rebuilds=options.background_rebuilds)
@@ -261,3 +272,21 @@ class Engine:
 
     def remove(self, ids: list[int]) -> int:
         return self.collection.remove(ids)
+
+
+def _open_milvus(path: Path, model: str | None, create: bool, index_type: str,
+                 options: EngineOptions, uri: str | None, token: str | None):
+    """(MilvusStore, loaded model) for the collection `path` names in the Milvus at `uri`."""
+    from .milvus_store import MilvusStore, collection_name
+    uri = str(uri) if uri else str(path / "milvus.db")
+    name = collection_name(path)
+    if create and not MilvusStore.exists(uri, name, token=token):
+        loaded = load_model(model or DEFAULT_MODEL, options.device)
+        return MilvusStore.create(uri, name, loaded.name, loaded.dim, index_type, token=token), loaded
+    wanted = parse_spec(model).canonical if model else None
+    collection = MilvusStore.open(uri, name, wanted, token=token)
+    try:
+        return collection, load_model(collection.manifest.model, options.device)
+    except BaseException:
+        collection.close()
+        raise

@@ -43,3 +43,7 @@ class Busy(ClipfindError):
 
     def __init__(self, message: str = "busy, try again in a moment"):
         super().__init__(message)
+
+
+class StoreUnavailable(StoreError):
+    """The vector store (a Milvus server) cannot be reached; try again shortly."""
