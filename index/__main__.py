@@ -1,4 +1,4 @@
-"""The engine's command line: python -m index {demo,build,import-features,search,export,embed,info,remove}."""
+"""The engine's command line: python -m index {demo,build,import-features,search,export,embed,info,remove,migrate}."""
 
 from __future__ import annotations
 
@@ -187,6 +187,25 @@ def cmd_remove(a) -> int:
     return 0
 
 
+def cmd_migrate(a) -> int:
+    import os
+
+    from .migrate import Endpoint, migrate, milvus_name
+    token = os.environ.get(a.token_env) or None
+    src, dst = Endpoint(a.source, token=token), Endpoint(a.destination, token=token)
+    src.name = dst.name = milvus_name(src, dst, a.name)
+    tty = sys.stderr.isatty()
+
+    def progress(done: int, total: int) -> None:
+        end = "\n" if done == total or not tty else "\r"
+        print(f"migrate: {done} of {total} items", end=end, file=sys.stderr, flush=True)
+
+    report = migrate(src, dst, index_type=a.index_type, chunk=a.chunk, sample=a.sample,
+                     progress=progress)
+    print(report.summary())
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m index", description="clipfind's search engine",
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
@@ -255,6 +274,20 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--index", required=True)
     r.add_argument("ids", nargs="+", type=int)
     r.set_defaults(func=cmd_remove)
+
+    g = sub.add_parser("migrate", help="copy a collection between a folder and Milvus (resumable)",
+                       description="FROM and TO are each a collection folder or a Milvus URI "
+                       "(http://HOST:19530, or a Milvus Lite file ending in .db). Run the same "
+                       "command again to resume a stopped migration; nothing is copied twice.")
+    g.add_argument("--from", dest="source", required=True, metavar="FROM")
+    g.add_argument("--to", dest="destination", required=True, metavar="TO")
+    g.add_argument("--name", help="Milvus collection name (default: the folder's name)")
+    g.add_argument("--index-type", default="auto", help="index type of a new destination")
+    g.add_argument("--chunk", type=int, default=1000, help="items per write")
+    g.add_argument("--sample", type=int, default=100, help="vectors compared at the end")
+    g.add_argument("--token-env", default="MILVUS_TOKEN",
+                   help="environment variable holding the Milvus token (default MILVUS_TOKEN)")
+    g.set_defaults(func=cmd_migrate)
     return p
 
 
