@@ -274,6 +274,20 @@ class Engine:
         return self.collection.remove(ids)
 
 
+def collection_exists(path: str | Path, *, store: str = "faiss", milvus_uri: str | None = None,
+                      milvus_token: str | None = None) -> bool:
+    """Whether the collection `path` names is there (in the folder, or in the Milvus).
+
+    A Milvus that cannot be reached raises StoreUnavailable naming the URI.
+    """
+    path = Path(path)
+    if store != "milvus":
+        return (path / "manifest.json").exists()
+    from .milvus_store import MilvusStore, collection_name
+    return MilvusStore.exists(str(milvus_uri) if milvus_uri else str(path / "milvus.db"),
+                              collection_name(path), token=milvus_token)
+
+
 def _open_milvus(path: Path, model: str | None, create: bool, index_type: str,
                  options: EngineOptions, uri: str | None, token: str | None):
     """(MilvusStore, loaded model) for the collection `path` names in the Milvus at `uri`."""
