@@ -69,7 +69,8 @@ def open_engine(settings: Settings) -> Engine:
     # runs beside the searches instead of freezing them (~80 s at 1M items).
     options = EngineOptions(device=settings.device, threads=settings.threads or None,
                             queue_size=settings.queue_size, background_rebuilds=True)
-    return Engine.open(settings.collection, model=settings.model or None, options=options)
+    return Engine.open(settings.collection, model=settings.model or None, options=options,
+                       **settings.store_options)
 
 
 def _unwrap(error: BaseException) -> BaseException:
@@ -142,7 +143,7 @@ class ClipfindBot(commands.Bot):
         s = self.settings
         try:
             options = EngineOptions(queue_size=s.queue_size, background_rebuilds=True)
-            spaces = Namespaces(s.library_root, engine.encoder, options)
+            spaces = Namespaces(s.library_root, engine.encoder, options, **s.store_options)
             lib = Library(self, s, spaces, engine)
             await lib.open()
         except Exception:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TextIO
 
 from index.build import build
-from index.engine import Engine, EngineOptions
+from index.engine import Engine, EngineOptions, collection_exists
 from index.errors import ClipfindError
 from index.models import DEFAULT_MODEL
 from index.sources import scan_folder
@@ -223,13 +223,15 @@ async def run_console(settings: Settings, *, out_dir: Path, demo: bool,
             engine = await ensure_demo(demo_root, options, out=stdout)
             settings = replace(settings, collection=demo_root / "collection")
         else:
-            if not (settings.collection / "manifest.json").exists():
+            if not await asyncio.to_thread(collection_exists, settings.collection,
+                                           **settings.store_options):
                 print(f"no collection at {settings.collection}: build one with "
                       f"`python -m index build --index {settings.collection} FOLDER`, "
                       "or run the console with --demo", file=sys.stderr)
                 return 2
             engine = await asyncio.to_thread(Engine.open, settings.collection,
-                                             model=settings.model or None, options=options)
+                                             model=settings.model or None, options=options,
+                                             **settings.store_options)
     except ClipfindError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -274,17 +274,59 @@ class Engine:
         return self.collection.remove(ids)
 
 
+def collection_exists(path: str | Path, *, store: str = "faiss", milvus_uri: str | None = None,
+                      milvus_token: str | None = None) -> bool:
+    """Whether the collection `path` names is there (in the folder, or in the Milvus).
+
+    A Milvus that cannot be reached raises StoreUnavailable naming the URI.
+    """
+    path = Path(path)
+    if store != "milvus":
+        return (path / "manifest.json").exists()
+    from .milvus_store import MilvusStore, collection_name
+    return MilvusStore.exists(_lite_default(path, milvus_uri), collection_name(path),
+                              token=milvus_token)
+
+
+def open_store(path: str | Path, model: str | None = None, *, store: str = "faiss",
+               milvus_uri: str | None = None, milvus_token: str | None = None,
+               create_dim: int | None = None, index_type: str = "auto",
+               background_rebuilds: bool = False):
+    """The collection `path` names, in the embedded store (its folder) or in Milvus (named by
+    the last component of `path`; `milvus_uri` None: a Milvus Lite file in the folder).
+
+    create_dim given: created (as `model`, create_dim-d) when missing. Else opened; `model`,
+    when given, must be the one that built it.
+    """
+    path = Path(path)
+    if store == "milvus":
+        from .milvus_store import MilvusStore, collection_name
+        uri, name = _lite_default(path, milvus_uri), collection_name(path)
+        if create_dim is not None:
+            return MilvusStore.create(uri, name, model, create_dim, index_type, token=milvus_token)
+        return MilvusStore.open(uri, name, model, token=milvus_token)
+    if store != "faiss":
+        raise ClipfindError(f"unknown store {store!r}: use faiss or milvus")
+    if create_dim is not None:
+        return Collection.create(path, model, create_dim, index_type,
+                                 background_rebuilds=background_rebuilds)
+    return Collection.open(path, model, background_rebuilds=background_rebuilds)
+
+
+def _lite_default(path: Path, uri: str | None) -> str:
+    return str(uri) if uri else str(path / "milvus.db")
+
+
 def _open_milvus(path: Path, model: str | None, create: bool, index_type: str,
                  options: EngineOptions, uri: str | None, token: str | None):
     """(MilvusStore, loaded model) for the collection `path` names in the Milvus at `uri`."""
-    from .milvus_store import MilvusStore, collection_name
-    uri = str(uri) if uri else str(path / "milvus.db")
-    name = collection_name(path)
-    if create and not MilvusStore.exists(uri, name, token=token):
+    kw = {"store": "milvus", "milvus_uri": uri, "milvus_token": token}
+    if create and not collection_exists(path, **kw):
         loaded = load_model(model or DEFAULT_MODEL, options.device)
-        return MilvusStore.create(uri, name, loaded.name, loaded.dim, index_type, token=token), loaded
+        return open_store(path, loaded.name, create_dim=loaded.dim, index_type=index_type,
+                          **kw), loaded
     wanted = parse_spec(model).canonical if model else None
-    collection = MilvusStore.open(uri, name, wanted, token=token)
+    collection = open_store(path, wanted, **kw)
     try:
         return collection, load_model(collection.manifest.model, options.device)
     except BaseException:

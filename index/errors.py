@@ -46,4 +46,8 @@ class Busy(ClipfindError):
 
 
 class StoreUnavailable(StoreError):
-    """The vector store (a Milvus server) cannot be reached; try again shortly."""
+    """The vector store (a Milvus server) cannot be reached; the process keeps serving and
+    the store's next call tries again. At start the message names the URI instead."""
+
+    def __init__(self, message: str = "the image store is unreachable right now, try again shortly"):
+        super().__init__(message)

@@ -49,7 +49,7 @@ from index.store import Item, Manifest, NewItem
 
 FORMAT_VERSION = 1
 MANIFEST_KEY = "clipfind.manifest"
-UNREACHABLE = "the image store is unreachable right now, try again shortly"
+UNREACHABLE = StoreUnavailable().args[0]  # the one line every call gives while it lasts
 
 # index_type -> (Milvus index type, build params, search params). "auto" is HNSW: the
 # approximate index Milvus (Lite and server) supports that keeps recall@10 above 0.95
@@ -80,6 +80,7 @@ log = logging.getLogger(__name__)
 logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
 
 T = TypeVar("T")
+_DOWN: dict[str, bool] = {}  # URIs whose last call found them unreachable (for the log)
 
 
 def item_id(source: str, salt: int = 0) -> int:
@@ -479,19 +480,24 @@ class MilvusStore:
         self._check_open()
         try:
             try:
-                return fn(self._client)
+                result = fn(self._client)
             except Exception as e:
                 if not _not_loaded(e):
                     raise
                 self._client.load_collection(self.name, timeout=CALL_TIMEOUT)
-                return fn(self._client)
+                result = fn(self._client)
         except StoreError:
             raise
         except Exception as e:
             if _unreachable(e):
-                log.warning("%s is unreachable: %s", self.location, _one_line(e))
+                if not _DOWN.get(self.uri):  # one line when it goes, one when it is back
+                    _DOWN[self.uri] = True
+                    log.warning("%s is unreachable: %s", self.location, _one_line(e))
                 raise StoreUnavailable(UNREACHABLE) from e
             raise StoreError(f"{self.location}: {_one_line(e)}") from e
+        if _DOWN.pop(self.uri, False):
+            log.warning("%s is reachable again", self.location)
+        return result
 
     def _load(self) -> None:
         try:

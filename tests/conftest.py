@@ -100,3 +100,29 @@ class Stores:
 @pytest.fixture(params=["faiss", "milvus"])
 def store(request, milvus_uri) -> Stores:
     return Stores(request.param, milvus_uri)
+
+
+@pytest.fixture(scope="session")
+def demo_milvus_collection(demo_gallery, milvus_uri, tmp_path_factory):
+    """demo_collection's gallery built into the session's Milvus Lite (read-only for tests);
+    open it with Stores('milvus', milvus_uri).engine(path)."""
+    import asyncio
+
+    from index.build import build
+    from index.sources import scan_folder
+    path = tmp_path_factory.mktemp("collection") / "demo"
+    engine = Stores("milvus", milvus_uri).engine(path, model="builtin:tiny-shapes", create=True)
+    try:
+        asyncio.run(build(engine.collection, engine.encoder, scan_folder(demo_gallery)))
+    finally:
+        engine.close()
+    return path
+
+
+@pytest.fixture
+def demo_of(request):
+    """The demo collection's path for a store kind (built on first use)."""
+    def path(store: Stores):
+        return request.getfixturevalue(
+            "demo_collection" if store.kind == "faiss" else "demo_milvus_collection")
+    return path
