@@ -202,10 +202,11 @@ def cmd_remove(a) -> int:
 
 
 def cmd_migrate(a) -> int:
-    import os
-
     from .migrate import Endpoint, migrate, milvus_name
-    token = os.environ.get(a.token_env) or None
+    token = os.environ.get(a.milvus_token_env, "").strip() or None
+    if token is None and a.milvus_token_env != MILVUS_TOKEN_ENV:
+        raise ClipfindError(f"--milvus-token-env: the environment variable {a.milvus_token_env} "
+                            "is not set (it should hold the Milvus token)")
     src, dst = Endpoint(a.source, token=token), Endpoint(a.destination, token=token)
     src.name = dst.name = milvus_name(src, dst, a.name)
     tty = sys.stderr.isatty()
@@ -316,8 +317,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--index-type", default="auto", help="index type of a new destination")
     g.add_argument("--chunk", type=int, default=1000, help="items per write")
     g.add_argument("--sample", type=int, default=100, help="vectors compared at the end")
-    g.add_argument("--token-env", default="MILVUS_TOKEN",
-                   help="environment variable holding the Milvus token (default MILVUS_TOKEN)")
+    g.add_argument("--milvus-token-env", default=MILVUS_TOKEN_ENV, metavar="NAME",
+                   help=f"environment variable holding the Milvus token (default {MILVUS_TOKEN_ENV}, "
+                        "when set)")
     g.set_defaults(func=cmd_migrate)
     return p
 
