@@ -119,6 +119,12 @@ def fresh_process_rss(path: Path, q: np.ndarray) -> tuple[float, float]:
     return added, total
 
 
+def _default_sigint() -> None:
+    """SIGINT back to its default in the server: a background job (nohup ... &) inherits it
+    ignored, and then the server never shuts down cleanly on it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class LiteServer:
     """`milvus-lite server` on a free loopback port, stopped by its pid."""
 
@@ -135,7 +141,8 @@ class LiteServer:
         self.log = open(self.data.with_suffix(".log"), "a")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [str(exe), "server", "--data-dir", str(self.data), "--host", "127.0.0.1",
-             "--port", str(self.port)], stdout=self.log, stderr=subprocess.STDOUT)
+             "--port", str(self.port)], stdout=self.log, stderr=subprocess.STDOUT,
+            preexec_fn=_default_sigint)
         deadline = time.time() + 120
         while time.time() < deadline:
             with socket.socket() as s:

@@ -1,6 +1,6 @@
 """Two processes, one store: a `milvus-lite server` on loopback stands in for a Milvus cluster.
 
-This process builds gallery A into the shared collection (the engine, in process); the
+This process adds gallery A to the shared collection (through MilvusStore); the
 console bot (`python -m bot --console`, store = "milvus") is started on it; a CLI build
 (`python -m index build --store milvus`) adds gallery B while the console keeps answering;
 the console then lists B's images, and the build reports A's items in its total; a third
@@ -10,7 +10,6 @@ stop seeing them.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import socket
@@ -19,17 +18,17 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from index.build import build
-from index.engine import Engine
-from index.sources import scan_folder
+from index.milvus_store import MilvusStore
+from index.store import NewItem
 from index.synthetic import write_gallery
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 ENV.pop("DISCORD_TOKEN", None)
-MODEL = "builtin:tiny-shapes"
+MODEL, DIM = "builtin:tiny-shapes", 128  # the bundled model and its embedding size
 END = "hello there"  # an unknown command: its error line marks the end of a batch of replies
 
 
@@ -124,12 +123,10 @@ def test_a_cli_build_a_console_bot_and_a_remove_share_one_milvus(tmp_path, milvu
     b_files = {p.name for p in (tmp_path / "b").glob("*.png")}
     collection = tmp_path / "shared"
 
-    # writer 1: this process
-    engine = Engine.open(collection, model=MODEL, create=True, store="milvus", milvus_uri=uri)
-    try:
-        asyncio.run(build(engine.collection, engine.encoder, scan_folder(tmp_path / "a")))
-    finally:
-        engine.close()
+    # writer 1: this process, through the store (random vectors: no model to load here)
+    with MilvusStore.create(uri, "shared", MODEL, DIM) as store:
+        vecs = np.random.default_rng(0).standard_normal((12, DIM))
+        store.add([NewItem(source=str(tmp_path / "a" / name)) for name in sorted(a_files)], vecs)
 
     cfg = tmp_path / "config.toml"
     cfg.write_text(f'collection = "{collection}"\nstore = "milvus"\nmilvus_uri = "{uri}"\n'
@@ -146,7 +143,6 @@ def test_a_cli_build_a_console_bot_and_a_remove_share_one_milvus(tmp_path, milvu
         assert bot.sources(pages=3) == a_files | b_files  # the console sees the build's items
 
         # a third process removes a's items; both the console and this process see it
-        from index.milvus_store import MilvusStore
         with MilvusStore.open(uri, "shared") as store:
             ids = [int(i) for i in store.ids()]
             victims = [it for it in store.get(ids) if Path(it.source).name in a_files][:5]
