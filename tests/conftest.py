@@ -6,7 +6,7 @@ Both are loaded once per session; they are read-only, so tests may share them.
 from __future__ import annotations
 
 import pytest
-from storekit import Stores
+from storekit import LiteServer, Stores
 
 from index.models import load_model
 
@@ -87,3 +87,13 @@ def demo_of(request):
         return request.getfixturevalue(
             "demo_collection" if store.kind == "faiss" else "demo_milvus_collection")
     return path
+
+
+@pytest.fixture
+def lite_server(tmp_path):
+    """A `milvus-lite server` on 127.0.0.1 (a stand-in for a Milvus cluster); tests may stop
+    and start it again (same data folder, same port)."""
+    server = LiteServer(tmp_path / "milvus-data")
+    server.start()
+    yield server
+    server.stop()
