@@ -5,6 +5,7 @@ Rooms (read in this order):
     base.py        VectorStore: the interface the engine uses, whatever the store
     collection.py  Collection: the embedded store, coordinating the rooms below
     items.py       the item table (meta.sqlite): schema, rows <-> Item/NewItem
+    posts.py       provenance: every Discord post of every stored picture (meta.sqlite)
     faissindex.py  the FAISS index: make, load (verified), save (atomic), in-memory state
     tuning.py      the policy: which index for how many items, and its search-time knob
     rebuild.py     building an index from SQLite, in the caller's thread or in the background
@@ -30,6 +31,7 @@ from .faissindex import is_exact as _is_exact
 from .faissindex import make_index as _make_index
 from .items import META, Item, NewItem
 from .manifest import FORMAT_VERSION, MANIFEST, Manifest
+from .posts import Forgotten, Post
 from .tuning import CALIB_QUERIES as _CALIB_QUERIES
 from .tuning import (
     EXACT_LIMIT,
@@ -54,9 +56,11 @@ __all__ = [
     "VECTORS",
     "VECTORS_META",
     "Collection",
+    "Forgotten",
     "Item",
     "Manifest",
     "NewItem",
+    "Post",
     "VectorStore",
     "calibration_queries",
     "choose_factory",

@@ -15,6 +15,7 @@ import numpy as np
 
 from .items import Item, NewItem
 from .manifest import Manifest
+from .posts import Forgotten, Post
 
 
 class VectorStore(abc.ABC):
@@ -87,6 +88,43 @@ class VectorStore(abc.ABC):
         message_ids: Iterable[int] | None = None,
     ) -> list[int]:
         """Delete a guild's items (of one channel, of some messages); returns removed ids."""
+
+    # -- provenance: the Discord posts of the pictures ----------------------------------
+    # An item added with guild, channel, message and attachment ids is a post; add()
+    # records it. The same picture posted again is another post of the same item.
+
+    @abc.abstractmethod
+    def add_posts(self, new_posts: Sequence[NewItem]) -> list[int | None]:
+        """Record more posts of stored pictures (by source, else content hash in the guild);
+        each post's item id, None where no such picture is stored."""
+
+    @abc.abstractmethod
+    def known(self, sources: Iterable[str]) -> set[str]:
+        """Those of `sources` already stored, as an item or as a post of one."""
+
+    @abc.abstractmethod
+    def posts(
+        self,
+        guild_id: int,
+        *,
+        channel_id: int | None = None,
+        message_ids: Iterable[int] | None = None,
+        item_ids: Iterable[int] | None = None,
+    ) -> list[Post]:
+        """A guild's posts (of one channel; of some messages or of some items), oldest first."""
+
+    @abc.abstractmethod
+    def forget_posts(
+        self,
+        *,
+        guild_id: int,
+        channel_id: int | None = None,
+        message_ids: Iterable[int] | None = None,
+        attachment_ids: Iterable[int] | None = None,
+        keep_attachments: Iterable[int] | None = None,
+    ) -> Forgotten:
+        """Forget posts; re-point each item that named one at its oldest post left, remove
+        (with its vector) each item left without posts; all at once. What changed."""
 
     @abc.abstractmethod
     def save(self) -> None:

@@ -28,7 +28,7 @@ import numpy as np
 
 from index.errors import ModelMismatch, StoreError
 
-from . import tuning
+from . import posts, tuning
 from .base import VectorStore
 from .faissindex import (
     VECTORS,
@@ -42,6 +42,7 @@ from .faissindex import (
 from .files import remove_dead_tmp_files
 from .items import META, Item, ItemTable, NewItem, create_database, item_values, prepare_vectors
 from .manifest import MANIFEST, Manifest, read_manifest, write_manifest
+from .posts import Forgotten, Post
 from .rebuild import BackgroundRebuild, build_index
 
 
@@ -139,6 +140,7 @@ class Collection(VectorStore):
         try:
             with self._lock:
                 table.check_schema()
+                self._ensure_posts_table()
                 self._uid = table.state("uid")
                 remove_dead_tmp_files(self.path)
                 self._load_or_rebuild(save=True)
@@ -237,12 +239,17 @@ class Collection(VectorStore):
             return []
         blobs = [v.tobytes() for v in vecs]
         now = time.time()
+
+        def body(conn: sqlite3.Connection) -> tuple[list[int], dict[int, int], set[int]]:
+            ids, changed, replaced = ItemTable.upsert(conn, rows, blobs, now)
+            for item_id, values in zip(ids, rows, strict=True):
+                if posts.is_post(values):
+                    posts.record(conn, item_id, values)
+            return ids, changed, replaced
+
         with self._lock:
-            table = self._db()
             try:
-                ids, changed, replaced = self._write(
-                    lambda conn: table.upsert(conn, rows, blobs, now)
-                )
+                ids, changed, replaced = self._write(body)
             except (sqlite3.Error, OverflowError) as e:
                 raise StoreError(f"cannot add to collection {self.path}: {e}") from e
             self._bg.note_written(changed)
@@ -275,6 +282,81 @@ class Collection(VectorStore):
                 lambda conn: ItemTable.delete_where(conn, guild_id, channel_id, messages)
             )
         )
+
+    # -- provenance: the Discord posts of the pictures (posts.py) --------------------------
+
+    def add_posts(self, new_posts: Sequence[NewItem]) -> list[int | None]:
+        """Record more posts of pictures already stored (a picture posted again).
+
+        Each points at the item stored under its source, else the oldest item with its
+        content hash in its guild; returns each post's item id (None: no such picture,
+        nothing recorded). Items added by add() record their own post already. One
+        transaction; recording a post again updates it.
+        """
+        new_posts = list(new_posts)
+        if not new_posts:
+            return []
+        with self._lock:
+            try:
+                return self._write(lambda conn: posts.link(conn, new_posts), lambda _: False)
+            except (sqlite3.Error, OverflowError) as e:
+                raise StoreError(f"cannot record posts in collection {self.path}: {e}") from e
+
+    def known(self, sources: Iterable[str]) -> set[str]:
+        """Those of `sources` already stored, as an item or as a post of one."""
+        with self._lock:
+            return posts.known(self._db().conn, sources)
+
+    def posts(
+        self,
+        guild_id: int,
+        *,
+        channel_id: int | None = None,
+        message_ids: Iterable[int] | None = None,
+        item_ids: Iterable[int] | None = None,
+    ) -> list[Post]:
+        """A guild's posts (of one channel; of some messages or of some items), oldest first."""
+        messages = None if message_ids is None else list(message_ids)
+        items = None if item_ids is None else list(item_ids)
+        with self._lock:
+            return posts.select(self._db().conn, guild_id, channel_id, messages, items)
+
+    def forget_posts(
+        self,
+        *,
+        guild_id: int,
+        channel_id: int | None = None,
+        message_ids: Iterable[int] | None = None,
+        attachment_ids: Iterable[int] | None = None,
+        keep_attachments: Iterable[int] | None = None,
+    ) -> Forgotten:
+        """Forget a guild's posts, and what they alone kept, in ONE transaction.
+
+        Which posts: those of `channel_id`, of `message_ids` (in any channel of the guild
+        unless channel_id is given), of `attachment_ids`, all that apply; with
+        `keep_attachments` (the attachments a message still has after an edit) all but
+        those. At least one of channel_id, message_ids, attachment_ids is needed.
+        A picture whose item named a forgotten post is re-pointed at its oldest post left
+        (same id, same vector); one with no post left is removed, its vector too.
+        Returns the posts forgotten, the items removed and the items re-pointed.
+        """
+        messages = None if message_ids is None else list(message_ids)
+        attachments = None if attachment_ids is None else list(attachment_ids)
+        if messages is not None and not messages:
+            return Forgotten()
+
+        def body(conn: sqlite3.Connection) -> Forgotten:
+            return posts.forget(conn, guild_id, channel_id, messages, attachments, keep_attachments)
+
+        with self._lock:
+            try:
+                out = self._write(body, lambda f: bool(f.removed))  # re-pointing keeps vectors
+            except sqlite3.Error as e:
+                raise StoreError(f"cannot forget posts in collection {self.path}: {e}") from e
+            if out.removed:
+                self._bg.note_written(out.removed)
+                self._ix.remove(out.removed)
+        return out
 
     def save(self) -> None:
         """Write vectors.faiss (+ its sidecar) if the in-memory index differs from it."""
@@ -313,14 +395,29 @@ class Collection(VectorStore):
             raise StoreError(f"collection {self.path} is closed")
         return self._table
 
+    def _ensure_posts_table(self) -> None:
+        """A collection from before the posts table gets it, filled from its items."""
+        table = self._db()
+        if posts.has_table(table.conn):
+            return
+        try:
+            table.write(
+                lambda conn: posts.has_table(conn) or posts.create_and_fill(conn),
+                lambda _: False,
+            )
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot add the posts table to {table.db}: {e}") from e
+
     def _write(
-        self, body: Callable[[sqlite3.Connection], Any], noop: Callable[[Any], bool] | None = None
+        self,
+        body: Callable[[sqlite3.Connection], Any],
+        items_changed: Callable[[Any], bool] | None = None,
     ) -> Any:
         """Run body in one write transaction (see ItemTable.write); keep our index in step.
 
         Lock held. If someone else wrote since our index was made, it is marked stale.
         """
-        result, before, after = self._db().write(body, noop)
+        result, before, after = self._db().write(body, items_changed)
         if after is None:
             return result
         if before != self._ix.gen:
@@ -329,10 +426,17 @@ class Collection(VectorStore):
         self._ix.dirty = True
         return result
 
-    def _remove_with(self, body: Callable[[sqlite3.Connection], list[int]]) -> list[int]:
+    def _remove_with(self, delete: Callable[[sqlite3.Connection], list[int]]) -> list[int]:
+        """Delete items (and their posts) in one transaction; keep the index in step."""
+
+        def body(conn: sqlite3.Connection) -> list[int]:
+            gone = delete(conn)
+            posts.drop_of_items(conn, gone)
+            return gone
+
         with self._lock:
             try:
-                gone = self._write(body, noop=lambda g: not g)
+                gone = self._write(body, items_changed=bool)
             except sqlite3.Error as e:
                 raise StoreError(f"cannot remove from collection {self.path}: {e}") from e
             if gone:

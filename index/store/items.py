@@ -216,30 +216,32 @@ class ItemTable:
         self.conn.execute("COMMIT")
 
     def write(
-        self, body: Callable[[sqlite3.Connection], Any], noop: Callable[[Any], bool] | None = None
+        self,
+        body: Callable[[sqlite3.Connection], Any],
+        items_changed: Callable[[Any], bool] | None = None,
     ) -> tuple[Any, int, int | None]:
-        """Run body in one write transaction that bumps the generation.
+        """Run body in one write transaction; it bumps the generation if items changed.
 
-        Returns (body's result, generation before, generation after; None when rolled back
-        because `noop(result)` says nothing changed). Rolls back when body raises.
+        Returns (body's result, generation before, generation after; None when
+        `items_changed(result)` says no item or vector changed: then the transaction
+        commits without a bump, so that the index stays current). Rolls back when body raises.
         """
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
             before = self.state("generation")
             result = body(conn)
-            if noop is not None and noop(result):
-                conn.execute("ROLLBACK")
-                return result, before, None
-            after = conn.execute(
-                "UPDATE state SET value = value + 1 WHERE key = 'generation' RETURNING value"
-            ).fetchone()[0]
+            after = None
+            if items_changed is None or items_changed(result):
+                after = conn.execute(
+                    "UPDATE state SET value = value + 1 WHERE key = 'generation' RETURNING value"
+                ).fetchone()[0]
             conn.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             raise
-        return result, before, int(after)
+        return result, before, None if after is None else int(after)
 
     # -- reading -----------------------------------------------------------------------
 
