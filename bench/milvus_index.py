@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from index.milvus_store import MilvusStore
+from index.store.milvus import MilvusStore
 from index.store import NewItem, calibration_queries
 
 

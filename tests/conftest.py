@@ -6,7 +6,7 @@ Both are loaded once per session; they are read-only, so tests may share them.
 from __future__ import annotations
 
 import pytest
-from storekit import LiteServer, Stores
+from twostores import LiteServer, Stores
 
 from index.models import load_model
 

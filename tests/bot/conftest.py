@@ -64,7 +64,7 @@ def settings(demo) -> Settings:
 @pytest.fixture(scope="session")
 def milvus_engine(demo, milvus_uri):
     """The demo gallery built into the session's Milvus Lite, opened once (read-only)."""
-    from storekit import Stores
+    from twostores import Stores
 
     path = Stores("milvus", milvus_uri).at(demo / "milvus_collection")
     e = Engine.open(path, model=DEFAULT_MODEL, create=True, store="milvus", milvus_uri=milvus_uri)

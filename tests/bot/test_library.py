@@ -51,7 +51,7 @@ both_stores = pytest.mark.parametrize("lib_store", ["faiss", "milvus"], indirect
 def lib_settings(settings, tmp_path, lib_store, request):
     if lib_store == "faiss":
         return replace(settings, library_root=tmp_path / "libs")
-    from storekit import Stores  # every server's library in one shared Milvus collection
+    from twostores import Stores  # every server's library in one shared Milvus collection
     uri = request.getfixturevalue("milvus_uri")
     return replace(settings, library_root=Stores("milvus", uri).at(tmp_path / "libs"),
                    store="milvus", milvus_uri=uri)

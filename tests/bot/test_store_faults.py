@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
-from storekit import wait_until_back
+from twostores import wait_until_back
 
 from bot import __main__ as bot_main
 from bot.core import Core, FindRequest
@@ -60,7 +60,7 @@ async def test_searches_answer_one_line_while_milvus_is_down_and_recover(
 
 
 def test_the_bot_stops_at_start_naming_an_unreachable_milvus(tmp_path, capsys, monkeypatch):
-    from storekit import free_port
+    from twostores import free_port
     uri = f"http://127.0.0.1:{free_port()}"
     (tmp_path / "config.toml").write_text(
         f'store = "milvus"\nmilvus_uri = "{uri}"\nmilvus_token_env = "TEST_MILVUS_TOKEN"\n')

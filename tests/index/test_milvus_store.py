@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pymilvus import DataType, MilvusClient
-from storekit import free_port, wait_until_back
+from twostores import free_port, wait_until_back
 
-from index import milvus_store
+from index.store import milvus as milvus_store
 from index.errors import ModelMismatch, StoreError, StoreUnavailable
-from index.milvus_store import UNREACHABLE, MilvusStore, collection_name, item_id, redact
+from index.store.milvus import UNREACHABLE, MilvusStore, collection_name, item_id, redact
 from index.store import NewItem
 
 DIM = 16

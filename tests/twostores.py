@@ -33,14 +33,14 @@ class Stores:
         if self.kind == "faiss":
             from index.store import Collection
             return Collection.create(path, model, dim, index_type, **kw)
-        from index.milvus_store import MilvusStore
+        from index.store.milvus import MilvusStore
         return MilvusStore.create(self.milvus_uri, self.at(path).name, model, dim, index_type, **kw)
 
     def open(self, path, model=None, **kw):
         if self.kind == "faiss":
             from index.store import Collection
             return Collection.open(path, model, **kw)
-        from index.milvus_store import MilvusStore
+        from index.store.milvus import MilvusStore
         return MilvusStore.open(self.milvus_uri, self.at(path).name, model, **kw)
 
     def engine(self, path, **kw):
