@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from index.store.milvus import MilvusStore
 from index.store import NewItem, calibration_queries
+from index.store.milvus import MilvusStore
 
 
 def clustered(n: int, dim: int, seed: int, n_clusters: int = 200, spread: float = 0.8):
@@ -60,13 +60,14 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--queries", type=int, default=60, help="of each kind")
     ap.add_argument("--uri", default=None, help="Milvus URI (default: a temporary Lite file)")
+    ap.add_argument("--kinds", default="HNSW,IVF_FLAT,FLAT", help="Milvus index types to try")
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="milvus-index-")
     uri = a.uri or str(Path(tmp) / "bench.db")
     vecs = clustered(a.n, a.dim, 0)
     guilds = np.where(np.arange(a.n) < a.n // 100, 7, 0)  # 1% of the items: one small server
     rows = []
-    for kind in ("HNSW", "IVF_FLAT", "FLAT"):
+    for kind in a.kinds.split(","):
         name = f"bench_{kind.lower()}"
         store = MilvusStore.create(uri, name, "bench", a.dim, kind)
         t0 = time.perf_counter()
@@ -76,6 +77,7 @@ def main() -> None:
                      for i in range(lo, min(a.n, lo + 2000))]
             ids += store.add(batch, vecs[lo:lo + len(batch)])
         insert_rate = a.n / (time.perf_counter() - t0)
+        print(f"{kind}: inserted {a.n} at {insert_rate:,.0f}/s", flush=True)
         ids = np.asarray(ids, dtype=np.int64)
         rng = np.random.default_rng(1)
         pick = rng.choice(a.n, 3 * a.queries, replace=False)

@@ -30,6 +30,7 @@ server has not loaded yet is loaded again here, so service resumes with nothing 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -88,6 +89,13 @@ logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
 
 T = TypeVar("T")
 _DOWN: dict[str, bool] = {}  # URIs whose last call found them unreachable (for the log)
+_LITE_WRITES: dict[str, threading.Lock] = {}  # Milvus Lite: one add (+ flush) at a time
+
+
+def _write_lock(uri: str, lite: bool) -> Any:
+    if not lite:
+        return contextlib.nullcontext()
+    return _LITE_WRITES.setdefault(uri, threading.Lock())
 
 
 def item_id(source: str, salt: int = 0) -> int:
@@ -153,7 +161,7 @@ def _unreachable(e: BaseException) -> bool:
         return code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
     text = str(getattr(e, "message", "") or e).lower()
     code = getattr(e, "code", None)
-    return code in (1, 2) or any(
+    return code == 2 or any(
         s in text
         for s in ("fail connecting", "server unavailable", "connection refused", "deadline")
     )
@@ -287,6 +295,9 @@ class MilvusStore(VectorStore):
         kind, _, search_params = INDEX_TYPES.get(self.manifest.index_type, INDEX_TYPES["auto"])
         self._kind, self._search_params = kind, dict(search_params)
         self._load()
+        # Milvus Lite searches its unflushed rows by rebuilding them into a matrix per search:
+        # its writes are flushed at once so searches go through sealed, indexed segments.
+        self._lite = "lite" in str(self._rpc(lambda c: c.get_server_version())).lower()
         if owns_client:
             self._ensure_posts()
 
@@ -418,6 +429,10 @@ class MilvusStore(VectorStore):
         rows = [self._row(it) for it in items]
         if not items:
             return []
+        with _write_lock(self.uri, self._lite):
+            return self._add(rows, vecs)
+
+    def _add(self, rows: list[dict[str, Any]], vecs: np.ndarray) -> list[int]:
         ids = self._assign_ids(rows)
         now = time.time()
         existing = {r["id"]: r for r in self._rows_by_id(sorted(set(ids)), ["id", "added_at"])}
@@ -433,6 +448,7 @@ class MilvusStore(VectorStore):
             data.append(row)
         self._rpc(lambda c: c.upsert(self.name, data, timeout=CALL_TIMEOUT))
         self._record_posts([(row["id"], row) for row in data if _is_post(row)])
+        self._settle(self.name)
         return ids
 
     def remove(self, ids: Iterable[int]) -> int:
@@ -595,6 +611,11 @@ class MilvusStore(VectorStore):
                 )
             )
         return out
+
+    def _settle(self, name: str) -> None:
+        """Milvus Lite: flush what was written (see __init__); a server needs nothing."""
+        if self._lite:
+            self._rpc(lambda c: c.flush(name, timeout=CALL_TIMEOUT))
 
     @property
     def posts_name(self) -> str:
