@@ -283,7 +283,7 @@ def collection_exists(path: str | Path, *, store: str = "faiss", milvus_uri: str
     path = Path(path)
     if store != "milvus":
         return (path / "manifest.json").exists()
-    from .milvus_store import MilvusStore, collection_name
+    from .store.milvus import MilvusStore, collection_name
     return MilvusStore.exists(_lite_default(path, milvus_uri), collection_name(path),
                               token=milvus_token)
 
@@ -300,7 +300,7 @@ def open_store(path: str | Path, model: str | None = None, *, store: str = "fais
     """
     path = Path(path)
     if store == "milvus":
-        from .milvus_store import MilvusStore, collection_name
+        from .store.milvus import MilvusStore, collection_name
         uri, name = _lite_default(path, milvus_uri), collection_name(path)
         if create_dim is not None:
             return MilvusStore.create(uri, name, model, create_dim, index_type, token=milvus_token)

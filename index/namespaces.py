@@ -56,7 +56,7 @@ class Namespaces:
 
     def _milvus_view(self, key: str, create: bool):
         """The server's view of the shared Milvus collection (lock held)."""
-        from .milvus_store import MilvusStore, collection_name
+        from .store.milvus import MilvusStore, collection_name
         if self._shared is None:
             loaded, name = self.encoder.loaded, collection_name(self.root)
             if create:

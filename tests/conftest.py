@@ -6,6 +6,7 @@ Both are loaded once per session; they are read-only, so tests may share them.
 from __future__ import annotations
 
 import pytest
+from twostores import LiteServer, Stores
 
 from index.models import load_model
 
@@ -57,46 +58,6 @@ def milvus_uri(tmp_path_factory) -> str:
     return str(tmp_path_factory.mktemp("milvus") / "lite.db")
 
 
-class Stores:
-    """Make and open collections of one kind ('faiss' or 'milvus') at test paths."""
-
-    def __init__(self, kind: str, milvus_uri: str):
-        self.kind, self.milvus_uri = kind, milvus_uri
-
-    def __repr__(self) -> str:
-        return self.kind
-
-    def at(self, path):
-        """The path to hand the engine: for Milvus its name is unique in the shared file."""
-        import hashlib
-        from pathlib import Path
-        path = Path(path)
-        if self.kind == "faiss":
-            return path
-        tag = hashlib.blake2b(str(path).encode(), digest_size=5).hexdigest()
-        return path.with_name(f"{path.name}_{tag}")
-
-    def create(self, path, model, dim, index_type="auto", **kw):
-        if self.kind == "faiss":
-            from index.store import Collection
-            return Collection.create(path, model, dim, index_type, **kw)
-        from index.milvus_store import MilvusStore
-        return MilvusStore.create(self.milvus_uri, self.at(path).name, model, dim, index_type, **kw)
-
-    def open(self, path, model=None, **kw):
-        if self.kind == "faiss":
-            from index.store import Collection
-            return Collection.open(path, model, **kw)
-        from index.milvus_store import MilvusStore
-        return MilvusStore.open(self.milvus_uri, self.at(path).name, model, **kw)
-
-    def engine(self, path, **kw):
-        from index.engine import Engine
-        if self.kind == "milvus":
-            kw.update(store="milvus", milvus_uri=self.milvus_uri)
-        return Engine.open(self.at(path), **kw)
-
-
 @pytest.fixture(params=["faiss", "milvus"])
 def store(request, milvus_uri) -> Stores:
     return Stores(request.param, milvus_uri)
@@ -126,3 +87,13 @@ def demo_of(request):
         return request.getfixturevalue(
             "demo_collection" if store.kind == "faiss" else "demo_milvus_collection")
     return path
+
+
+@pytest.fixture
+def lite_server(tmp_path):
+    """A `milvus-lite server` on 127.0.0.1 (a stand-in for a Milvus cluster); tests may stop
+    and start it again (same data folder, same port)."""
+    server = LiteServer(tmp_path / "milvus-data")
+    server.start()
+    yield server
+    server.stop()

@@ -6,9 +6,6 @@ fault tests run a `milvus-lite server` on 127.0.0.1 in a subprocess and stop it 
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -16,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pymilvus import DataType, MilvusClient
+from twostores import free_port, wait_until_back
 
-from index import milvus_store
+from index.store import milvus as milvus_store
 from index.errors import ModelMismatch, StoreError, StoreUnavailable
-from index.milvus_store import UNREACHABLE, MilvusStore, collection_name, item_id, redact
+from index.store.milvus import UNREACHABLE, MilvusStore, collection_name, item_id, redact
 from index.store import NewItem
 
 DIM = 16
@@ -216,14 +214,8 @@ def test_bad_items_are_refused_and_nothing_is_added(milvus_uri, name):
 # -- faults ------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_unreachable_at_start_is_one_line_naming_the_uri():
-    uri = f"http://127.0.0.1:{_free_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     for opener in (lambda: MilvusStore.open(uri, "c"),
                    lambda: MilvusStore.create(uri, "c", MODEL, DIM)):
         with pytest.raises(StoreUnavailable) as e:
@@ -231,64 +223,11 @@ def test_unreachable_at_start_is_one_line_naming_the_uri():
         msg = str(e.value)
         assert msg.startswith(f"cannot reach Milvus at {uri}") and "\n" not in msg
         assert "milvus_uri" in msg
-    secret = f"http://alice:s3cret@127.0.0.1:{_free_port()}"
+    secret = f"http://alice:s3cret@127.0.0.1:{free_port()}"
     with pytest.raises(StoreUnavailable) as e:
         MilvusStore.open(secret, "c", token="tok3n")
     assert "s3cret" not in str(e.value) and "tok3n" not in str(e.value)
     assert redact(secret).startswith("http://127.0.0.1:")
-
-
-class LiteServer:
-    """`milvus-lite server` on 127.0.0.1 in a subprocess; stopped by its pid."""
-
-    def __init__(self, data: Path):
-        self.data, self.port, self.proc = data, _free_port(), None
-        self.uri = f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        exe = Path(sys.executable).with_name("milvus-lite")
-        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "milvus_lite"]
-        self.proc = subprocess.Popen(
-            [*cmd, "server", "--data-dir", str(self.data), "--host", "127.0.0.1",
-             "--port", str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, "milvus-lite server exited"
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError("milvus-lite server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-
-@pytest.fixture
-def lite_server(tmp_path):
-    server = LiteServer(tmp_path / "milvus-data")
-    server.start()
-    yield server
-    server.stop()
-
-
-def wait_until_back(fn, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return fn()
-        except StoreUnavailable:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
 
 
 def test_store_down_then_back_recovers_by_itself(lite_server):

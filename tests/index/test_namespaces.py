@@ -63,7 +63,7 @@ def test_namespace_names_cannot_escape_the_root(spaces):
 
 async def test_with_milvus_servers_share_one_collection_and_drop_only_their_own(
         tmp_path, tiny, milvus_uri, demo_gallery):
-    from index.milvus_store import MilvusStore
+    from index.store.milvus import MilvusStore
     enc = Encoder(tiny)
     root = tmp_path / "shared_libs"
     ns = Namespaces(root, enc, store="milvus", milvus_uri=milvus_uri)

@@ -30,6 +30,7 @@ server has not loaded yet is loaded again here, so service resumes with nothing 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -45,7 +46,11 @@ import numpy as np
 from pymilvus import DataType, MilvusClient
 
 from index.errors import ModelMismatch, StoreError, StoreUnavailable
-from index.store import Item, Manifest, NewItem
+
+from .base import VectorStore
+from .items import Item, NewItem
+from .manifest import Manifest
+from .posts import Forgotten, Post
 
 FORMAT_VERSION = 1
 MANIFEST_KEY = "clipfind.manifest"
@@ -71,6 +76,9 @@ _TEXT_MAX = 65535  # Milvus VARCHAR max_length (bytes)
 _INT_FIELDS = ("channel_id", "message_id", "attachment_id", "author_id")
 _TEXT_FIELDS = ("source", "title", "credit", "page_url", "content_hash", "stamp")
 _ITEM_FIELDS = ["id", "guild_id", *_INT_FIELDS, "posted_at", *_TEXT_FIELDS, "added_at"]
+_POST_FIELDS = ("source", "guild_id", "channel_id", "message_id", "attachment_id", "author_id",
+                "posted_at", "title", "page_url")  # as index.store.posts.Post, less item_id
+_POST_KEYS = ("guild_id", "channel_id", "message_id", "attachment_id")  # all set: a post
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 _INT64_MAX = 2**63 - 1
 
@@ -81,6 +89,13 @@ logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
 
 T = TypeVar("T")
 _DOWN: dict[str, bool] = {}  # URIs whose last call found them unreachable (for the log)
+_LITE_WRITES: dict[str, threading.Lock] = {}  # Milvus Lite: one add (+ flush) at a time
+
+
+def _write_lock(uri: str, lite: bool) -> Any:
+    if not lite:
+        return contextlib.nullcontext()
+    return _LITE_WRITES.setdefault(uri, threading.Lock())
 
 
 def item_id(source: str, salt: int = 0) -> int:
@@ -146,7 +161,7 @@ def _unreachable(e: BaseException) -> bool:
         return code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
     text = str(getattr(e, "message", "") or e).lower()
     code = getattr(e, "code", None)
-    return code in (1, 2) or any(
+    return code == 2 or any(
         s in text
         for s in ("fail connecting", "server unavailable", "connection refused", "deadline")
     )
@@ -162,7 +177,7 @@ def _one_line(e: BaseException) -> str:
     return text.splitlines()[0]
 
 
-class MilvusStore:
+class MilvusStore(VectorStore):
     """One clipfind collection in Milvus (optionally one guild's view of it). Thread-safe.
 
     Open with `MilvusStore.create(uri, name, model, dim)` or `MilvusStore.open(uri, name)`;
@@ -280,6 +295,11 @@ class MilvusStore:
         kind, _, search_params = INDEX_TYPES.get(self.manifest.index_type, INDEX_TYPES["auto"])
         self._kind, self._search_params = kind, dict(search_params)
         self._load()
+        # Milvus Lite searches its unflushed rows by rebuilding them into a matrix per search:
+        # its writes are flushed at once so searches go through sealed, indexed segments.
+        self._lite = "lite" in str(self._rpc(lambda c: c.get_server_version())).lower()
+        if owns_client:
+            self._ensure_posts()
 
     def view(self, guild_id: int) -> MilvusStore:
         """This collection as server `guild_id` sees it (shares this store's connection)."""
@@ -409,6 +429,10 @@ class MilvusStore:
         rows = [self._row(it) for it in items]
         if not items:
             return []
+        with _write_lock(self.uri, self._lite):
+            return self._add(rows, vecs)
+
+    def _add(self, rows: list[dict[str, Any]], vecs: np.ndarray) -> list[int]:
         ids = self._assign_ids(rows)
         now = time.time()
         existing = {r["id"]: r for r in self._rows_by_id(sorted(set(ids)), ["id", "added_at"])}
@@ -423,6 +447,8 @@ class MilvusStore:
             row["vector"] = vecs[pos].astype(np.float32).tolist()
             data.append(row)
         self._rpc(lambda c: c.upsert(self.name, data, timeout=CALL_TIMEOUT))
+        self._record_posts([(row["id"], row) for row in data if _is_post(row)])
+        self._settle(self.name)
         return ids
 
     def remove(self, ids: Iterable[int]) -> int:
@@ -468,6 +494,208 @@ class MilvusStore:
             self._closed = True
         if self._owns_client:
             _release(self._client)
+
+    # -- provenance: the Discord posts of the pictures --------------------------------
+    # Kept in the companion collection `<name>_posts` (one row per post, keyed by its source,
+    # guild id as partition key). Milvus has no transaction over two collections: every
+    # change is ordered so that a crash leaves a state the same call, run again, completes.
+
+    def add_posts(self, new_posts: Sequence[NewItem]) -> list[int | None]:
+        """Record more posts of pictures already stored (a picture posted again).
+
+        Each points at the item stored under its source, else the oldest item with its
+        content hash in its guild; None (not recorded) where no such picture is stored."""
+        rows = [self._row(p) for p in new_posts]
+        out: list[int | None] = []
+        found: list[tuple[int, dict[str, Any]]] = []
+        for p, row in zip(new_posts, rows, strict=True):
+            if not _is_post(row):
+                raise StoreError(
+                    f"{p.source} is not a Discord post (guild, channel, message, attachment)"
+                )
+            item = self.by_source(row["source"])
+            if item is None and row["content_hash"]:
+                item = self.find_hash(row["content_hash"], row["guild_id"])
+            out.append(None if item is None else item.id)
+            if item is not None:
+                found.append((item.id, row))
+        self._record_posts(found)
+        return out
+
+    def known(self, sources: Iterable[str]) -> set[str]:
+        """Those of `sources` already stored, as an item or as a post of one."""
+        wanted = sorted({str(s) for s in sources})
+        out: set[str] = set()
+        for chunk in _chunks(wanted):
+            where = f"source in {_quote_list(chunk)}"
+            out.update(r["source"] for r in self._query(where, ["source"]))
+            out.update(r["source"] for r in self._post_rows(where))
+        return out
+
+    def posts(
+        self,
+        guild_id: int,
+        *,
+        channel_id: int | None = None,
+        message_ids: Iterable[int] | None = None,
+        item_ids: Iterable[int] | None = None,
+    ) -> list[Post]:
+        """A guild's posts (of one channel; of some messages or of some items), oldest first."""
+        if message_ids is not None and item_ids is not None:
+            raise StoreError("posts: give message ids or item ids, not both")
+        rows = self._posts_where(guild_id, channel_id, message_ids, item_ids)
+        return sorted((_to_post(r) for r in rows), key=lambda p: (p.message_id, p.attachment_id))
+
+    def forget_posts(
+        self,
+        *,
+        guild_id: int,
+        channel_id: int | None = None,
+        message_ids: Iterable[int] | None = None,
+        attachment_ids: Iterable[int] | None = None,
+        keep_attachments: Iterable[int] | None = None,
+    ) -> Forgotten:
+        """Forget posts; re-point each item that named one at its oldest post left, remove
+        (with its vector) each item left without posts.
+
+        Order: items re-pointed, then orphaned items removed, then the posts forgotten; a
+        crash part-way leaves the posts to forget in place, so the same call completes it."""
+        if channel_id is None and message_ids is None and attachment_ids is None:
+            raise StoreError(
+                "forget_posts needs a channel, message ids or attachment ids; "
+                "to drop a whole server's library, drop its collection"
+            )
+        rows = self._posts_where(guild_id, channel_id, message_ids, None)
+        if attachment_ids is not None:
+            wanted = {int(a) for a in attachment_ids}
+            rows = [r for r in rows if r["attachment_id"] in wanted]
+        if keep_attachments is not None:
+            keep = {int(a) for a in keep_attachments}
+            rows = [r for r in rows if r["attachment_id"] not in keep]
+        out = Forgotten(posts=sorted(r["source"] for r in rows))
+        if not rows:
+            return out
+        gone = set(out.posts)
+        items = sorted({int(r["item_id"]) for r in rows})
+        heirs: dict[int, dict[str, Any]] = {}  # item -> its oldest post left
+        left = [r for r in self._posts_where(guild_id, None, None, items) if r["source"] not in gone]
+        for r in sorted(left, key=lambda r: (r["message_id"], r["attachment_id"])):
+            heirs.setdefault(int(r["item_id"]), r)
+        current = {int(r["id"]): r for r in self._rows_by_id(items, [*_ITEM_FIELDS, "vector"])}
+        orphans = [i for i in items if i not in heirs and i in current]
+        repoint = []
+        for item_id, heir in heirs.items():
+            row = current.get(item_id)
+            if row is None or row["source"] not in gone:
+                continue  # the post it names is still there
+            holder = self.by_source(heir["source"])
+            if holder is not None and holder.id != item_id:  # cannot happen if consistent
+                orphans.append(item_id)
+                continue
+            new = {k: row[k] for k in (*_ITEM_FIELDS, "vector")}
+            for k in _POST_FIELDS:
+                if k != "guild_id":
+                    new[k] = heir[k]
+            repoint.append(new)
+            out.repointed[item_id] = heir["source"]
+        if repoint:
+            self._rpc(lambda c: c.upsert(self.name, repoint, timeout=CALL_TIMEOUT))
+        out.removed = sorted(orphans)
+        self._delete(out.removed)
+        for chunk in _chunks(out.posts):
+            self._rpc(
+                lambda c, chunk=chunk: c.delete(
+                    self.posts_name,
+                    filter=f"guild_id == {int(guild_id)} and source in {_quote_list(chunk)}",
+                    timeout=CALL_TIMEOUT,
+                )
+            )
+        return out
+
+    def _settle(self, name: str) -> None:
+        """Milvus Lite: flush what was written (see __init__); a server needs nothing."""
+        if self._lite:
+            self._rpc(lambda c: c.flush(name, timeout=CALL_TIMEOUT))
+
+    @property
+    def posts_name(self) -> str:
+        return posts_collection(self.name)
+
+    def _record_posts(self, pairs: list[tuple[int, dict[str, Any]]]) -> None:
+        """Upsert post rows (item id, item row describing the post)."""
+        if not pairs:
+            return
+        last = {row["source"]: (i, row) for i, row in pairs}  # one row per post source
+        data = [
+            {**{k: row[k] for k in _POST_FIELDS}, "item_id": int(i), "v": [1.0, 0.0]}
+            for i, row in last.values()
+        ]
+        self._rpc(lambda c: c.upsert(self.posts_name, data, timeout=CALL_TIMEOUT))
+
+    def _post_rows(self, where: str) -> list[dict[str, Any]]:
+        """Post rows matching `where` (within this view's guild)."""
+        return list(
+            self._rpc(
+                lambda c: c.query(
+                    self.posts_name,
+                    filter=self._where(where),
+                    output_fields=[*_POST_FIELDS, "item_id"],
+                    limit=MAX_TOPK,
+                    timeout=CALL_TIMEOUT,
+                )
+            )
+        )
+
+    def _posts_where(
+        self,
+        guild_id: int,
+        channel_id: int | None,
+        message_ids: Iterable[int] | None,
+        item_ids: Iterable[int] | None,
+    ) -> list[dict[str, Any]]:
+        where = f"guild_id == {_int64(guild_id, 'guild_id')}"
+        if channel_id is not None:
+            where += f" and channel_id == {_int64(channel_id, 'channel_id')}"
+        if message_ids is None and item_ids is None:
+            return self._scan_posts(where)
+        column, values = ("message_id", message_ids) if item_ids is None else ("item_id", item_ids)
+        out: list[dict[str, Any]] = []
+        for chunk in _chunks(sorted({int(v) for v in values})):
+            out.extend(self._post_rows(f"{where} and {column} in {list(chunk)}"))
+        return out
+
+    def _scan_posts(self, where: str) -> list[dict[str, Any]]:
+        def run(c: Any) -> list[dict[str, Any]]:
+            it = c.query_iterator(
+                self.posts_name,
+                batch_size=_ITER_BATCH,
+                filter=self._where(where),
+                output_fields=[*_POST_FIELDS, "item_id"],
+                timeout=CALL_TIMEOUT,
+            )
+            rows: list[dict[str, Any]] = []
+            try:
+                while batch := it.next():
+                    rows.extend(batch)
+            finally:
+                it.close()
+            return rows
+
+        return self._rpc(run)
+
+    def _ensure_posts(self) -> None:
+        """The companion posts collection, made (and filled from the items' own posts) when
+        a collection from before it is opened."""
+        if self._rpc(lambda c: c.has_collection(self.posts_name, timeout=CALL_TIMEOUT)):
+            self._rpc(lambda c: c.load_collection(self.posts_name, timeout=CALL_TIMEOUT))
+            return
+        self._rpc(lambda c: _create_posts_collection(c, self.posts_name))
+        rows = [
+            r
+            for r in self._scan(_ITEM_FIELDS, "message_id is not null and attachment_id is not null")
+            if _is_post(r)
+        ]
+        self._record_posts([(int(r["id"]), r) for r in rows])
 
     # -- internals -------------------------------------------------------------------
 
@@ -553,10 +781,17 @@ class MilvusStore:
         return self._rpc(run)
 
     def _delete(self, ids: Sequence[int]) -> None:
+        """Delete items (in this view) and then their posts: a crash between the two leaves
+        posts of a gone item, which posts() skips and the next forget or remove clears."""
         for chunk in _chunks(sorted(ids)):
             self._rpc(
                 lambda c, chunk=chunk: c.delete(
                     self.name, filter=self._where(f"id in {list(chunk)}"), timeout=CALL_TIMEOUT
+                )
+            )
+            self._rpc(
+                lambda c, chunk=chunk: c.delete(
+                    self.posts_name, filter=f"item_id in {list(chunk)}", timeout=CALL_TIMEOUT
                 )
             )
 
@@ -565,7 +800,17 @@ class MilvusStore:
         ids: list[int | None] = [None] * len(rows)
         salt = [0] * len(rows)
         taken: dict[int, tuple[str, int]] = {}  # id -> (source, guild) chosen in this batch
-        pending = list(range(len(rows)))
+        stored: dict[str, int] = {}  # source -> id of the item stored under it (this view)
+        for chunk in _chunks(sorted({r["source"] for r in rows})):
+            for r in self._query(f"source in {_quote_list(chunk)}", ["id", "source"]):
+                stored[r["source"]] = min(int(r["id"]), stored.get(r["source"], _INT64_MAX))
+        pending = []
+        for p, row in enumerate(rows):
+            if row["source"] in stored:
+                ids[p] = stored[row["source"]]
+                taken.setdefault(ids[p], (row["source"], row["guild_id"]))
+            else:
+                pending.append(p)
         while pending:
             cand = {p: item_id(rows[p]["source"], salt[p]) for p in pending}
             found = {
@@ -793,6 +1038,44 @@ def _create_collection(client: Any, name: str, model: str, dim: int, index_type:
     # indexes are there at once, and load_collection (next) waits for what it needs
     client.create_index(name, params, timeout=CALL_TIMEOUT, sync=False)
     client.load_collection(name, timeout=CALL_TIMEOUT)
+
+
+def posts_collection(name: str) -> str:
+    """The Milvus collection holding the posts of collection `name`."""
+    return f"{name}_posts"
+
+
+def _create_posts_collection(client: Any, name: str) -> None:
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("source", DataType.VARCHAR, is_primary=True, max_length=4096)
+    schema.add_field("guild_id", DataType.INT64, is_partition_key=True)
+    for f in ("channel_id", "message_id", "attachment_id", "item_id"):
+        schema.add_field(f, DataType.INT64)
+    schema.add_field("author_id", DataType.INT64, nullable=True)
+    schema.add_field("posted_at", DataType.DOUBLE, nullable=True)
+    schema.add_field("title", DataType.VARCHAR, max_length=_TEXT_MAX)
+    schema.add_field("page_url", DataType.VARCHAR, max_length=_TEXT_MAX)
+    schema.add_field("v", DataType.FLOAT_VECTOR, dim=2)  # Milvus wants a vector field
+    client.create_collection(name, schema=schema, consistency_level="Strong",
+                             timeout=CALL_TIMEOUT)
+    params = client.prepare_index_params()
+    params.add_index("v", index_type="FLAT", metric_type="IP")
+    for f in ("item_id", "message_id"):
+        params.add_index(f, index_type="INVERTED")
+    client.create_index(name, params, timeout=CALL_TIMEOUT, sync=False)
+    client.load_collection(name, timeout=CALL_TIMEOUT)
+
+
+def _is_post(row: dict[str, Any]) -> bool:
+    return all(row.get(k) not in (None, 0) for k in _POST_KEYS)
+
+
+def _to_post(r: dict[str, Any]) -> Post:
+    return Post(**{k: r[k] for k in _POST_FIELDS}, item_id=int(r["item_id"]))
+
+
+def _quote_list(values: Iterable[str]) -> str:
+    return "[" + ", ".join(_quote(v) for v in values) + "]"
 
 
 def _chunks(seq: Sequence[Any], size: int = _IN_CHUNK) -> Iterable[Sequence[Any]]:
