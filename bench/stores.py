@@ -169,7 +169,7 @@ def milvus_rows(X: np.ndarray, Q: np.ndarray, truth: np.ndarray, tmp: Path, args
                 index_type: str) -> tuple[list[dict], str]:
     from pymilvus import MilvusClient
 
-    from index.milvus_store import INDEX_TYPES, MilvusStore, item_id
+    from index.store.milvus import INDEX_TYPES, MilvusStore, item_id
 
     n, dim = X.shape
     data = tmp / "milvus-data"

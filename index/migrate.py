@@ -13,6 +13,10 @@ At the end the destination is checked against the source: every source item is t
 source is there twice, and a random sample of vectors matches within float16 rounding (both
 stores keep vectors rounded through float16).
 
+The provenance of library pictures (every Discord post of a stored picture) goes along: an
+item's own post comes with the item, other posts of the same picture are recorded after
+the items, per guild, and counted again at the end.
+
 Ids are the destination's own (sequential in a folder, a hash of the source in Milvus);
 items are matched by source. `added_at` becomes the time of the copy.
 """
@@ -65,6 +69,7 @@ class MigrateReport:
     total: int = 0  # items in the source
     copied: int = 0  # items this run added
     already: int = 0  # items found in the destination already (an earlier, stopped run)
+    posts: int = 0  # Discord posts of the pictures (provenance), verified per guild
     destination_items: int = 0  # items in the destination at the end
     checked: int = 0  # vectors compared
     max_difference: float = 0.0
@@ -73,7 +78,8 @@ class MigrateReport:
         return (
             f"migrated {self.source} -> {self.destination}: {self.copied} copied, "
             f"{self.already} already there, {self.destination_items} items in the destination; "
-            f"verified: all {self.total} source items present once, {self.checked} sampled "
+            f"verified: all {self.total} source items present once, {self.posts} posts, "
+            f"{self.checked} sampled "
             f"vectors equal within {self.max_difference:.1e}"
         )
 
@@ -82,7 +88,7 @@ def milvus_name(src: Endpoint, dst: Endpoint, name: str | None) -> str:
     """The Milvus collection name: `name`, else the folder side's last component."""
     if name:
         return name
-    from .milvus_store import collection_name
+    from .store.milvus import collection_name
 
     folder = dst if src.milvus else src
     if folder.milvus:
@@ -94,7 +100,7 @@ def milvus_name(src: Endpoint, dst: Endpoint, name: str | None) -> str:
 
 def open_source(end: Endpoint) -> Any:
     if end.milvus:
-        from .milvus_store import MilvusStore
+        from .store.milvus import MilvusStore
 
         return MilvusStore.open(end.location, end.name, token=end.token)
     return Collection.open(Path(end.location))
@@ -103,7 +109,7 @@ def open_source(end: Endpoint) -> Any:
 def open_destination(end: Endpoint, model: str, dim: int, index_type: str) -> Any:
     """The destination collection, created like the source (model, dim) if it is not there."""
     if end.milvus:
-        from .milvus_store import MilvusStore
+        from .store.milvus import MilvusStore
 
         return MilvusStore.create(end.location, end.name, model, dim, index_type, token=end.token)
     return Collection.create(Path(end.location), model, dim, index_type)
@@ -130,9 +136,11 @@ def migrate(
         m = source.manifest
         destination = open_destination(dst, m.model, m.dim, index_type)
         try:
-            _copy(source, destination, report, chunk, progress)
+            guilds = _copy(source, destination, report, chunk, progress)
+            _copy_posts(source, destination, guilds, chunk)
             destination.save()
             _verify(source, destination, report, sample, seed)
+            _verify_posts(source, destination, guilds, report)
         finally:
             destination.close()
     finally:
@@ -149,12 +157,15 @@ def _same(a: Endpoint, b: Endpoint) -> bool:
 
 
 def _copy(source: Any, destination: Any, report: MigrateReport, chunk: int,
-          progress: Callable[[int, int], None] | None) -> None:
+          progress: Callable[[int, int], None] | None) -> list[int]:
+    """Copy the items; returns the guilds they come from (whose posts go next)."""
     there = set(destination.stamps())  # what an earlier run (or anyone) already put there
     ids = [int(i) for i in source.ids()]
     report.total = len(ids)
+    guilds: set[int] = set()
     for start in range(0, len(ids), chunk):
         items = source.get(ids[start:start + chunk])
+        guilds.update(it.guild_id for it in items if it.guild_id)
         todo = [it for it in items if it.source not in there]
         report.already += len(items) - len(todo)
         if todo:
@@ -164,6 +175,41 @@ def _copy(source: Any, destination: Any, report: MigrateReport, chunk: int,
             report.copied += len(todo)
         if progress is not None:
             progress(min(start + chunk, len(ids)), len(ids))
+    return sorted(guilds)
+
+
+def _copy_posts(source: Any, destination: Any, guilds: list[int], chunk: int) -> None:
+    """Record every post of every picture; an item's own post came with it (add records it).
+
+    A post is found again in the destination by the content hash of its picture (within
+    its guild), as the library finds a picture posted again; recording it twice updates it.
+    """
+    for guild in guilds:
+        posts = source.posts(guild)
+        owners = {it.id: it for it in source.get(sorted({p.item_id for p in posts}))}
+        more = [
+            NewItem(source=p.source, title=p.title, page_url=p.page_url, guild_id=p.guild_id,
+                    channel_id=p.channel_id, message_id=p.message_id,
+                    attachment_id=p.attachment_id, author_id=p.author_id,
+                    posted_at=p.posted_at, content_hash=owners[p.item_id].content_hash)
+            for p in posts
+            if p.item_id in owners and owners[p.item_id].source != p.source
+        ]
+        for start in range(0, len(more), chunk):
+            destination.add_posts(more[start:start + chunk])
+
+
+def _verify_posts(source: Any, destination: Any, guilds: list[int],
+                  report: MigrateReport) -> None:
+    for guild in guilds:
+        want = {p.source for p in source.posts(guild)}
+        have = {p.source for p in destination.posts(guild)}
+        if want - have:
+            raise StoreError(
+                f"verification failed: {len(want - have)} posts of guild {guild} are not in "
+                f"{report.destination} (e.g. {sorted(want - have)[0]}); run the same command again"
+            )
+        report.posts += len(want)
 
 
 def _as_new(item: Any) -> NewItem:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index.milvus_store import MilvusStore
+from index.store.milvus import MilvusStore
 from index.store import NewItem
 from index.synthetic import write_gallery
 

@@ -14,8 +14,8 @@ import pytest
 
 from index.errors import StoreError
 from index.migrate import Endpoint, migrate
-from index.milvus_store import MilvusStore
 from index.store import Collection, NewItem
+from index.store.milvus import MilvusStore
 
 DIM = 16
 MODEL = "builtin:tiny-shapes"
@@ -34,7 +34,7 @@ def make_folder(path: Path, n: int, seed: int = 0) -> np.ndarray:
             source=f"discord:7/8/{i}/{i}" if i % 3 == 0 else f"/photos/é {i}.jpg",
             title=f"title {i} ✓", credit="someone" if i % 2 else "", page_url=f"https://x/{i}",
             guild_id=7 if i % 3 == 0 else None, channel_id=8 if i % 3 == 0 else None,
-            message_id=i if i % 3 == 0 else None, attachment_id=i if i % 3 == 0 else None,
+            message_id=i + 1 if i % 3 == 0 else None, attachment_id=i + 1 if i % 3 == 0 else None,
             author_id=99 if i % 3 == 0 else None, posted_at=1.7e9 + i if i % 3 == 0 else None,
             content_hash=f"h{i}", stamp=f"mtime_ns:{i}",
         )
@@ -43,7 +43,18 @@ def make_folder(path: Path, n: int, seed: int = 0) -> np.ndarray:
     with Collection.create(path, MODEL, DIM) as c:
         for s in range(0, n, 500):
             c.add(items[s:s + 500], vecs[s:s + 500])
+        # the same pictures posted again elsewhere: more posts of the same items
+        c.add_posts([NewItem(source=f"discord:7/9/{10**6 + i}/{i}", guild_id=7, channel_id=9,
+                             message_id=10**6 + i, attachment_id=i + 1, content_hash=f"h{i}")
+                     for i in range(0, min(n, 60), 3)])
     return vecs
+
+
+def provenance(store) -> set[tuple[str, str]]:
+    """(post, the source of the item it points at) for every post of guild 7."""
+    posts = store.posts(7)
+    owners = {it.id: it.source for it in store.get(sorted({p.item_id for p in posts}))}
+    return {(p.source, owners[p.item_id]) for p in posts}
 
 
 def by_source(store) -> dict[str, tuple]:
@@ -71,6 +82,7 @@ def test_folder_to_milvus_and_back_keeps_every_item(tmp_path):
     there = migrate(Endpoint(str(tmp_path / "photos"), "photos"), Endpoint(uri, "photos"), chunk=250)
     assert (there.total, there.copied, there.already, there.destination_items) == (1200, 1200, 0, 1200)
     assert there.checked == 100 and there.max_difference < 2e-3
+    assert there.posts == 400 + 20  # each guild item's own post + 20 posted again
     back = migrate(Endpoint(uri, "photos"), Endpoint(str(tmp_path / "back"), "photos"), chunk=300)
     assert (back.copied, back.destination_items) == (1200, 1200)
     with Collection.open(tmp_path / "photos") as orig, MilvusStore.open(uri, "photos") as mil, \
@@ -82,6 +94,8 @@ def test_folder_to_milvus_and_back_keeps_every_item(tmp_path):
         names = [[s.get([i])[0].source for i, _ in s.search(q, 10)] for s in (orig, mil, ret)]
         assert names[0] == names[1] == names[2]  # the same results from every copy
         assert ret.manifest.model == mil.manifest.model == MODEL
+        want = provenance(orig)
+        assert len(want) == 420 and provenance(mil) == want and provenance(ret) == want
 
 
 def test_second_run_adds_nothing_and_a_lost_item_comes_back(tmp_path):
