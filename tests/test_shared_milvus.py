@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index.store.milvus import MilvusStore
 from index.store import NewItem
+from index.store.milvus import MilvusStore
 from index.synthetic import write_gallery
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ def milvus_server(tmp_path):
 
 def cli(*args) -> subprocess.CompletedProcess:
     p = subprocess.run([sys.executable, "-m", "index", *map(str, args)], capture_output=True,
-                       text=True, env=ENV, timeout=120)
+                       text=True, env=ENV, timeout=600)  # a safety net: a busy machine is slow
     assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
     return p
 
@@ -79,7 +79,7 @@ class ConsoleBot:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             cwd=cwd, env=ENV)
 
-    def read_until(self, marker: str, timeout: float = 60) -> list[str]:
+    def read_until(self, marker: str, timeout: float = 600) -> list[str]:
         lines, deadline = [], time.time() + timeout
         while time.time() < deadline:
             line = self.proc.stdout.readline()
