@@ -255,6 +255,15 @@ def milvus_rows(X: np.ndarray, Q: np.ndarray, truth: np.ndarray, tmp: Path, args
         shutil.rmtree(data, ignore_errors=True)
 
 
+def _brief(r: dict, base: float) -> str:
+    """A measured row on one log line (kept if the run dies before its table)."""
+    p50 = median(r["times"])
+    return (f"{r['name']}: p50 {ms(p50)} ms, p99 {ms(pct(r['times'], 99))} ms, recall@10 "
+            f"{r['recall']:.3f}, insert {r['insert'] or 0:,.0f}/s, index {r['index_s']:.0f} s, "
+            f"memory {r.get('rss', float('nan')):,.0f} MiB ({r['rss_note']}), disk "
+            f"{r['disk'] or 0:,.0f} MiB, {base / p50:.1f}x numpy f32")
+
+
 def run_n(n: int, args, space: Space) -> str:
     log(f"N={n:,}: making vectors")
     X = space.items(n, seed=1).astype(np.float16).astype(np.float32)
@@ -272,10 +281,13 @@ def run_n(n: int, args, space: Space) -> str:
         if not args.no_faiss:
             log("faiss: Collection")
             rows.append(faiss_row(X, Q, truth, tmp, args.rounds))
+            log(f"row: {_brief(rows[-1], base)}")
         notes = []
         for index_type in [] if args.no_milvus else args.milvus_index:
             got, note = milvus_rows(X, Q, truth, tmp, args, index_type)
             rows += got
+            for r in got:
+                log(f"row: {_brief(r, base)}")
             notes += [note] if note else []
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
