@@ -15,10 +15,10 @@ import pytest
 from pymilvus import DataType, MilvusClient
 from twostores import free_port, wait_until_back
 
-from index.store import milvus as milvus_store
 from index.errors import ModelMismatch, StoreError, StoreUnavailable
-from index.store.milvus import UNREACHABLE, MilvusStore, collection_name, item_id, redact
 from index.store import NewItem
+from index.store import milvus as milvus_store
+from index.store.milvus import UNREACHABLE, MilvusStore, collection_name, item_id, redact
 
 DIM = 16
 MODEL = "builtin:tiny-shapes"
