@@ -1,4 +1,4 @@
-"""index/milvus_store.py: what only the Milvus store has (the shared tests are test_store.py).
+"""index/store/milvus.py: what only the Milvus store has (the shared tests are test_store.py).
 
 Milvus Lite runs in this process from one file per session (conftest `milvus_uri`); the
 fault tests run a `milvus-lite server` on 127.0.0.1 in a subprocess and stop it by its pid.
