@@ -113,6 +113,9 @@ class Engine:
 
     def close(self) -> None:
         if self.owns_encoder:
+            # an encoder closed during its warm-up can outlast its close and abort the
+            # interpreter at exit (a CLI run with nothing to encode closes at once)
+            self.encoder.wait_ready(120)
             self.encoder.close()
         self.collection.close()
 

@@ -21,6 +21,7 @@ from bot.core import (
     _decode,
     split_urls,
 )
+from index import Query
 from index.errors import Busy
 
 ALICE = 1
@@ -155,7 +156,7 @@ async def test_busy_is_answered_at_once(settings):
     async def search(*a, **k):
         raise Busy()
 
-    busy = SimpleNamespace(encoder=SimpleNamespace(ready=True), collection=[], search=search)
+    busy = SimpleNamespace(ready=True, collection=[], search=search)
     core = Core(settings, busy)
     assert_one_line_error(await find(core, "red circle"), BUSY)
     state = PagingState(ALICE, "red circle", [], 0, 5, True, "red circle*1", 5)
@@ -166,7 +167,7 @@ async def test_busy_is_answered_at_once(settings):
 async def test_not_ready_while_the_model_loads(settings):
     core = Core(settings, None)
     assert_one_line_error(await find(core, "red circle"), NOT_READY)
-    loading = SimpleNamespace(encoder=SimpleNamespace(ready=False))
+    loading = SimpleNamespace(ready=False)
     core = Core(settings, loading)
     assert_one_line_error(await find(core, "red circle"), NOT_READY)
     # a malformed query is still explained while the model loads
@@ -277,6 +278,34 @@ async def test_paging_forward_back_and_past_the_end(settings, engine):
     assert end.text == f"no more results: #{len(engine.collection)} was the last match"
     prev = await core.turn(state, -1)
     assert prev.is_page and prev.cards[0].rank == state.offset - state.k + 1
+
+
+async def test_the_query_is_parsed_once_per_search(settings, engine, monkeypatch):
+    """A page turn hands the engine the query parsed when it was asked, not its text."""
+    import bot.core
+
+    parses, given = [], []
+    real_parse, real_search = bot.core.parse_query, engine.search
+
+    def counting_parse(*a, **k):
+        parses.append(a)
+        return real_parse(*a, **k)
+
+    async def spying_search(query, *a, **k):
+        given.append(query)
+        return await real_search(query, *a, **k)
+
+    monkeypatch.setattr(bot.core, "parse_query", counting_parse)
+    monkeypatch.setattr(engine, "search", spying_search)
+    core = Core(settings, engine)
+    first = await find(core, "red circle*1 blue square*2")
+    second = await core.turn(first.state, 1)
+    third = await core.turn(second.state, -1)
+    assert second.is_page and third.is_page
+    assert len(parses) == 1
+    assert len(given) == 3 and all(q is given[0] for q in given)
+    assert isinstance(given[0], Query)
+    assert given[0].describe() == "red circle*1 blue square*2"
 
 
 async def test_a_page_that_turns_out_empty_says_so(core):
