@@ -164,13 +164,13 @@ def collection_path(X: np.ndarray, Q: np.ndarray, truth: np.ndarray, kinds: np.n
             return np.array([i - first_id for i, _ in c.search(q, K)])
 
         times, found = per_query(search, Q, rounds)
-        size = index_bytes(c._index)
+        size = index_bytes(c._ix.index)
         desc = c.index_description
         c.close()
         t0 = time.perf_counter()
         with Collection.open(tmp / "c") as c2:
             reopened = time.perf_counter() - t0
-            assert c2._rebuilds == 0
+            assert c2._ix.rebuilds == 0
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     row = [f"**engine: Collection.search** ({desc})", ms(median(times)), ms(pct(times, 99)),

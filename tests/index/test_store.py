@@ -1,4 +1,4 @@
-"""index/store.py: a collection on disk (SQLite truth, FAISS derived)."""
+"""index/store/: a collection on disk (SQLite truth, FAISS derived)."""
 
 from __future__ import annotations
 
@@ -13,47 +13,20 @@ import threading
 import time
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pytest
+from storekit import DIM, MODEL, items, rand_vecs, unit
 
-from index import store
 from index.errors import ModelMismatch, StoreError
 from index.store import (
-    EXACT_LIMIT,
     FORMAT_VERSION,
     Collection,
     Item,
     Manifest,
     NewItem,
-    choose_factory,
 )
 
 REPO = Path(__file__).resolve().parents[2]
-DIM = 16
-MODEL = "builtin:tiny-shapes"
-
-
-def unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-
-def rand_vecs(n: int, dim: int = DIM, seed: int = 0) -> np.ndarray:
-    return unit(np.random.default_rng(seed).standard_normal((n, dim)))
-
-
-def clustered(n: int, dim: int, seed: int, n_clusters: int = 60, spread: float = 0.8) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centres = unit(rng.standard_normal((n_clusters, dim)))
-    x = centres[rng.integers(0, n_clusters, n)] + spread * rng.standard_normal((n, dim)) / np.sqrt(
-        dim
-    )
-    return unit(x)
-
-
-def items(n: int, prefix: str = "/img/", **fields) -> list[NewItem]:
-    return [NewItem(source=f"{prefix}{i}.png", title=f"t{i}", **fields) for i in range(n)]
 
 
 @pytest.fixture
@@ -85,7 +58,7 @@ def test_create_open_round_trip_and_manifest(tmp_path):
     }
     with Collection.open(path, MODEL) as c:
         assert len(c) == 5
-        assert c._rebuilds == 0  # vectors.faiss was current: loaded, not rebuilt
+        assert c._ix.rebuilds == 0  # vectors.faiss was current: loaded, not rebuilt
         assert [i.source for i in c.get(ids)] == [f"/img/{i}.png" for i in range(5)]
         assert c.search(vecs[2], 1)[0][0] == ids[2]
         assert c.index_description == "Flat (exact)"
@@ -453,11 +426,11 @@ def test_faiss_file_deleted_is_rebuilt(tmp_path):
         before = [c.search(v, 5) for v in vecs[:5]]
     (path / "vectors.faiss").unlink()
     with Collection.open(path) as c:
-        assert c._rebuilds == 1
+        assert c._ix.rebuilds == 1
         assert [c.search(v, 5) for v in vecs[:5]] == before
     assert (path / "vectors.faiss").exists()  # written again
     with Collection.open(path) as c:
-        assert c._rebuilds == 0
+        assert c._ix.rebuilds == 0
 
 
 @pytest.mark.parametrize("same_size", [False, True])
@@ -470,11 +443,11 @@ def test_faiss_file_garbage_is_rebuilt(tmp_path, same_size):
     size = vpath.stat().st_size if same_size else 1234
     vpath.write_bytes(np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes())
     with Collection.open(path) as c:
-        assert c._rebuilds == 1
+        assert c._ix.rebuilds == 1
         assert [c.search(v, 5) for v in vecs[:5]] == before
     (path / "vectors.faiss.json").write_text("{garbage")
     with Collection.open(path) as c:
-        assert c._rebuilds == 1
+        assert c._ix.rebuilds == 1
         assert c.search(vecs[3], 1)[0][0] == ids[3]
 
 
@@ -496,7 +469,7 @@ def test_stale_generation_from_second_instance(tmp_path):
         hits = {i for i, _ in a.search(vecs[0], 100)}
         assert {new_id, new2, new3} <= hits and ids[0] not in hits and len(hits) == 12
     with Collection.open(path) as c:
-        assert c._rebuilds == 0  # a saved at close, reflecting everything
+        assert c._ix.rebuilds == 0  # a saved at close, reflecting everything
         assert len(c.search(vecs[0], 100)) == 12
 
 
@@ -506,7 +479,7 @@ def test_faiss_file_of_another_collection_is_not_trusted(tmp_path):
     _build(tmp_path / "b", seed=2)
     (tmp_path / "b" / "vectors.faiss").replace(tmp_path / "a" / "vectors.faiss")
     with Collection.open(tmp_path / "a") as c:
-        assert c._rebuilds == 1
+        assert c._ix.rebuilds == 1
         assert [c.search(v, 1)[0][0] for v in vecs] == ids
 
 
@@ -522,7 +495,7 @@ def test_stale_generation_from_direct_sqlite_edit(tmp_path):
         db.execute("UPDATE state SET value = value + 1 WHERE key = 'generation'")
     db.close()
     with Collection.open(path) as c:
-        assert c._rebuilds == 1
+        assert c._ix.rebuilds == 1
         assert c.search(target, 1)[0] == (ids[5], pytest.approx(1.0, abs=1e-2))
 
 
@@ -539,7 +512,7 @@ def test_row_count_mismatch_is_rebuilt(tmp_path):
         )
     db.close()
     with Collection.open(path) as c:
-        assert c._rebuilds == 1
+        assert c._ix.rebuilds == 1
         assert c.get([c.search(target, 1)[0][0]])[0].source == "/sneaky.png"
 
 
@@ -586,7 +559,7 @@ def test_killed_mid_build_keeps_whole_batches(tmp_path):
     assert proc.returncode == -signal.SIGKILL
 
     with Collection.open(path, MODEL) as c:
-        assert c._rebuilds == 1  # the child never saved: vectors.faiss was stale
+        assert c._ix.rebuilds == 1  # the child never saved: vectors.faiss was stale
         n = len(c)
         assert n >= 5 * batch and n % batch == 0
         batches = n // batch
@@ -601,320 +574,3 @@ def test_killed_mid_build_keeps_whole_batches(tmp_path):
         assert len(c) == n + batch
         assert len(c.search(v0[0], 10 * n)) == n + batch
 
-
-# -- index types ---------------------------------------------------------------------------
-
-
-def test_choose_factory():
-    assert choose_factory(0) == "Flat"
-    assert choose_factory(EXACT_LIMIT - 1) == "Flat"
-    assert choose_factory(EXACT_LIMIT).startswith("IVF")
-    assert choose_factory(1_000_000) == "IVF4000,SQ8"
-
-
-@pytest.mark.parametrize(
-    "n_clusters, spread",
-    [(60, 0.8), (400, 1.5)],  # the second needs tune() to raise nprobe above its default
-)
-def test_auto_goes_approximate_with_good_recall(tmp_path, monkeypatch, n_clusters, spread):
-    monkeypatch.setattr(store, "EXACT_LIMIT", 1000)
-    dim, n = 64, 4000
-    data = clustered(n + 50, dim, seed=12, n_clusters=n_clusters, spread=spread)
-    vecs, queries = data[:n], data[n:]
-    path = tmp_path / "c"
-    with Collection.create(path, MODEL, dim) as c:
-        ids = np.array(c.add(items(n), vecs))
-        assert c.index_description == "Flat (exact)"
-        c.save()  # crossing EXACT_LIMIT: rebuilt into the approximate index here
-        assert store.choose_factory(n).startswith("IVF")
-        assert c.index_description.startswith(store.choose_factory(n))
-        assert "approximate" in c.index_description and "nprobe=" in c.index_description
-        allv = c.vectors()
-        exact = c.ids()[np.argsort(-(queries @ allv.T), axis=1)[:, :10]]
-        found = [[i for i, _ in c.search(q, 10)] for q in queries]
-        recall = np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact, strict=True)])
-        assert recall >= 0.95
-        # IVF removes in place, and searching again does not rebuild
-        rebuilds = c._rebuilds
-        gone = ids[:100]
-        c.remove(gone.tolist())
-        assert not set(gone.tolist()) & {i for q in queries[:10] for i, _ in c.search(q, 50)}
-        assert c._rebuilds == rebuilds
-    with Collection.open(path) as c:  # saved approximate index is loaded, not rebuilt
-        assert c._rebuilds == 0
-        assert c.index_description.startswith("IVF")
-        assert len(c) == n - 100
-
-
-def test_auto_goes_back_to_exact_well_below_the_limit(tmp_path, monkeypatch):
-    monkeypatch.setattr(store, "EXACT_LIMIT", 1000)
-    vecs = clustered(1200, 32, seed=17)
-    with Collection.create(tmp_path / "c", MODEL, 32) as c:
-        ids = c.add(items(1200), vecs)
-        c.search(vecs[0], 1)
-        assert "approximate" in c.index_description
-        c.remove(ids[:300])  # 900 left: below the limit, but not by half
-        assert c.search(vecs[500], 1)[0][0] == ids[500]
-        assert "approximate" in c.index_description
-        c.remove(ids[300:750])  # 450 left
-        assert c.search(vecs[800], 1)[0][0] == ids[800]
-        assert c.index_description == "Flat (exact)"
-
-
-def test_benchmark_can_override_choose_factory_and_tune(tmp_path, monkeypatch):
-    monkeypatch.setattr(store, "choose_factory", lambda n: "HNSW32,Flat")
-    monkeypatch.setattr(store, "tune", lambda index, calibration=None: {})
-    vecs = rand_vecs(50, seed=16)
-    with Collection.create(tmp_path / "c", MODEL, DIM) as c:
-        ids = c.add(items(50), vecs)
-        assert c.index_description == "HNSW32,Flat (approximate)"
-        assert c.search(vecs[9], 1)[0][0] == ids[9]
-        rebuilds = c._rebuilds
-        assert [c.search(v, 1)[0][0] for v in vecs[:5]] == ids[:5]
-        assert c._rebuilds == rebuilds  # no rebuild per search
-
-
-def test_explicit_factory_hnsw(tmp_path):
-    vecs = rand_vecs(300, seed=13)
-    path = tmp_path / "c"
-    with Collection.create(path, MODEL, DIM, index_type="HNSW16,Flat") as c:
-        assert c.manifest.index_type == "HNSW16,Flat"
-        ids = c.add(items(300), vecs)
-        assert c.search(vecs[42], 1)[0][0] == ids[42]
-        assert c.index_description.startswith("HNSW16,Flat")
-        # HNSW cannot remove ids: rebuilt lazily before the next search
-        c.remove([ids[42]])
-        assert ids[42] not in {i for i, _ in c.search(vecs[42], 10)}
-        c.add([NewItem(source="/img/42.png")], vecs[42:43] * 2)  # re-added under a new id
-        assert c.get([c.search(vecs[42], 1)[0][0]])[0].source == "/img/42.png"
-    with Collection.open(path) as c:
-        assert c._rebuilds == 0 and len(c) == 300
-        assert c.search(vecs[7], 1)[0][0] == ids[7]
-
-
-def test_explicit_factory_that_needs_more_items_to_train(tmp_path):
-    with Collection.create(tmp_path / "c", MODEL, DIM, index_type="IVF64,Flat") as c:
-        vecs = rand_vecs(20, seed=14)
-        ids = c.add(items(20), vecs)
-        assert c.search(vecs[3], 1)[0][0] == ids[3]  # exact meanwhile
-        assert "IVF64,Flat" in c.index_description
-        more = rand_vecs(3000, seed=15)
-        c.add(items(3000, prefix="/more/"), more)
-        c.save()
-        assert c.index_description.startswith("IVF64,Flat (approximate")
-
-
-def test_invalid_factory_string(tmp_path):
-    with pytest.raises(StoreError, match="Bogus12"):
-        Collection.create(tmp_path / "c", MODEL, DIM, index_type="Bogus12")
-    assert not (tmp_path / "c" / "manifest.json").exists()
-    with pytest.raises(StoreError, match="PQ5"):  # 16 is not a multiple of 5
-        Collection.create(tmp_path / "d", MODEL, DIM, index_type="PQ5")
-
-
-def _ivf(vecs: np.ndarray, nlist: int) -> faiss.Index:
-    index = store._make_index(vecs.shape[1], f"IVF{nlist},SQ8")
-    index.train(vecs)
-    index.add_with_ids(vecs, np.arange(len(vecs), dtype=np.int64))
-    return index
-
-
-def _truth(vecs: np.ndarray, queries: np.ndarray, self_ids: np.ndarray) -> np.ndarray:
-    scores = queries @ vecs.T
-    scores[self_ids[:, None] == np.arange(len(vecs))[None, :]] = -np.inf
-    return np.argsort(-scores, axis=1)[:, :10]
-
-
-def test_calibration_queries_are_items_blends_and_off_cone():
-    shared = unit(np.random.default_rng(19).standard_normal(32))  # CLIP-like: one narrow cone
-    vecs = unit(shared + clustered(300, 32, seed=20))
-    ids = np.arange(1000, 1300, dtype=np.int64)
-    q, self_ids, groups = store.calibration_queries(vecs[:150], ids[:150])
-    assert q.shape == (150, 32) and q.dtype == np.float32
-    assert np.allclose(np.linalg.norm(q, axis=1), 1, atol=1e-5)
-    assert groups.tolist() == [0] * 50 + [1] * 50 + [2] * 50
-    assert self_ids[:50].tolist() == ids[:50].tolist()  # an item is not its own hit
-    assert (self_ids[50:100] == -1).all()  # blends have no own item
-    assert self_ids[100:].tolist() == ids[100:150].tolist()
-    assert np.allclose(q[:50], vecs[:50])
-    # off-cone queries lost the shared component: less alike than the items they came from
-    mean_cos = lambda x: float((x @ x.T)[np.triu_indices(len(x), 1)].mean())  # noqa: E731
-    assert mean_cos(vecs[100:150]) > 0.4
-    assert abs(mean_cos(q[100:])) < 0.1
-
-
-def test_tune_picks_the_smallest_knob_that_reaches_the_target():
-    vecs = clustered(6000, 32, seed=21, n_clusters=300, spread=1.2)
-    index = _ivf(vecs, 256)
-    picked = np.random.default_rng(3).choice(len(vecs), 150, replace=False)
-    q, self_ids, groups = store.calibration_queries(vecs[picked], picked.astype(np.int64))
-    truth = _truth(vecs, q, self_ids)
-    params = store.tune(index, (q, self_ids, truth, groups))
-    nprobe = params["nprobe"]
-    ivf = faiss.extract_index_ivf(index)
-    assert ivf.nprobe == nprobe and nprobe & (nprobe - 1) == 0  # a power of two, applied
-
-    def worst(npr):
-        ivf.nprobe = npr
-        return min(store._recall_at_10(index, q[groups == g], self_ids[groups == g],
-                                       truth[groups == g]) for g in range(3))
-
-    assert worst(nprobe) >= store.TARGET_RECALL
-    if nprobe > 4:  # half as many probes would not have been enough
-        assert worst(nprobe // 2) < store.TARGET_RECALL + store.TUNE_MARGIN
-    # without calibration: the conservative default
-    assert store.tune(index) == {"nprobe": 16}
-
-
-def test_tune_serves_the_hardest_kind_of_query():
-    vecs = clustered(6000, 32, seed=22, n_clusters=100, spread=0.6)
-    index = _ivf(vecs, 256)
-    picked = np.random.default_rng(4).choice(len(vecs), 150, replace=False)
-    q, self_ids, groups = store.calibration_queries(vecs[picked], picked.astype(np.int64))
-    truth = _truth(vecs, q, self_ids)
-    easy = store.tune(index, (q[:50], self_ids[:50], truth[:50]))["nprobe"]
-    # a group of random directions (far from every item) needs more probes than items do
-    hard = np.random.default_rng(5).standard_normal((50, 32)).astype(np.float32)
-    hard /= np.linalg.norm(hard, axis=1, keepdims=True)
-    qs = np.concatenate([q[:50], hard])
-    ids = np.concatenate([self_ids[:50], np.full(50, -1)])
-    both = store.tune(index, (qs, ids, _truth(vecs, qs, ids), np.repeat([0, 1], 50)))["nprobe"]
-    assert both > easy, (easy, both)
-
-
-# -- background rebuilds -------------------------------------------------------------------
-
-
-class Gate:
-    """Holds store.tune (the last step of every build) until released; can make it fail."""
-
-    def __init__(self, monkeypatch, fail: bool = False):
-        self.entered, self.release, self.fail = threading.Event(), threading.Event(), fail
-        real = store.tune
-
-        def tune(index, calibration=None):
-            self.entered.set()
-            assert self.release.wait(10), "test never released the gate"
-            if self.fail:
-                raise RuntimeError("training blew up")
-            return real(index, calibration)
-
-        monkeypatch.setattr(store, "tune", tune)
-
-
-def _all_ids(c: Collection) -> list[int]:
-    """Every id in c's index, as often as it is there (IVF probed exhaustively)."""
-    index, n = c._index, int(c._index.ntotal)
-    ivf = faiss.try_extract_index_ivf(index)
-    if ivf is not None:
-        ivf.nprobe = ivf.nlist
-    _, labels = index.search(np.zeros((1, index.d), dtype=np.float32), n)
-    return sorted(int(i) for i in labels[0] if i >= 0)
-
-
-def test_background_rebuild_serves_searches_and_keeps_writes(tmp_path, monkeypatch):
-    monkeypatch.setattr(store, "EXACT_LIMIT", 1000)
-    gate = Gate(monkeypatch)
-    vecs = clustered(1400, 32, seed=30)
-    new60 = rand_vecs(1, 32, seed=31)
-    path = tmp_path / "c"
-    with Collection.create(path, MODEL, 32, background_rebuilds=True) as c:
-        ids = c.add(items(1200), vecs[:1200])
-        assert c.search(vecs[5], 1)[0][0] == ids[5]  # starts the build, answers at once
-        assert gate.entered.wait(10)  # the build is now stuck in training
-        assert c.rebuilding
-        target = choose_factory(1200)
-        assert c.index_description == f"Flat (exact; {target} being built in the background)"
-        # meanwhile searches are exact and do not wait; writes go on; no second build starts
-        assert [c.search(v, 1)[0][0] for v in vecs[:20]] == ids[:20]
-        more = c.add(items(200, prefix="/more/"), vecs[1200:])
-        c.remove(ids[:50])
-        c.add([NewItem(source="/img/60.png")], new60)  # id 60 gets another vector
-        assert c.search(vecs[1250], 1)[0][0] == more[50]
-        assert c._rebuilds == 1 and c.rebuilding
-        gate.release.set()
-        assert c.wait_for_rebuild(10)
-        assert not c.rebuilding and c._rebuilds == 2
-        assert c.index_description.startswith(f"{target} (approximate, nprobe=")
-        # nothing lost, nothing twice, nothing removed left, the new vector of 60 only
-        assert _all_ids(c) == sorted(ids[50:] + more) == c.ids().tolist()
-        assert c.search(new60[0], 1)[0][0] == ids[60]
-        assert ids[60] not in [i for i, _ in c.search(vecs[60], 5)]
-    with Collection.open(path) as c:  # the swapped-in index was saved by close
-        assert c._rebuilds == 0 and c.index_description.startswith(target)
-        assert len(c) == 1350
-
-
-def test_default_rebuilds_synchronously(tmp_path, monkeypatch):
-    monkeypatch.setattr(store, "EXACT_LIMIT", 1000)
-    with Collection.create(tmp_path / "c", MODEL, 32) as c:
-        c.add(items(1200), clustered(1200, 32, seed=32))
-        c.save()
-        assert not c.rebuilding and "approximate" in c.index_description
-
-
-def test_close_during_background_rebuild_abandons_it(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(store, "EXACT_LIMIT", 1000)
-    gate = Gate(monkeypatch)
-    vecs = clustered(1200, 32, seed=33)
-    path = tmp_path / "c"
-    c = Collection.create(path, MODEL, 32, background_rebuilds=True)
-    ids = c.add(items(1200), vecs)
-    c.search(vecs[0], 1)
-    assert gate.entered.wait(10)
-    thread = c._bg
-    c.close()  # does not wait for training: saves the valid exact index
-    sidecar = json.loads((path / "vectors.faiss.json").read_text())
-    assert sidecar["factory"] == "Flat" and sidecar["ntotal"] == 1200
-    gate.release.set()
-    thread.join(10)
-    assert not thread.is_alive()
-    assert not list(path.glob(".*.tmp"))
-    assert not [r for r in caplog.records if r.levelname == "ERROR"]
-    assert json.loads((path / "vectors.faiss.json").read_text()) == sidecar  # untouched
-    with Collection.open(path, background_rebuilds=True) as c:
-        assert c._rebuilds == 0  # the saved index loaded; the policy rebuild goes on again
-        assert c.search(vecs[7], 1)[0][0] == ids[7]
-        assert c.wait_for_rebuild(10)
-        assert "approximate" in c.index_description and _all_ids(c) == ids
-
-
-def test_failed_background_rebuild_keeps_the_index_and_retries_later(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(store, "EXACT_LIMIT", 1000)
-    gate = Gate(monkeypatch, fail=True)
-    gate.release.set()
-    vecs = clustered(1200, 32, seed=34)
-    with Collection.create(tmp_path / "c", MODEL, 32, background_rebuilds=True) as c:
-        ids = c.add(items(1200), vecs)
-        c.search(vecs[0], 1)
-        assert c.wait_for_rebuild(10)
-        assert "background rebuild" in caplog.text and "training blew up" in caplog.text
-        assert c.index_description == "Flat (exact)"
-        assert c.search(vecs[3], 1)[0][0] == ids[3]
-        assert not c.rebuilding  # backing off: the search did not start another
-        gate.fail = False
-        c._bg_not_before = 0.0  # the back-off is over
-        c.search(vecs[0], 1)
-        assert c.wait_for_rebuild(10)
-        assert "approximate" in c.index_description and _all_ids(c) == ids
-
-
-def test_background_rebuild_dropped_when_another_process_wrote(tmp_path, monkeypatch):
-    monkeypatch.setattr(store, "EXACT_LIMIT", 1000)
-    gate = Gate(monkeypatch)
-    vecs = clustered(1200, 32, seed=35)
-    path = tmp_path / "c"
-    with Collection.create(path, MODEL, 32, background_rebuilds=True) as c:
-        ids = c.add(items(1200), vecs)
-        c.search(vecs[0], 1)
-        assert gate.entered.wait(10)
-        db = sqlite3.connect(path / "meta.sqlite")
-        with db:  # another process removes an item after the build's snapshot
-            db.execute("DELETE FROM items WHERE id = ?", (ids[0],))
-            db.execute("UPDATE state SET value = value + 1 WHERE key = 'generation'")
-        db.close()
-        gate.release.set()
-        assert c.wait_for_rebuild(10)
-        assert c._rebuilds == 1  # its snapshot is out of date: dropped
-        assert ids[0] not in [i for i, _ in c.search(vecs[0], 5)]  # stale: rebuilt at once
-        assert c._rebuilds == 2 and _all_ids(c) == ids[1:]

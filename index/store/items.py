@@ -1,0 +1,379 @@
+"""The item table: meta.sqlite, the truth of a collection.
+
+One row per item: its metadata and its L2-normalised vector as float16. Table `state`
+holds `generation`, bumped by every write transaction (so an index knows whether it is
+current), and `uid`, a random number naming this database. Sources are UNIQUE, so
+re-adding after a crash never duplicates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from index.errors import StoreError
+
+META = "meta.sqlite"
+
+IN_CHUNK = 500  # values per `IN (...)` query (SQLite caps the number of parameters)
+ROW_CHUNK = 20_000  # rows per chunk when streaming vectors out of SQLite
+
+META_COLUMNS = (
+    "source",
+    "title",
+    "credit",
+    "page_url",
+    "guild_id",
+    "channel_id",
+    "message_id",
+    "attachment_id",
+    "author_id",
+    "posted_at",
+    "content_hash",
+    "stamp",
+)
+_INT_COLUMNS = frozenset({"guild_id", "channel_id", "message_id", "attachment_id", "author_id"})
+ITEM_SELECT = "SELECT id, " + ", ".join(META_COLUMNS) + ", added_at FROM items"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    source        TEXT UNIQUE NOT NULL,
+    title         TEXT NOT NULL DEFAULT '',
+    credit        TEXT NOT NULL DEFAULT '',
+    page_url      TEXT NOT NULL DEFAULT '',
+    guild_id      INTEGER,
+    channel_id    INTEGER,
+    message_id    INTEGER,
+    attachment_id INTEGER,
+    author_id     INTEGER,
+    posted_at     REAL,
+    content_hash  TEXT NOT NULL DEFAULT '',
+    stamp         TEXT NOT NULL DEFAULT '',
+    added_at      REAL NOT NULL,
+    vector        BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS items_content_hash ON items(content_hash);
+CREATE INDEX IF NOT EXISTS items_discord ON items(guild_id, channel_id, message_id);
+CREATE INDEX IF NOT EXISTS items_message ON items(message_id);
+CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO state(key, value) VALUES ('generation', 0);
+"""
+
+
+@dataclass
+class NewItem:
+    # unique key: absolute path, URL, or 'discord:<guild>/<channel>/<message>/<attachment>'
+    source: str
+    title: str = ""
+    credit: str = ""
+    page_url: str = ""
+    guild_id: int | None = None
+    channel_id: int | None = None
+    message_id: int | None = None
+    attachment_id: int | None = None
+    author_id: int | None = None
+    posted_at: float | None = None
+    content_hash: str = ""
+    stamp: str = ""  # freshness of the source, e.g. 'mtime_ns:size', for incremental builds
+
+
+@dataclass(kw_only=True)
+class Item(NewItem):
+    id: int
+    added_at: float
+
+
+def connect(db: Path) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit), WAL, full fsync."""
+    try:
+        conn = sqlite3.connect(str(db), timeout=30.0, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as e:
+        raise StoreError(f"cannot open {db}: {e}") from e
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=30000")
+    except sqlite3.Error as e:
+        conn.close()
+        raise StoreError(f"{db} is not a usable SQLite database: {e}") from e
+    return conn
+
+
+def create_database(db: Path) -> None:
+    """Make the tables of a new collection (and its uid) in `db`."""
+    conn = connect(db)
+    try:
+        conn.executescript(SCHEMA)
+        conn.execute(
+            "INSERT OR IGNORE INTO state(key, value) VALUES ('uid', ?)", (secrets.randbits(62),)
+        )
+    finally:
+        conn.close()
+
+
+def rows_in(
+    conn: sqlite3.Connection, sql: str, values: Sequence[Any], args: Sequence[Any] = ()
+) -> Iterator[tuple[Any, ...]]:
+    """Rows of `sql` run once per chunk of `values`; `%s` in sql stands for the `?, ?, ...`.
+
+    e.g. rows_in(conn, "SELECT id FROM items WHERE id IN (%s)", ids). `args` are bound
+    before each chunk's values.
+    """
+    for i in range(0, len(values), IN_CHUNK):
+        chunk = values[i : i + IN_CHUNK]
+        yield from conn.execute(sql % ",".join("?" * len(chunk)), (*args, *chunk))
+
+
+def row_to_item(row: Sequence[Any]) -> Item:
+    return Item(id=row[0], **dict(zip(META_COLUMNS, row[1:-1], strict=True)), added_at=row[-1])
+
+
+def item_values(it: NewItem) -> tuple[Any, ...]:
+    """The META_COLUMNS values of `it`, typed for SQLite; a bad field is a StoreError."""
+    source = getattr(it, "source", None)
+    if not isinstance(source, str) or not source:
+        raise StoreError(f"item {it!r} has no source")
+    values: list[Any] = []
+    for col in META_COLUMNS:
+        v = getattr(it, col, None)
+        try:
+            if col in _INT_COLUMNS:
+                v = None if v is None else int(v)
+            elif col == "posted_at":
+                v = None if v is None else float(v)
+            else:
+                v = "" if v is None else str(v)
+        except (TypeError, ValueError) as e:
+            raise StoreError(f"item {source}: {col} {v!r} is not a number") from e
+        values.append(v)
+    return tuple(values)
+
+
+def prepare_vectors(vectors: np.ndarray, n: int, dim: int) -> np.ndarray:
+    """n vectors checked and L2-normalised, as the float16 rows SQLite will hold."""
+    v = np.asarray(vectors)
+    if v.ndim != 2 or v.shape != (n, dim):
+        raise StoreError(
+            f"expected vectors of shape ({n}, {dim}) for {n} items, got {tuple(v.shape)}"
+        )
+    if not np.issubdtype(v.dtype, np.floating):
+        raise StoreError(f"vectors must be floating point, got {v.dtype}")
+    v = v.astype(np.float32)
+    if not np.all(np.isfinite(v)):
+        raise StoreError("vectors contain NaN or infinity")
+    norms = np.linalg.norm(v, axis=1, keepdims=True)
+    if n and float(norms.min()) < 1e-12:
+        raise StoreError(f"vector {int(np.argmin(norms))} has zero length and cannot be normalised")
+    # Stored as float16; the index gets exactly these values, as a rebuild would.
+    return (v / np.maximum(norms, 1e-12)).astype("<f2")
+
+
+class ItemTable:
+    """Items on one SQLite connection. Not thread-safe: the owner serialises calls."""
+
+    def __init__(self, conn: sqlite3.Connection, db: Path, dim: int):
+        self.conn, self.db, self.dim = conn, db, dim
+
+    @classmethod
+    def open(cls, db: Path, dim: int) -> ItemTable:
+        return cls(connect(db), db, dim)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def check_schema(self) -> None:
+        try:
+            tables = {
+                r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"{self.db} is not a usable SQLite database: {e}") from e
+        if not {"items", "state"} <= tables:
+            raise StoreError(f"{self.db} is not a clipfind database (no items/state tables)")
+
+    def state(self, key: str) -> int:
+        row = self.conn.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return int(row[0]) if row else 0
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
+        """One consistent read of several queries (a read transaction)."""
+        self.conn.execute("BEGIN")
+        try:
+            yield self.conn
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def write(
+        self,
+        body: Callable[[sqlite3.Connection], Any],
+        items_changed: Callable[[Any], bool] | None = None,
+    ) -> tuple[Any, int, int | None]:
+        """Run body in one write transaction; it bumps the generation if items changed.
+
+        Returns (body's result, generation before, generation after; None when
+        `items_changed(result)` says no item or vector changed: then the transaction
+        commits without a bump, so that the index stays current). Rolls back when body raises.
+        """
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            before = self.state("generation")
+            result = body(conn)
+            after = None
+            if items_changed is None or items_changed(result):
+                after = conn.execute(
+                    "UPDATE state SET value = value + 1 WHERE key = 'generation' RETURNING value"
+                ).fetchone()[0]
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        return result, before, None if after is None else int(after)
+
+    # -- reading -----------------------------------------------------------------------
+
+    def count(self) -> int:
+        return int(self.conn.execute("SELECT COUNT(*) FROM items").fetchone()[0])
+
+    def get(self, ids: Sequence[int]) -> list[Item]:
+        wanted = [int(i) for i in ids]
+        found = {
+            row[0]: row_to_item(row)
+            for row in rows_in(self.conn, f"{ITEM_SELECT} WHERE id IN (%s)", sorted(set(wanted)))
+        }
+        return [found[i] for i in wanted if i in found]
+
+    def by_source(self, source: str) -> Item | None:
+        row = self.conn.execute(f"{ITEM_SELECT} WHERE source = ?", (source,)).fetchone()
+        return row_to_item(row) if row else None
+
+    def stamps(self) -> dict[str, str]:
+        return dict(self.conn.execute("SELECT source, stamp FROM items"))
+
+    def find_hash(self, content_hash: str, guild_id: int | None = None) -> Item | None:
+        q = f"{ITEM_SELECT} WHERE content_hash = ?"
+        args: tuple[Any, ...] = (content_hash,)
+        if guild_id is not None:
+            q += " AND guild_id = ?"
+            args += (int(guild_id),)
+        row = self.conn.execute(q + " ORDER BY id LIMIT 1", args).fetchone()
+        return row_to_item(row) if row else None
+
+    def ids(self) -> np.ndarray:
+        rows = self.conn.execute("SELECT id FROM items ORDER BY id").fetchall()
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    def vector_blobs(self, ids: Iterable[int]) -> dict[int, bytes]:
+        """id -> stored vector of those ids that exist."""
+        wanted = sorted({int(i) for i in ids})
+        return dict(rows_in(self.conn, "SELECT id, vector FROM items WHERE id IN (%s)", wanted))
+
+    def vectors(self, ids: Sequence[int] | None = None) -> np.ndarray:
+        """float32 (n, dim): the given ids' vectors in that order (all, id order, if None)."""
+        if ids is None:
+            return self.decode(
+                [r[0] for r in self.conn.execute("SELECT vector FROM items ORDER BY id")]
+            )
+        wanted = [int(i) for i in ids]
+        found = self.vector_blobs(wanted)
+        missing = [i for i in wanted if i not in found]
+        if missing:
+            raise StoreError(f"collection {self.db.parent} has no item with id {missing[0]}")
+        return self.decode([found[i] for i in wanted])
+
+    def decode(self, blobs: Sequence[bytes]) -> np.ndarray:
+        width = 2 * self.dim
+        for b in blobs:
+            if len(b) != width:
+                raise StoreError(
+                    f"{self.db} holds a vector of {len(b) // 2} dims, manifest says {self.dim}"
+                )
+        if not blobs:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.frombuffer(b"".join(blobs), dtype="<f2").reshape(-1, self.dim).astype(np.float32)
+
+    # -- writing (inside a write() body) -------------------------------------------------
+
+    @staticmethod
+    def upsert(
+        conn: sqlite3.Connection,
+        rows: Sequence[tuple[Any, ...]],
+        blobs: Sequence[bytes],
+        now: float,
+    ) -> tuple[list[int], dict[int, int], set[int]]:
+        """Insert new sources, update known ones (they keep their id).
+
+        Returns (id per row, {id: row whose vector it now has} for new or changed vectors,
+        ids whose previous vector was already stored before this call).
+        """
+        cols = ", ".join(META_COLUMNS)
+        insert = (
+            f"INSERT INTO items ({cols}, added_at, vector) "
+            f"VALUES ({', '.join('?' * (len(META_COLUMNS) + 2))}) RETURNING id"
+        )
+        update = (
+            "UPDATE items SET "
+            + ", ".join(f"{c} = ?" for c in META_COLUMNS[1:])
+            + ", vector = ? WHERE id = ?"
+        )
+        out: list[int] = []
+        changed: dict[int, int] = {}
+        replaced: set[int] = set()
+        new: set[int] = set()
+        for pos, (values, blob) in enumerate(zip(rows, blobs, strict=True)):
+            old = conn.execute(
+                "SELECT id, vector FROM items WHERE source = ?", (values[0],)
+            ).fetchone()
+            if old is None:
+                item_id = conn.execute(insert, (*values, now, blob)).fetchone()[0]
+                new.add(item_id)
+                changed[item_id] = pos
+            else:
+                item_id = old[0]
+                conn.execute(update, (*values[1:], blob, item_id))
+                if old[1] != blob:
+                    changed[item_id] = pos
+                    if item_id not in new:
+                        replaced.add(item_id)
+            out.append(item_id)
+        return out, changed, replaced
+
+    @staticmethod
+    def delete_ids(conn: sqlite3.Connection, ids: Iterable[int]) -> list[int]:
+        wanted = sorted({int(i) for i in ids})
+        return [
+            r[0] for r in rows_in(conn, "DELETE FROM items WHERE id IN (%s) RETURNING id", wanted)
+        ]
+
+    @staticmethod
+    def delete_where(
+        conn: sqlite3.Connection,
+        guild_id: int,
+        channel_id: int | None,
+        message_ids: Sequence[int] | None,
+    ) -> list[int]:
+        """Delete a guild's items (of one channel, of some messages); returns their ids."""
+        where = "guild_id = ?"
+        args: list[Any] = [int(guild_id)]
+        if channel_id is not None:
+            where += " AND channel_id = ?"
+            args.append(int(channel_id))
+        if message_ids is None:
+            return [
+                r[0] for r in conn.execute(f"DELETE FROM items WHERE {where} RETURNING id", args)
+            ]
+        sql = f"DELETE FROM items WHERE {where} AND message_id IN (%s) RETURNING id"
+        return [r[0] for r in rows_in(conn, sql, message_ids, args)]
