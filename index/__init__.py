@@ -33,6 +33,9 @@ _EXPORTS: dict[str, str] = {
     "NewItem": "store",  # what to store about an image being added
     "Item": "store",
     "Collection": "store",
+    "Post": "store",  # a Discord post of a stored picture (provenance)
+    "Forgotten": "store",  # what forgetting posts changed
+    "atomic_write_bytes": "store.files",  # crash-safe small files (the library's state)
     # building: sources, the ingestion pipeline, the demo
     "SourceRecord": "sources",
     "classify_source": "sources",

@@ -8,7 +8,9 @@ posted; `Engine.add_images`) all go through `build`, with one de-duplication rul
   with another stamp it is read again and its row updated (it keeps its id).
 - by content: an image whose content hash is already stored under another source in its
   scope, or came earlier in the same run, is a duplicate and not stored. The scope of an
-  item with a guild id is that guild; of one without, the whole collection.
+  item with a guild id is that guild; of one without, the whole collection. A duplicate
+  Discord post is recorded as another post of the stored picture (provenance, see
+  index/store/posts.py), so the picture stays while any of its posts remains.
 
 Each chunk of images is committed to SQLite in one transaction with its vectors, so a
 killed build resumes where it stopped: sources already stored with the same stamp are
@@ -160,20 +162,28 @@ def _store(collection: Collection, prepared: _Prepared, vectors: np.ndarray,
            seen: set[tuple[int | None, str]], report: BuildReport) -> None:
     """Drop duplicates (see the module's rule) and store one encoded chunk in one
     transaction; runs in a thread."""
-    items, keep = [], []
+    items, keep, repeats = [], [], []
     for i, (j, h) in enumerate(zip(prepared.jobs, prepared.hashes, strict=True)):
         scope = j.item.guild_id
         dup = collection.find_hash(h, scope)
         if (scope, h) in seen or (dup is not None and dup.source != j.item.source):
             report.duplicates += 1
             report.skipped.append(j.item.source)
+            if _is_post(j.item):
+                repeats.append(replace(j.item, content_hash=h))
             continue
         items.append(replace(j.item, content_hash=h))
         keep.append(i)
         seen.add((scope, h))
-    if items:
+    if items:  # a post's item records that post
         report.ids += collection.add(items, np.asarray(vectors)[keep])
+    if repeats:  # a picture posted again: another post of the stored item
+        collection.add_posts(repeats)
     report.added += len(items)
+
+
+def _is_post(item: NewItem) -> bool:
+    return None not in (item.guild_id, item.channel_id, item.message_id, item.attachment_id)
 
 
 async def _next(queue: asyncio.Queue, feeder: asyncio.Task):

@@ -21,7 +21,7 @@ from .errors import ClipfindError
 from .models import DEFAULT_MODEL, load_model, parse_spec
 from .query import Query, parse_query
 from .ranking import STRATEGIES, WeightedVector, compose, normalise, zsum_scores
-from .store import Collection, Item, NewItem
+from .store import Collection, Forgotten, Item, NewItem, Post
 
 NEAR_DUPLICATE = 0.98  # results this close to a query image are the image itself
 ZSUM_CANDIDATES = 1000  # per term, for the z-scored composition
@@ -260,3 +260,24 @@ class Engine:
 
     def remove(self, ids: list[int]) -> int:
         return self.collection.remove(ids)
+
+    # -- provenance: the Discord posts of the pictures (index/store/posts.py) ----------------
+    # add_images records the post of each picture it stores and of each repeat it skips.
+    # Blocking calls (SQLite): run them in a thread.
+    def known(self, sources: list[str]) -> set[str]:
+        """Those of `sources` already stored, as an item or as a post of one."""
+        return self.collection.known(sources)
+
+    def add_posts(self, posts: list[NewItem]) -> list[int | None]:
+        """Record more posts of stored pictures (by source, else content hash in the guild)."""
+        return self.collection.add_posts(posts)
+
+    def posts(self, guild_id: int, **where) -> list[Post]:
+        """A guild's posts (channel_id=, message_ids= or item_ids=), oldest first."""
+        return self.collection.posts(guild_id, **where)
+
+    def forget_posts(self, *, guild_id: int, **which) -> Forgotten:
+        """Forget a guild's posts (channel_id=, message_ids=, attachment_ids=,
+        keep_attachments=) in one transaction: a picture whose item named one is re-pointed
+        at its oldest post left, one without posts left is removed with its vector."""
+        return self.collection.forget_posts(guild_id=guild_id, **which)
