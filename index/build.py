@@ -161,7 +161,9 @@ def _decode(loaded, pairs: list[tuple[_Job, bytes | None]], failed: list) -> _Pr
 def _store(collection: Collection, prepared: _Prepared, vectors: np.ndarray,
            seen: set[tuple[int | None, str]], report: BuildReport) -> None:
     """Drop duplicates (see the module's rule) and store one encoded chunk in one
-    transaction; runs in a thread."""
+    transaction, then the posts of its repeats in another (a crash between loses only
+    those records: their sources are not known, so the next run reads them again); runs in
+    a thread."""
     items, keep, repeats = [], [], []
     for i, (j, h) in enumerate(zip(prepared.jobs, prepared.hashes, strict=True)):
         scope = j.item.guild_id
