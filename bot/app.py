@@ -102,10 +102,11 @@ class ClipfindBot(commands.Bot):
 
     # -- life cycle ------------------------------------------------------------------------------
     async def setup_hook(self) -> None:
-        from .cogs import library, search
+        from .cogs import library, search, why
 
         await search.setup(self)
         await library.setup(self)
+        await why.setup(self)
         if self.core.engine is None:
             self._engine_task = asyncio.create_task(self._load_engine(), name="clipfind-engine")
         else:

@@ -1,4 +1,4 @@
-"""The engine's command line: python -m index {demo,build,import-features,search,export,embed,info,remove}."""
+"""The engine's command line: python -m index {demo,build,import-features,search,export,embed,explain,info,remove}."""
 
 from __future__ import annotations
 
@@ -246,6 +246,9 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--image", action="append", default=[])
     m.add_argument("text", nargs="*")
     m.set_defaults(run=_embed)
+
+    from .explain_cli import add_parser as add_explain
+    add_explain(sub, engine_opts, EPILOG, argparse.RawDescriptionHelpFormatter)
 
     i = sub.add_parser("info", help="describe a collection")
     i.add_argument("--index", required=True)

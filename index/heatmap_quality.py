@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .heatmap import METHODS, relevance_maps
+from .overlay import upsample
 from .synthetic import Scene, render, scenes
 
 TARGETS = {"pointing": 0.85, "energy_vs_random": 2.0}
@@ -49,11 +50,6 @@ class Scores:
     def summary(self) -> dict[str, float]:
         return {"pointing": float(np.mean(self.pointing)), "energy": float(np.mean(self.energy)),
                 "ms_per_map": 1000 * self.seconds / max(len(self.pointing), 1)}
-
-
-def upsample(heat: np.ndarray, side: int) -> np.ndarray:
-    t = torch.from_numpy(np.ascontiguousarray(heat, dtype=np.float32))[None, None]
-    return F.interpolate(t, size=(side, side), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
 def crowded(count: int, seed: int, least: int = 3) -> list[Scene]:
