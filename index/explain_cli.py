@@ -24,6 +24,7 @@ def add_parser(sub, engine_opts, epilog: str, formatter) -> None:
 
 async def run(a) -> int:
     from .__main__ import _load_images, _open_engine
+    from .explain_image import parse_for_heatmap
     from .overlay import overlay_png
 
     if not a.out and not a.json:
@@ -31,10 +32,11 @@ async def run(a) -> int:
     if a.out and Path(a.out).suffix.lower() != ".png":
         raise SourceError(f"--out {a.out}: the overlay is a PNG; give a path ending in .png")
     images = _load_images(a.image)
+    query = parse_for_heatmap(" ".join(a.query), len(images))  # before the model loads
     engine = _open_engine(a)
     try:
         # the operator's own collection: its URLs are fetched as the build fetched them
-        x = await engine.explain_image(a.id, " ".join(a.query), images, public_only=False)
+        x = await engine.explain_image(a.id, query, images, public_only=False)
     finally:
         engine.close()
     if a.out:
