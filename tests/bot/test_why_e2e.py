@@ -65,7 +65,7 @@ async def test_the_magnifier_explains_the_page_in_turn_for_the_asker_only(world)
     assert len(w.fd.bot_messages(w.chan)) == before
     for rank in (1, 2):
         await w.fd.add_reaction(w.chan, mid, w.alice, WHY)
-        msg = (await w.fd.wait_for(lambda: w.fd.bot_messages(w.chan)[before:] or None))[0]
+        msg = (await w.fd.wait_for(lambda n=before: w.fd.bot_messages(w.chan)[n:] or None))[0]
         before += 1
         assert msg["content"].startswith(f"**Why #{rank}** for `blue square*1`"), msg["content"]
         assert msg["reply_to"] == mid
