@@ -125,7 +125,8 @@ class ImageExplainer:
             shown = shown.convert("RGB")
             pixels = await encoder.preprocess([shown])
             labels, targets = await self._targets(q, images)
-            stages = relevance_stages(encoder.loaded, pixels, torch.from_numpy(targets), self.method)
+            stages = relevance_stages(encoder.loaded, pixels, torch.from_numpy(targets), self.method,
+                                      threads=encoder.lone_threads.get("image"))
             for stage in stages:  # one call each: a search waits for one stage at most
                 maps = await encoder.call(stage, priority=EXPLAIN)
         if len(labels) > len(maps):  # one text term alone: the query is that term

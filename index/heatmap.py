@@ -147,6 +147,13 @@ class _Capture:
         self.outputs.append(x)
 
 
+def _walkable(visual) -> bool:
+    """Whether the tower can be walked block by block the way its own forward walks it."""
+    tower = visual.transformer
+    return (callable(getattr(visual, "_embeds", None)) and getattr(tower, "batch_first", False)
+            and not getattr(tower, "grad_checkpointing", False))
+
+
 def _pooled_row(visual, n_tokens: int, device, dtype) -> torch.Tensor:
     """Which tokens the tower pools into its vector, as weights over the tokens."""
     if getattr(visual, "pool_type", "tok") == "avg":
@@ -177,27 +184,41 @@ def relevance_maps(loaded, pixels: torch.Tensor, targets: torch.Tensor,
 
 
 def relevance_stages(loaded, pixels: torch.Tensor, targets: torch.Tensor,
-                     method: str = DEFAULT_METHOD) -> list[Callable[[], np.ndarray | None]]:
+                     method: str = DEFAULT_METHOD, threads: int | None = None
+                     ) -> list[Callable[[], np.ndarray | None]]:
     """`relevance_maps` as a list of steps to call in order on one thread; the last returns
     the maps. The engine runs each as its own model-thread call, so a search that arrives
     meanwhile waits for one step, not for the whole map (LeGrad: the forward pass, then one
-    step per block's backward pass)."""
+    step per block's backward pass). `threads`: torch threads for each step (the encoder
+    passes those its warm-up found fastest for one image; its calls otherwise run on the
+    count chosen for one text)."""
     if method not in METHODS:
         raise ValueError(f"unknown heatmap method {method!r}; use one of {METHODS}")
     visual = require_vit(loaded)
     run = _Run(loaded, visual, pixels, targets, method)
-    stages = [run.forward]
-    if method == "legrad":
-        stages += [functools.partial(run.block_backward, i) for i in range(run.n_blocks)]
+    if method == "legrad" and _walkable(visual):
+        # block by block: with the blocks isolated, block l's score needs only block l
+        stages = [run.embed] + [functools.partial(run.block_step, i) for i in range(run.n_blocks)]
+    else:
+        stages = [run.forward]
+        if method == "legrad":
+            stages += [functools.partial(run.block_backward, i) for i in range(run.n_blocks)]
     stages.append(run.finish)
-    return [_with_grad(s) for s in stages]
+    return [_with_grad(s, threads) for s in stages]
 
 
-def _with_grad(fn: Callable) -> Callable:
+def _with_grad(fn: Callable, threads: int | None = None) -> Callable:
     @functools.wraps(fn)
     def step():
-        with torch.inference_mode(False), torch.enable_grad():
-            return fn()
+        before = torch.get_num_threads()
+        try:
+            if threads and threads != before:
+                torch.set_num_threads(threads)
+            with torch.inference_mode(False), torch.enable_grad():
+                return fn()
+        finally:
+            if torch.get_num_threads() != before:
+                torch.set_num_threads(before)
     return step
 
 
@@ -214,28 +235,51 @@ class _Run:
         self.total = None
         self.out = None
 
-    def forward(self) -> None:
-        loaded, visual, t = self.loaded, self.visual, self.t
+    def _inputs(self) -> torch.Tensor:
+        loaded, t = self.loaded, self.t
         pixels = self.pixels.detach().clone().to(loaded.device, loaded.dtype)
-        goal = F.normalize(self.targets.detach().clone().to(loaded.device, torch.float32), dim=-1)
-        batch = pixels.expand(t, *pixels.shape[1:]).contiguous()
-        self.cap = cap = _Capture(visual, isolate=self.method == "legrad")
+        self.goal = F.normalize(self.targets.detach().clone().to(loaded.device, torch.float32), dim=-1)
+        self.cap = _Capture(self.visual, isolate=self.method == "legrad")
+        return pixels.expand(t, *pixels.shape[1:]).contiguous()
+
+    def embed(self) -> None:
+        """LeGrad block by block: the tokens entering the first block."""
+        self.x = self.visual._embeds(self._inputs()).detach()
+
+    def block_step(self, i: int) -> None:
+        """LeGrad block by block: block i's forward pass (hooked), score and gradient."""
+        block = self.visual.transformer.resblocks[i]
+        with self.cap:
+            x = block(self.x)
+        self.x = x.detach()
+        self.scores = [self._score(x)]
+        self.block_backward(0, i)
+        self.cap.outputs.clear()
+
+    def _score(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = F.normalize(_project(self.visual, x.mean(dim=1)).float(), dim=-1)
+        return (pooled * self.goal).sum()
+
+    def forward(self) -> None:
+        visual = self.visual
+        batch = self._inputs()
+        cap = self.cap
         with cap:
             if self.method == "rollout":
                 with torch.no_grad():
                     visual(batch[:1])
             else:
                 self.out = visual(batch)
-        self.goal = goal
         if self.method == "legrad":
             # blocks ran isolated: block l's attention reaches only block l's score
-            self.scores = [(F.normalize(_project(visual, x.mean(dim=1)).float(), dim=-1) * goal).sum()
-                           for x in cap.outputs]
+            self.scores = [self._score(x) for x in cap.outputs]
             cap.outputs.clear()
 
-    def block_backward(self, i: int) -> None:
-        (g,) = torch.autograd.grad(self.scores[i], [self.cap.probs[i]])
+    def block_backward(self, i: int, block: int | None = None) -> None:
+        block = i if block is None else block
+        (g,) = torch.autograd.grad(self.scores[i], [self.cap.probs[block]])
         self.scores[i] = None  # its graph is freed
+        self.cap.probs[block] = None
         part = g.float().clamp(min=0).mean(dim=1).mean(dim=1)  # (batch, tokens)
         self.total = part if self.total is None else self.total + part
 

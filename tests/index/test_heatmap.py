@@ -100,7 +100,7 @@ def test_stages_give_the_same_maps_and_leave_no_hooks(tiny_vit):
     gen = torch.Generator().manual_seed(3)
     pixels, targets = torch.randn(1, 3, 32, 32, generator=gen), torch.randn(3, 16, generator=gen)
     stages = relevance_stages(tiny_vit, pixels, targets, "legrad")
-    assert len(stages) == 1 + 2 + 1  # forward, one backward per block, finish
+    assert len(stages) == 1 + 2 + 1  # embeddings, one step per block (forward and backward), finish
     with torch.inference_mode():  # as on the encoder's model thread
         out = [s() for s in stages][-1]
     np.testing.assert_allclose(out, relevance_maps(tiny_vit, pixels, targets, "legrad"), atol=1e-6)
@@ -140,3 +140,14 @@ def test_bundled_model_points_at_the_named_shape(tiny):
     assert len(legrad.pointing) >= 40
     assert legrad.summary()["pointing"] >= 0.7
     assert legrad.summary()["energy"] >= 2 * rnd.summary()["energy"]
+
+
+def test_block_by_block_and_whole_pass_agree(tiny_vit, monkeypatch):
+    import index.heatmap as heatmap
+
+    gen = torch.Generator().manual_seed(5)
+    pixels, targets = torch.randn(1, 3, 32, 32, generator=gen), torch.randn(2, 16, generator=gen)
+    stepwise = relevance_maps(tiny_vit, pixels, targets, "legrad")
+    monkeypatch.setattr(heatmap, "_walkable", lambda visual: False)
+    assert len(relevance_stages(tiny_vit, pixels, targets, "legrad")) == 1 + 2 + 1
+    np.testing.assert_allclose(relevance_maps(tiny_vit, pixels, targets, "legrad"), stepwise, atol=1e-6)
