@@ -1,4 +1,13 @@
 """clipfind's search engine (see DESIGN.md)."""
 
-from .explain_image import ImageExplanation  # noqa: F401  (the facade: Engine.explain_image's answer)
-from .overlay import overlay_png  # noqa: F401
+_LAZY = {  # name -> module: imported on first use, so `import index.errors` stays light
+    "ImageExplanation": "explain_image",  # what Engine.explain_image answers
+    "overlay_png": "overlay",  # an ImageExplanation as the overlay picture
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,7 +19,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import Busy, ClipfindError, FetchError, ImageError, ItemGone, QueryError
+from .errors import (
+    Busy,
+    ClipfindError,
+    FetchError,
+    HeatmapUnavailable,
+    ImageError,
+    ItemGone,
+    QueryError,
+)
 from .heatmap import DEFAULT_METHOD, EXPLAIN, HeatmapCache, Heatmaps, relevance_stages, require_vit
 from .images import open_image
 from .query import USAGE, Query, parse_query
@@ -100,6 +108,9 @@ class ImageExplainer:
         encoder = engine.encoder
         images = list(images)
         q = parse_for_heatmap(query, len(images))
+        if getattr(encoder, "loaded", None) is None:  # e.g. a remote encoder service
+            raise HeatmapUnavailable("heatmaps are not available here: they need the model in "
+                                     "this process, and the encoder runs elsewhere")
         require_vit(encoder.loaded)  # HeatmapUnavailable before any work
         found = await asyncio.to_thread(engine.collection.get, [int(item_id)])
         if not found:
@@ -126,7 +137,7 @@ class ImageExplainer:
             pixels = await encoder.preprocess([shown])
             labels, targets = await self._targets(q, images)
             stages = relevance_stages(encoder.loaded, pixels, torch.from_numpy(targets), self.method,
-                                      threads=encoder.lone_threads.get("image"))
+                                      threads=getattr(encoder, "lone_threads", {}).get("image"))
             for stage in stages:  # one call each: a search waits for one stage at most
                 maps = await encoder.call(stage, priority=EXPLAIN)
         if len(labels) > len(maps):  # one text term alone: the query is that term
