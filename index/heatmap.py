@@ -15,8 +15,8 @@ Three read-outs over the same hooked pass of the stock open_clip modules:
 
 The hooks (`_Capture`) replace each block's `nn.MultiheadAttention` output with the same
 attention computed with explicit probabilities, kept for the backward pass. They are on
-only inside `relevance_maps`, which runs on the encoder's model thread (Encoder.call), so
-no other pass ever sees them. Which read-out the engine uses is decided by
+only inside one step of `relevance_stages`, and the engine runs every step on the encoder's
+model thread (Encoder.call), so no other pass ever sees them. Which read-out the engine uses is decided by
 `python -m index.quality --heatmaps` (README).
 """
 
@@ -188,8 +188,8 @@ def relevance_stages(loaded, pixels: torch.Tensor, targets: torch.Tensor,
                      ) -> list[Callable[[], np.ndarray | None]]:
     """`relevance_maps` as a list of steps to call in order on one thread; the last returns
     the maps. The engine runs each as its own model-thread call, so a search that arrives
-    meanwhile waits for one step, not for the whole map (LeGrad: the forward pass, then one
-    step per block's backward pass). `threads`: torch threads for each step (the encoder
+    meanwhile waits for one step, not for the whole map (LeGrad: the embeddings, then one
+    step per block, its forward and backward pass). `threads`: torch threads for each step (the encoder
     passes those its warm-up found fastest for one image; its calls otherwise run on the
     count chosen for one text)."""
     if method not in METHODS:
