@@ -24,6 +24,16 @@ def tiny_clip(vision: dict, seed: int = 0):
                            name="tiny test model")
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for this test's passes on the main thread: on a busy 2-core machine a
+    second thread mostly waits for a core (many small passes: 1 s instead of 15)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny_vit():
     return tiny_clip(dict(image_size=32, patch_size=8, layers=2, width=32, head_width=16))
@@ -111,7 +121,7 @@ def test_stages_give_the_same_maps_and_leave_no_hooks(tiny_vit):
         assert torch.allclose(v(pixels), hand_rolled(v, pixels)[0], atol=1e-5)
 
 
-def test_any_open_clip_vit_works(vitb32):
+def test_any_open_clip_vit_works(vitb32, one_thread):
     pixels = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(4))
     maps = relevance_maps(vitb32, pixels, torch.randn(1, vitb32.dim))
     assert maps.shape == (1, 7, 7) and np.isfinite(maps).all() and maps.max() == pytest.approx(1)
@@ -124,7 +134,7 @@ def test_a_resnet_tower_says_not_available():
         relevance_maps(rn, torch.randn(1, 3, 32, 32), torch.randn(1, 16))
 
 
-def test_bundled_model_points_at_the_named_shape(tiny):
+def test_bundled_model_points_at_the_named_shape(tiny, one_thread):
     """On crowded pictures the model never saw, the named shape holds the map's peak far
     more often than chance, and more of its relevance than a random map's."""
     picked = crowded(120, 9090)[:16]
