@@ -158,3 +158,29 @@ async def test_a_resnet_model_says_not_available(tmp_path):
         assert len((await engine.search("red circle", k=2)).hits) == 2  # searches still work
     finally:
         engine.close()
+
+
+async def test_a_search_waits_for_one_heatmap_step_at_most(engine, monkeypatch):
+    """The model thread's work in order: a search asked while a heatmap is drawn is served
+    before the heatmap's next step."""
+    import index.explain_image as explain_image
+
+    order: list[str] = []
+    forward = engine.encoder._forward
+    monkeypatch.setattr(engine.encoder, "_forward",
+                        lambda kind, inputs: (order.append(kind), forward(kind, inputs))[1])
+    stages = explain_image.relevance_stages
+
+    def logged(*args, **kw):
+        return [(lambda s=s: (order.append("heat"), s())[1]) for s in stages(*args, **kw)]
+    monkeypatch.setattr(explain_image, "relevance_stages", logged)
+    item_id = engine.collection.ids()[0]
+    heat = asyncio.create_task(engine.explain_image(item_id, "purple circle"))
+    while "heat" not in order:
+        await asyncio.sleep(0.001)
+    asked = len(order)
+    await engine.search("yellow triangle number 7", k=3, explain=False)
+    served = order.index("text", asked)
+    assert order[asked:served].count("heat") <= 1, order
+    assert (await heat).heatmaps.maps.shape == (2, 8, 8)
+    assert order.count("heat") == 1 + 4 + 1  # embeddings, one step per block, the maps
