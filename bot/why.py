@@ -50,7 +50,7 @@ async def why(core: Core, state: PagingState | None, rank: int, author_id: int) 
         if (why_not := core.unavailable()) is not None:
             return error(why_not)
         item_id, source, url = shown[rank]
-        engine = _engine_of(core, state, item_id, source)
+        engine = await _engine_of(core, state, item_id, source)
         if engine is None:
             return error(f"result #{rank} no longer exists (it was removed); search again")
         picture = None
@@ -70,11 +70,11 @@ async def why(core: Core, state: PagingState | None, rank: int, author_id: int) 
                  picture=FileOut(f"why-{rank}.png", png, f"heatmap of result {rank} for {x.query}"[:1000]))
 
 
-def _engine_of(core: Core, state: PagingState, item_id: int, source: str):
+async def _engine_of(core: Core, state: PagingState, item_id: int, source: str):
     """The engine of the scope the search ran in whose item `item_id` is still `source`."""
     scope = core.scope(state.guild_id)
     for engine in [scope.engine, *scope.also]:
-        found = engine.collection.get([item_id])
+        found = await asyncio.to_thread(engine.collection.get, [item_id])
         if found and found[0].source == source:
             return engine
     return None
