@@ -95,10 +95,11 @@ class ClipfindBot(commands.Bot):
 
     # -- life cycle ------------------------------------------------------------------------------
     async def setup_hook(self) -> None:
-        from .cogs import library, search
+        from .cogs import library, search, why
 
         await search.setup(self)
         await library.setup(self)
+        await why.setup(self)
         self._engine_task = asyncio.create_task(self._load_engine(), name="clipfind-ready")
         if self.settings.sync_commands:
             try:

@@ -96,6 +96,7 @@ class PagingState:
     query: str  # canonical form, for display
     shown: int = 0  # results on the page on show
     guild_id: int | None = None  # the scope of the search (see Core.scope)
+    hits: tuple = ()  # the page on show: (rank, item id, source, image URL or None) per result
     parsed: Query | None = None  # `text` parsed once, when the search was asked for
 
     def parsed_query(self) -> Query:
@@ -196,6 +197,8 @@ def help_text(prefix: str = "!") -> str:
         "`/find query:<text> image:<attachment>` · the same as a slash command",
         "Pages: ◀️ ▶️ turn, ⏹️ stops (only the member who asked). The word weights under a "
         "result show which words of each phrase the model attended to.",
+        f"`{p}why N` replying to a result page (or 🔍 under it, `/why N`) · a heatmap of where "
+        "in result #N the model saw each term",
         "Grammar — " + USAGE,
     ])
 
@@ -360,7 +363,9 @@ class Core:
         first, last = result.hits[0].rank, result.hits[-1].rank
         more = " · ▶️ for more" if result.has_more else " · last page"
         head = f"**Results {first}–{last}** for `{shown_query}`{more}"
-        new_state = replace(state, has_more=result.has_more, shown=len(result.hits))
+        new_state = replace(state, has_more=result.has_more, shown=len(result.hits),
+                            hits=tuple((h.rank, h.id, h.item.source, c.image_url)
+                                       for h, c in zip(result.hits, cards, strict=False)))
         return Reply(head, cards, att_text, png, state=new_state)
 
 

@@ -25,7 +25,8 @@ from .reply import Reply
 log = logging.getLogger(__name__)
 
 PREV, NEXT, STOP = "◀️", "▶️", "⏹️"
-CONTROLS = (PREV, NEXT, STOP)
+WHY = "🔍"  # the heatmap of the page's results in turn (bot/why.py)
+CONTROLS = (PREV, NEXT, STOP, WHY)
 MAX_SESSIONS = 500  # result messages that page at once; the oldest stops first
 
 
@@ -42,9 +43,10 @@ class Action(enum.Enum):
     PREV = "prev"
     NEXT = "next"
     STOP = "stop"
+    WHY = "why"
 
 
-_ACTIONS = {PREV: Action.PREV, NEXT: Action.NEXT, STOP: Action.STOP}
+_ACTIONS = {PREV: Action.PREV, NEXT: Action.NEXT, STOP: Action.STOP, WHY: Action.WHY}
 
 
 @dataclass
@@ -56,6 +58,7 @@ class Session:
     reply: Reply  # what the message shows now
     deadline: float
     can_manage: bool = True  # until a removal was refused
+    why_next: int = 0  # which result of the page 🔍 explains next
     lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
 
@@ -133,6 +136,7 @@ class Paginator:
         self.core = core
         self.pages = Pages(timeout_s)
         self._tasks: set[asyncio.Task] = set()
+        self.why: Callable | None = None  # async (session, user_id): the 🔍 control (cogs/why.py)
 
     def _message(self, channel_id: int, message_id: int):
         return self.bot.get_partial_messageable(channel_id).get_partial_message(message_id)
@@ -178,6 +182,13 @@ class Paginator:
         if action is Action.REMOVE:
             await self._remove(s, payload.user_id, str(payload.emoji))
             return
+        if action is Action.WHY:  # not under the lock: a heatmap must not hold up page turns
+            self.pages.touch(s)
+            if added and s.can_manage:
+                await self._remove(s, payload.user_id, str(payload.emoji))
+            if self.why is not None:
+                await self.why(s, payload.user_id)
+            return
         async with s.lock:
             if self.pages.get(s.message_id) is not s:
                 return  # stopped meanwhile
@@ -216,6 +227,7 @@ class Paginator:
             kw = render.to_discord(reply)
             await msg.edit(content=kw["content"], embeds=kw["embeds"], attachments=kw["files"])
             s.state, s.reply = reply.state, reply
+            s.why_next = 0
         else:  # a notice: keep the page, say why it did not turn
             base = render.content_of(s.reply)
             await msg.edit(content=render._clip_lines(f"{base}\n*{reply.text}*", render.MAX_CONTENT))

@@ -46,12 +46,15 @@ class Reply:
     attention_png: FileOut | None = None
     error: bool = False
     state: Any = None  # core.PagingState for a page of results
+    picture: FileOut | None = None  # a picture that is the answer itself (a result's heatmap)
 
     @property
     def files(self) -> list[FileOut]:
         out = [c.file for c in self.cards if c.file is not None]
         if self.attention_png is not None:
             out.append(self.attention_png)
+        if self.picture is not None:
+            out.append(self.picture)
         return out
 
     @property

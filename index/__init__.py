@@ -59,6 +59,10 @@ _EXPORTS: dict[str, str] = {
     "FetchLimits": "netfetch",
     "fetch_bytes": "netfetch",
     "make_session": "netfetch",
+    # why this result: relevance heatmaps
+    "ImageExplanation": "explain_image",  # what Engine.explain_image answers
+    "overlay_png": "overlay",  # an ImageExplanation as the overlay picture
+    "parse_for_heatmap": "explain_image",  # a query checked for a heatmap (needs a text term)
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,4 +1,4 @@
-"""The engine's command line: python -m index {demo,build,import-features,search,export,embed,info,remove}."""
+"""The engine's command line: python -m index {demo,build,import-features,search,export,embed,explain,info,remove}."""
 
 from __future__ import annotations
 
@@ -172,6 +172,35 @@ async def _embed(a) -> int:
     return 0
 
 
+async def _explain(a) -> int:
+    """A result's heatmap as an overlay PNG and/or its relevance grids as JSON."""
+    from . import overlay_png, parse_for_heatmap
+
+    if not a.out and not a.json:
+        raise SourceError("nothing to write; give --out heat.png and/or --json")
+    if a.out and Path(a.out).suffix.lower() != ".png":
+        raise SourceError(f"--out {a.out}: the overlay is a PNG; give a path ending in .png")
+    images = _load_images(a.image)
+    query = parse_for_heatmap(" ".join(a.query), len(images))  # before the model loads
+    engine = _open_engine(a)
+    try:
+        # the operator's own collection: its URLs are fetched as the build fetched them
+        x = await engine.explain_image(a.id, query, images, public_only=False)
+    finally:
+        engine.close()
+    if a.out:
+        try:
+            Path(a.out).write_bytes(overlay_png(x))
+        except OSError as e:
+            raise SourceError(f"--out {a.out}: cannot write it ({e.strerror or e})") from e
+        panels = ", ".join(x.heatmaps.labels)
+        print(f"wrote {a.out} ({x.heatmaps.method} relevance of item {a.id} for {x.query}: {panels})",
+              file=sys.stderr if a.json else sys.stdout)
+    if a.json:
+        print(json.dumps({"id": a.id, "query": x.query, **x.heatmaps.as_json()}, ensure_ascii=False))
+    return 0
+
+
 def cmd_info(a) -> int:
     from . import Collection
     with Collection.open(Path(a.index)) as col:
@@ -251,6 +280,16 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--image", action="append", default=[])
     m.add_argument("text", nargs="*")
     m.set_defaults(run=_embed)
+
+    x = sub.add_parser("explain", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       help="where in a stored image the model saw the query (relevance heatmap)")
+    engine_opts(x)
+    x.add_argument("--id", type=int, required=True, help="the item id (search --json shows it)")
+    x.add_argument("--image", action="append", default=[], help="attach an image (#1, #2, ...)")
+    x.add_argument("--out", help="write the overlay PNG here (one panel per text term + the query)")
+    x.add_argument("--json", action="store_true", help="print the relevance grids as JSON")
+    x.add_argument("query", nargs="*", help="the query (needs at least one text term)")
+    x.set_defaults(run=_explain)
 
     i = sub.add_parser("info", help="describe a collection")
     i.add_argument("--index", required=True)

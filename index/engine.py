@@ -237,6 +237,17 @@ class Engine:
         note = UNAVAILABLE if query.text_terms and all(w is None for w in weights) else None
         return weights, note
 
+    async def explain_image(self, item_id: int, query: str | Query, images: list = (), *,
+                            picture: bytes | Image.Image | None = None, public_only: bool = True):
+        """Where in item `item_id`'s picture the model saw the query (and each text term):
+        an `explain_image.ImageExplanation`. `picture`: the item's bytes, when the caller
+        has them (e.g. a Discord attachment); else its file or URL is read again."""
+        from .explain_image import ImageExplainer
+        if getattr(self, "_image_explainer", None) is None:
+            self._image_explainer = ImageExplainer(self)
+        return await self._image_explainer.explain(item_id, query, images, picture=picture,
+                                                   public_only=public_only)
+
     # -- vectors and items ---------------------------------------------------------------------------
     async def embed_texts(self, texts: list[str]) -> np.ndarray:
         return await self.encoder.encode_texts(list(texts))

@@ -43,3 +43,11 @@ class Busy(ClipfindError):
 
     def __init__(self, message: str = "busy, try again in a moment"):
         super().__init__(message)
+
+
+class HeatmapUnavailable(ClipfindError):
+    """A heatmap asked of a model whose image tower cannot give one (not an open_clip ViT)."""
+
+
+class ItemGone(ClipfindError):
+    """A result that no longer exists, or whose picture can no longer be read."""
