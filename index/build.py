@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .encoder import BULK, Encoder
-from .errors import ClipfindError
+from .errors import BadItem, ClipfindError
 from .images import content_hash, open_image
 from .netfetch import FetchLimits, fetch_many
 from .pixels import resize_stage, to_pixels
@@ -120,8 +120,17 @@ def _store(collection: Collection, prepared: _Prepared, vectors: np.ndarray,
                              page_url=r.page_url, content_hash=h, stamp=r.stamp))
         keep.append(i)
         seen_hashes.add(h)
-    if items:
-        collection.add(items, np.asarray(vectors)[keep])
+    vectors = np.asarray(vectors)
+    while items:  # one bad item must not cost its chunk: it is reported, the rest stored
+        try:
+            collection.add(items, vectors[keep])
+            break
+        except BadItem as e:
+            bad = next((j for j, it in enumerate(items) if it.source == e.source), None)
+            if bad is None:
+                raise
+            report.failed.append((e.source, e.reason))
+            del items[bad], keep[bad]
     report.added += len(items)
 
 

@@ -16,6 +16,7 @@ it there is nothing right to serve.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
@@ -40,10 +41,21 @@ from .faissindex import (
     write_index_file,
 )
 from .files import remove_dead_tmp_files
-from .items import META, Item, ItemTable, NewItem, create_database, item_values, prepare_vectors
+from .items import (
+    META,
+    Item,
+    ItemTable,
+    NewItem,
+    create_database,
+    item_values,
+    nonfinite_note,
+    prepare_vectors,
+)
 from .manifest import MANIFEST, Manifest, read_manifest, write_manifest
 from .posts import Forgotten, Post
 from .rebuild import BackgroundRebuild, build_index
+
+log = logging.getLogger("index.store")
 
 
 class Collection(VectorStore):
@@ -233,8 +245,8 @@ class Collection(VectorStore):
     def add(self, items: Sequence[NewItem], vectors: np.ndarray) -> list[int]:
         """Store a batch in one transaction; an existing source keeps its id. Returns ids."""
         items = list(items)
-        vecs = prepare_vectors(vectors, len(items), self._dim)
         rows = [item_values(it) for it in items]
+        vecs = prepare_vectors(vectors, len(items), self._dim, [it.source for it in items])
         if not items:
             return []
         blobs = [v.tobytes() for v in vecs]
@@ -530,6 +542,7 @@ class Collection(VectorStore):
         built = build_index(self._db(), self.manifest.index_type)
         assert built is not None
         self._ix.use(built, built.gen, from_file=False)
+        self._report(built)
 
     def _swap_in(self, built: Built, epoch: int, touched: set[int]) -> None:
         """Use a background-built index, brought up to date with our writes since. Lock held.
@@ -554,6 +567,11 @@ class Collection(VectorStore):
                 ids = np.fromiter(found.keys(), dtype=np.int64, count=len(found))
                 index.add_with_ids(table.decode(list(found.values())), ids)
         self._ix.use(built, self._ix.gen, from_file=False)
+        self._report(built)
+
+    def _report(self, built: Built) -> None:
+        if built.nonfinite:
+            log.warning(nonfinite_note(self.path, built.nonfinite))
 
     def _write_index_file(self) -> None:
         """vectors.faiss and its sidecar for the index in memory. Lock held."""

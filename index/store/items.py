@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from index.errors import StoreError
+from index.errors import BadItem, StoreError
 
 META = "meta.sqlite"
 
@@ -132,15 +132,45 @@ def rows_in(
         yield from conn.execute(sql % ",".join("?" * len(chunk)), (*args, *chunk))
 
 
+def source_key(source: str) -> str | bytes:
+    """How a source is stored: as text, or as the bytes of a path that is not UTF-8.
+
+    A file name need not be valid UTF-8; Python hands it over with surrogate escapes,
+    which SQLite text cannot hold. Such a source is stored as its bytes (a BLOB never
+    equals a text value), so the path comes back exactly and stays unique.
+    """
+    try:
+        source.encode("utf-8")
+        return source
+    except UnicodeEncodeError:
+        return source.encode("utf-8", "surrogateescape")
+
+
+def source_of_key(value: str | bytes) -> str:
+    """The source a stored key (source_key) stands for."""
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+
+
+def _text(value: str) -> str:
+    """Display text SQLite can hold: what is not UTF-8 shows as U+FFFD."""
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def row_to_item(row: Sequence[Any]) -> Item:
-    return Item(id=row[0], **dict(zip(META_COLUMNS, row[1:-1], strict=True)), added_at=row[-1])
+    fields = dict(zip(META_COLUMNS, row[1:-1], strict=True))
+    fields["source"] = source_of_key(fields["source"])
+    return Item(id=row[0], **fields, added_at=row[-1])
 
 
 def item_values(it: NewItem) -> tuple[Any, ...]:
     """The META_COLUMNS values of `it`, typed for SQLite; a bad field is a StoreError."""
     source = getattr(it, "source", None)
     if not isinstance(source, str) or not source:
-        raise StoreError(f"item {it!r} has no source")
+        raise BadItem(repr(it), "the item has no source")
     values: list[Any] = []
     for col in META_COLUMNS:
         v = getattr(it, col, None)
@@ -149,16 +179,24 @@ def item_values(it: NewItem) -> tuple[Any, ...]:
                 v = None if v is None else int(v)
             elif col == "posted_at":
                 v = None if v is None else float(v)
+            elif col == "source":
+                v = source_key(v)
             else:
-                v = "" if v is None else str(v)
+                v = "" if v is None else _text(str(v))
         except (TypeError, ValueError) as e:
-            raise StoreError(f"item {source}: {col} {v!r} is not a number") from e
+            raise BadItem(source, f"{col} {v!r} is not a number") from e
         values.append(v)
     return tuple(values)
 
 
-def prepare_vectors(vectors: np.ndarray, n: int, dim: int) -> np.ndarray:
-    """n vectors checked and L2-normalised, as the float16 rows SQLite will hold."""
+def prepare_vectors(
+    vectors: np.ndarray, n: int, dim: int, sources: Sequence[str] | None = None
+) -> np.ndarray:
+    """n vectors checked and L2-normalised, as the float16 rows SQLite will hold.
+
+    A vector that is not finite or has zero length is refused (BadItem naming its item,
+    sources[i]): it could never be found, and it would spoil an index trained on it.
+    """
     v = np.asarray(vectors)
     if v.ndim != 2 or v.shape != (n, dim):
         raise StoreError(
@@ -167,13 +205,29 @@ def prepare_vectors(vectors: np.ndarray, n: int, dim: int) -> np.ndarray:
     if not np.issubdtype(v.dtype, np.floating):
         raise StoreError(f"vectors must be floating point, got {v.dtype}")
     v = v.astype(np.float32)
-    if not np.all(np.isfinite(v)):
-        raise StoreError("vectors contain NaN or infinity")
+
+    def name(i: int) -> str:
+        return sources[i] if sources is not None else f"vector {i}"
+
+    finite = np.isfinite(v).all(axis=1)
+    if not finite.all():
+        i = int(np.argmin(finite))
+        raise BadItem(name(i), "its vector contains NaN or infinity; not stored")
     norms = np.linalg.norm(v, axis=1, keepdims=True)
     if n and float(norms.min()) < 1e-12:
-        raise StoreError(f"vector {int(np.argmin(norms))} has zero length and cannot be normalised")
+        raise BadItem(name(int(np.argmin(norms))), "its vector has zero length; not stored")
     # Stored as float16; the index gets exactly these values, as a rebuild would.
     return (v / np.maximum(norms, 1e-12)).astype("<f2")
+
+
+def nonfinite_note(path: Path, ids: Sequence[int]) -> str:
+    """One line: stored vectors that are not finite, and how to repair them."""
+    shown = " ".join(str(i) for i in ids[:10]) + (" ..." if len(ids) > 10 else "")
+    return (
+        f"collection {path}: {len(ids)} item(s) have stored vectors with NaN or infinity "
+        f"so no search finds them by their content (ids {shown}); remove them with "
+        f"`python -m index remove --index {path} ID...` and build again to re-encode them"
+    )
 
 
 class ItemTable:
@@ -257,11 +311,12 @@ class ItemTable:
         return [found[i] for i in wanted if i in found]
 
     def by_source(self, source: str) -> Item | None:
-        row = self.conn.execute(f"{ITEM_SELECT} WHERE source = ?", (source,)).fetchone()
+        row = self.conn.execute(f"{ITEM_SELECT} WHERE source = ?", (source_key(source),)).fetchone()
         return row_to_item(row) if row else None
 
     def stamps(self) -> dict[str, str]:
-        return dict(self.conn.execute("SELECT source, stamp FROM items"))
+        rows = self.conn.execute("SELECT source, stamp FROM items")
+        return {source_of_key(source): stamp for source, stamp in rows}
 
     def find_hash(self, content_hash: str, guild_id: int | None = None) -> Item | None:
         q = f"{ITEM_SELECT} WHERE content_hash = ?"
