@@ -149,13 +149,15 @@ class Collection(VectorStore):
         # Policy rebuilds in a thread (see _policy_rebuild); may be switched on later.
         self.background_rebuilds = background_rebuilds
         self._bg = BackgroundRebuild(path, self._lock)
+        self._cache_warned = False  # said once that vectors.faiss could not be written
         try:
             with self._lock:
                 table.check_schema()
                 self._ensure_posts_table()
                 self._uid = table.state("uid")
-                remove_dead_tmp_files(self.path)
-                self._load_or_rebuild(save=True)
+                if not table.readonly:  # else the index is kept in memory only
+                    remove_dead_tmp_files(self.path)
+                self._load_or_rebuild(save=not table.readonly)
         except BaseException:
             self._bg.stop()
             table.close()
@@ -371,18 +373,23 @@ class Collection(VectorStore):
         return out
 
     def save(self) -> None:
-        """Write vectors.faiss (+ its sidecar) if the in-memory index differs from it."""
+        """Write vectors.faiss (+ its sidecar) if the in-memory index differs from it.
+
+        Raises StoreError when it cannot (a build wants to know); a read-only collection
+        has nothing to save, its index lives in memory.
+        """
         with self._lock:
             self._db()
             self._refresh()
-            if self._ix.dirty:
+            if self._ix.dirty and not self._db().readonly:
                 try:
                     self._write_index_file()
                 except (OSError, RuntimeError) as e:
-                    raise StoreError(f"cannot write {self.path / VECTORS}: {e}") from e
+                    raise StoreError(f"cannot write {self.path / VECTORS}: {_reason(e)}") from e
 
     def close(self) -> None:
-        """Save if dirty, then close SQLite. Idempotent.
+        """Save if dirty, then close SQLite. Idempotent. Never fails for want of disk
+        space: vectors.faiss is a cache (see _save_or_warn).
 
         A background rebuild in progress is abandoned, not waited for: its thread reads
         only its own snapshot connection and drops its result; the next open starts again.
@@ -394,8 +401,14 @@ class Collection(VectorStore):
             try:
                 # Our own unsaved work is saved; if someone wrote after us, the next opener
                 # (or that writer) brings vectors.faiss up to date instead.
-                if self._ix.dirty and self._table.state("generation") == self._ix.gen:
-                    self.save()
+                if (
+                    not self._table.readonly
+                    and self._ix.dirty
+                    and self._table.state("generation") == self._ix.gen
+                ):
+                    self._refresh()
+                    if self._ix.dirty:
+                        self._save_or_warn()
             finally:
                 self._table.close()
                 self._table = None
@@ -411,6 +424,9 @@ class Collection(VectorStore):
         """A collection from before the posts table gets it, filled from its items."""
         table = self._db()
         if posts.has_table(table.conn):
+            return
+        if table.readonly:
+            posts.view_from_items(table.conn)
             return
         try:
             table.write(
@@ -511,10 +527,7 @@ class Collection(VectorStore):
         if not self._try_load():
             self._rebuild()
             if save:
-                try:
-                    self._write_index_file()
-                except (OSError, RuntimeError):
-                    pass  # read-only directory: keep it in memory, stay dirty
+                self._save_or_warn()
         elif self._rebuild_wanted():
             self._policy_rebuild()
 
@@ -573,6 +586,32 @@ class Collection(VectorStore):
         if built.nonfinite:
             log.warning(nonfinite_note(self.path, built.nonfinite))
 
+    def _save_or_warn(self) -> None:
+        """Write vectors.faiss where a failure must not fail the caller (an open, a close).
+
+        vectors.faiss is a cache of meta.sqlite: when it cannot be written (a full disk)
+        the index stays in memory, the next open rebuilds it, and this is said once.
+        """
+        try:
+            self._write_index_file()
+        except (OSError, RuntimeError) as e:
+            if not self._cache_warned:
+                self._cache_warned = True
+                log.warning(
+                    "cannot write %s (%s): the index is kept in memory and rebuilt at the "
+                    "next open; free some space to save it",
+                    self.path / VECTORS,
+                    _reason(e),
+                )
+
     def _write_index_file(self) -> None:
         """vectors.faiss and its sidecar for the index in memory. Lock held."""
         write_index_file(self.path, self._ix, uid=self._uid, dim=self._dim)
+
+
+def _reason(e: BaseException) -> str:
+    """One line of an OSError or of FAISS's multi-line C++ message."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    return lines[-1].strip() if lines else type(e).__name__

@@ -9,8 +9,10 @@ re-adding after a crash never duplicates.
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import sqlite3
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +107,39 @@ def connect(db: Path) -> sqlite3.Connection:
         conn.close()
         raise StoreError(f"{db} is not a usable SQLite database: {e}") from e
     return conn
+
+
+def writable(db: Path) -> bool:
+    """Whether this process may change `db` and make its side files (-wal, -shm) beside it."""
+    return os.access(db.parent, os.W_OK) and os.access(db, os.W_OK)
+
+
+def connect_readonly(db: Path) -> sqlite3.Connection:
+    """A read-only connection to `db` in a folder that cannot be written (a `:ro` mount).
+
+    WAL mode needs its side files: read-only they must exist already (mode=ro); after a
+    clean close they are gone and cannot be made, and then the file is read as immutable,
+    which is right for a folder nobody can write.
+    """
+    uri = "file:" + urllib.parse.quote(os.fsencode(os.path.abspath(db)))
+    error: sqlite3.Error | None = None
+    for mode in ("mode=ro", "immutable=1"):
+        conn = None
+        try:
+            conn = sqlite3.connect(
+                f"{uri}?{mode}",
+                uri=True,
+                timeout=30.0,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.Error as e:
+            error = e
+            if conn is not None:
+                conn.close()
+    raise StoreError(f"{db} is not a usable SQLite database: {error}")
 
 
 def create_database(db: Path) -> None:
@@ -233,12 +268,15 @@ def nonfinite_note(path: Path, ids: Sequence[int]) -> str:
 class ItemTable:
     """Items on one SQLite connection. Not thread-safe: the owner serialises calls."""
 
-    def __init__(self, conn: sqlite3.Connection, db: Path, dim: int):
-        self.conn, self.db, self.dim = conn, db, dim
+    def __init__(self, conn: sqlite3.Connection, db: Path, dim: int, readonly: bool = False):
+        self.conn, self.db, self.dim, self.readonly = conn, db, dim, readonly
 
     @classmethod
     def open(cls, db: Path, dim: int) -> ItemTable:
-        return cls(connect(db), db, dim)
+        """Read-write; read-only when the folder or file cannot be written."""
+        if writable(db):
+            return cls(connect(db), db, dim)
+        return cls(connect_readonly(db), db, dim, readonly=True)
 
     def close(self) -> None:
         self.conn.close()
@@ -280,6 +318,11 @@ class ItemTable:
         `items_changed(result)` says no item or vector changed: then the transaction
         commits without a bump, so that the index stays current). Rolls back when body raises.
         """
+        if self.readonly:
+            raise StoreError(
+                f"collection {self.db.parent} is read-only here (its folder cannot be "
+                "written): search it, or copy it somewhere writable to change it"
+            )
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:

@@ -105,6 +105,14 @@ def create_and_fill(conn: sqlite3.Connection) -> int:
     return cur.rowcount
 
 
+def view_from_items(conn: sqlite3.Connection) -> None:
+    """A read-only collection from before the table: its items' own posts, as a view
+    (a TEMP view lives in memory, so it needs no write to the database)."""
+    cols = ", ".join(POST_COLUMNS)
+    where = " AND ".join(f"{k} IS NOT NULL" for k in _KEYS)
+    conn.execute(f"CREATE TEMP VIEW posts AS SELECT {cols}, id AS item_id FROM items WHERE {where}")
+
+
 def is_post(values: Sequence[Any]) -> bool:
     """Whether item values (items.item_values) describe a Discord post."""
     return all(values[META_COLUMNS.index(k)] is not None for k in _KEYS)
