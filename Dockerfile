@@ -11,6 +11,10 @@ FROM ${BASE}
 
 # cpu, or a CUDA wheel tag of download.pytorch.org such as cu124
 ARG TORCH_VARIANT=cpu
+# The versions pyproject.toml allows (torch<=2.14.1) and the torchvision built for it: if the
+# first install took the newest torch, `pip install .` would replace it with PyPI's CUDA build.
+ARG TORCH_VERSION=2.14.1
+ARG TORCHVISION_VERSION=0.29.1
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -26,7 +30,8 @@ WORKDIR /app
 
 # torch first, from the variant's index, so that `pip install .` does not pull the default
 # (CUDA-bundling) wheel from PyPI.
-RUN pip install --index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}" torch torchvision
+RUN pip install --index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}" \
+        "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"
 
 COPY pyproject.toml README.md ./
 COPY index ./index

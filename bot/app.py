@@ -21,9 +21,8 @@ from collections.abc import Callable
 import discord
 from discord.ext import commands
 
-from index.engine import Engine, EngineOptions
+from index import Engine
 from index.errors import ClipfindError
-from index.namespaces import Namespaces
 
 from . import render
 from .config import Settings
@@ -31,6 +30,7 @@ from .core import Core
 from .library import Library
 from .paginate import Paginator
 from .reply import Reply
+from .runtime import Runtime, open_engine
 
 log = logging.getLogger("bot")
 
@@ -64,14 +64,6 @@ def setup_logging(settings: Settings, stream=None) -> logging.Handler:
     return handler
 
 
-def open_engine(settings: Settings) -> Engine:
-    # A long-lived process: retraining the approximate index as the collection grows
-    # runs beside the searches instead of freezing them (~80 s at 1M items).
-    options = EngineOptions(device=settings.device, threads=settings.threads or None,
-                            queue_size=settings.queue_size, background_rebuilds=True)
-    return Engine.open(settings.collection, model=settings.model or None, options=options)
-
-
 def _unwrap(error: BaseException) -> BaseException:
     for _ in range(5):
         inner = getattr(error, "original", None)
@@ -82,19 +74,20 @@ def _unwrap(error: BaseException) -> BaseException:
 
 
 class ClipfindBot(commands.Bot):
-    """The bot. `engine` given: used as is (and not closed); else opened from `settings`."""
+    """The bot, on a `Runtime` (given, or made from `settings`: `engine` given is used as is
+    and not closed; else `engine_opener` opens it)."""
 
     def __init__(self, settings: Settings, *, engine: Engine | None = None,
-                 engine_opener: Callable[[Settings], Engine] = open_engine, **options) -> None:
+                 engine_opener: Callable[[Settings], Engine] = open_engine,
+                 runtime: Runtime | None = None, **options) -> None:
         intents = discord.Intents.default()
         intents.message_content = settings.message_content
         super().__init__(command_prefix=commands.when_mentioned_or(settings.prefix),
                          intents=intents, help_command=None,
                          allowed_mentions=discord.AllowedMentions.none(), **options)
         self.settings = settings
-        self.core = Core(settings, engine)
-        self._owns_engine = engine is None
-        self._engine_opener = engine_opener
+        self.runtime = runtime or Runtime(settings, engine=engine, opener=engine_opener)
+        self.core = Core(settings)  # its engine is set once the runtime is ready
         self._engine_task: asyncio.Task | None = None
         self.paginator = Paginator(self, self.core, settings.paging_timeout_s)
         self.library: Library | None = None  # the server libraries, once the engine is up
@@ -106,11 +99,7 @@ class ClipfindBot(commands.Bot):
 
         await search.setup(self)
         await library.setup(self)
-        if self.core.engine is None:
-            self._engine_task = asyncio.create_task(self._load_engine(), name="clipfind-engine")
-        else:
-            self._library_task = asyncio.create_task(self._start_library(self.core.engine),
-                                                     name="clipfind-library")
+        self._engine_task = asyncio.create_task(self._load_engine(), name="clipfind-ready")
         if self.settings.sync_commands:
             try:
                 synced = await self.tree.sync()
@@ -119,31 +108,18 @@ class ClipfindBot(commands.Bot):
                 log.warning("could not sync slash commands (prefix commands still work): %s", e)
 
     async def _load_engine(self) -> None:
-        s = self.settings
-        log.info("opening collection %s and loading the model", s.collection)
-        try:
-            engine = await asyncio.to_thread(self._engine_opener, s)
-        except ClipfindError as e:
-            self.core.load_error = str(e)
-            log.error("the search engine could not start: %s", e)
+        """Until the runtime is ready (the gateway connects meanwhile); then the libraries."""
+        if not await self.runtime.wait():
+            self.core.load_error = self.runtime.load_error
+            log.error("the search engine could not start: %s", self.runtime.load_error)
             return
-        except Exception as e:
-            self.core.load_error = "unexpected error, see the bot's log"
-            log.exception("the search engine could not start: %r", e)
-            return
-        self.core.engine = engine
-        while not engine.encoder.ready:
-            await asyncio.sleep(0.05)
-        log.info("ready: %d images, model %s", len(engine.collection), engine.model_name)
-        self._library_task = asyncio.create_task(self._start_library(engine), name="clipfind-library")
+        self.core.engine = self.runtime.engine
+        self._library_task = asyncio.create_task(self._start_library(), name="clipfind-library")
 
-    async def _start_library(self, engine: Engine) -> None:
+    async def _start_library(self) -> None:
         """Open the server libraries (on the engine's encoder), then let them catch up."""
-        s = self.settings
         try:
-            options = EngineOptions(queue_size=s.queue_size, background_rebuilds=True)
-            spaces = Namespaces(s.library_root, engine.encoder, options)
-            lib = Library(self, s, spaces, engine)
+            lib = Library(self, self.settings, self.runtime.namespaces(), self.runtime.engine)
             await lib.open()
         except Exception:
             log.exception("the server libraries could not be opened (searches use the collection)")
@@ -173,10 +149,8 @@ class ClipfindBot(commands.Bot):
             await lib.close()
         await self.core.close()
         await super().close()
-        engine = self.core.engine
-        if self._owns_engine and engine is not None:
-            self.core.engine = None
-            await asyncio.to_thread(engine.close)
+        self.core.engine = None
+        await self.runtime.close()
 
     async def on_ready(self) -> None:
         log.info("connected as %s (%s) to %d servers", self.user, getattr(self.user, "id", "?"),

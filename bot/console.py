@@ -19,24 +19,19 @@ import logging
 import mimetypes
 import re
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
-from index.build import build
-from index.engine import Engine, EngineOptions
+from index import Engine
 from index.errors import ClipfindError
-from index.models import DEFAULT_MODEL
-from index.sources import scan_folder
-from index.synthetic import write_gallery
 
 from .config import Settings
 from .core import Attachment, Core, FindRequest, PagingState, error
 from .reply import Reply
+from .runtime import DEMO_ROOT, Runtime
 
 log = logging.getLogger(__name__)
 
-DEMO_COUNT, DEMO_SEED = 300, 0
 _IMAGE_OPT = re.compile(r'(?:^|\s)--image\s+(?:"([^"]*)"|(\S+))')
 NEXT_WORDS = {"next", "▶️", "▶", ">"}
 PREV_WORDS = {"prev", "previous", "◀️", "◀", "<"}
@@ -65,25 +60,6 @@ def split_image_options(text: str) -> tuple[str, list[str]]:
 
 def _plain(text: str) -> str:
     return text.replace("**", "").replace("`", "")
-
-
-async def ensure_demo(root: Path, options: EngineOptions, *, count: int = DEMO_COUNT,
-                      seed: int = DEMO_SEED, out: TextIO = sys.stdout) -> Engine:
-    """The demo collection under `root` (gallery/ and collection/), built or completed."""
-    gallery, collection = root / "gallery", root / "collection"
-    if not (gallery / "captions.csv").exists():
-        print(f"writing the demo gallery ({count} images) to {gallery} ...", file=out, flush=True)
-        await asyncio.to_thread(write_gallery, gallery, count, seed)
-    engine = await asyncio.to_thread(Engine.open, collection, model=DEFAULT_MODEL, create=True,
-                                     options=options)
-    try:
-        records = await asyncio.to_thread(scan_folder, gallery)
-        report = await build(engine.collection, engine.encoder, records)
-    except BaseException:
-        engine.close()
-        raise
-    print(f"demo collection {collection}: {report.summary()}", file=out, flush=True)
-    return engine
 
 
 class Console:
@@ -214,30 +190,27 @@ class Console:
 
 
 async def run_console(settings: Settings, *, out_dir: Path, demo: bool,
-                      demo_root: Path = Path("demo"), stdin: TextIO = sys.stdin,
-                      stdout: TextIO = sys.stdout) -> int:
-    options = EngineOptions(device=settings.device, threads=settings.threads or None,
-                            queue_size=settings.queue_size, background_rebuilds=True)
+                      demo_root: Path = DEMO_ROOT, stdin: TextIO = sys.stdin,
+                      stdout: TextIO = sys.stdout, runtime: Runtime | None = None) -> int:
+    if runtime is None and not demo and not (settings.collection / "manifest.json").exists():
+        print(f"no collection at {settings.collection}: build one with "
+              f"`python -m index build --index {settings.collection} FOLDER`, "
+              "or run the console with --demo", file=sys.stderr)
+        return 2
     try:
-        if demo:
-            engine = await ensure_demo(demo_root, options, out=stdout)
-            settings = replace(settings, collection=demo_root / "collection")
-        else:
-            if not (settings.collection / "manifest.json").exists():
-                print(f"no collection at {settings.collection}: build one with "
-                      f"`python -m index build --index {settings.collection} FOLDER`, "
-                      "or run the console with --demo", file=sys.stderr)
-                return 2
-            engine = await asyncio.to_thread(Engine.open, settings.collection,
-                                             model=settings.model or None, options=options)
+        if runtime is None:
+            runtime = (await Runtime.demo(settings, demo_root, out=stdout) if demo
+                       else Runtime(settings))
     except ClipfindError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        while not engine.encoder.ready:
-            await asyncio.sleep(0.05)
+        if not await runtime.wait():
+            print(f"error: {runtime.load_error}", file=sys.stderr)
+            return 2
+        settings, engine = runtime.settings, runtime.engine
         print(f"collection {settings.collection}: {len(engine.collection)} images, "
               f"model {engine.model_name}", file=stdout, flush=True)
         return await Console(settings, engine, out_dir, stdin=stdin, stdout=stdout).run()
     finally:
-        await asyncio.to_thread(engine.close)
+        await runtime.close()

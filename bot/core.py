@@ -26,10 +26,17 @@ from typing import Any
 import aiohttp
 from PIL import Image
 
+from index import (
+    IMAGE_EXTENSIONS,
+    USAGE,
+    FetchLimits,
+    Query,
+    fetch_bytes,
+    make_session,
+    open_image,
+    parse_query,
+)
 from index.errors import Busy, ClipfindError, FetchError, ImageError
-from index.images import IMAGE_EXTENSIONS, open_image
-from index.netfetch import FetchLimits, fetch_bytes, make_session
-from index.query import USAGE, parse_query
 
 from . import render
 from .config import Settings
@@ -89,6 +96,10 @@ class PagingState:
     query: str  # canonical form, for display
     shown: int = 0  # results on the page on show
     guild_id: int | None = None  # the scope of the search (see Core.scope)
+    parsed: Query | None = None  # `text` parsed once, when the search was asked for
+
+    def parsed_query(self) -> Query:
+        return self.parsed if self.parsed is not None else parse_query(self.text, len(self.images))
 
     @property
     def last_rank(self) -> int:
@@ -219,7 +230,7 @@ class Core:
         """Why searches cannot run now (None when they can)."""
         if self.load_error is not None:
             return f"the search engine could not start ({self.load_error}); tell the bot's operator"
-        if self.engine is None or not self.engine.encoder.ready:
+        if self.engine is None or not self.engine.ready:
             return NOT_READY
         return None
 
@@ -285,7 +296,7 @@ class Core:
             return error(f"slow down: you can search again in {math.ceil(wait)} s")
         images = await self._load_images(sources)
         state = PagingState(req.author_id, text, images, 0, s.results_per_page, False,
-                            query.describe(), guild_id=req.guild_id)
+                            query.describe(), guild_id=req.guild_id, parsed=query)
         try:
             return await self._page(state)
         except Busy:
@@ -323,7 +334,7 @@ class Core:
     async def _page(self, state: PagingState, *, notice_if_empty: bool = False) -> Reply:
         s = self.settings
         scope = self.scope(state.guild_id)
-        result = await scope.engine.search(state.text, state.images, k=state.k,
+        result = await scope.engine.search(state.parsed_query(), state.images, k=state.k,
                                            offset=state.offset, also=scope.also)
         shown_query = state.query.replace("`", "ˋ")
         if not result.hits:

@@ -57,12 +57,8 @@ from pathlib import Path
 
 import discord
 
-from index.encoder import BULK
-from index.engine import Engine
+from index import BULK, IMAGE_EXTENSIONS, Engine, Namespaces, NewItem, content_hash
 from index.errors import Busy, ClipfindError, StoreError
-from index.images import IMAGE_EXTENSIONS, content_hash
-from index.namespaces import Namespaces
-from index.store import Collection, NewItem
 
 from .config import Settings
 from .core import SearchScope
@@ -143,7 +139,7 @@ class Posts:
         "CREATE INDEX IF NOT EXISTS posts_message ON posts(channel_id, message_id)",
     )
 
-    def __init__(self, path: Path, guild_id: int, collection: Collection):
+    def __init__(self, path: Path, guild_id: int, collection):
         self.guild_id = guild_id
         self._lock = threading.Lock()
         try:

@@ -23,8 +23,8 @@ from urllib.parse import urlsplit
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
+from index import open_image, thumbnail_jpeg
 from index.errors import ClipfindError
-from index.images import open_image, thumbnail_jpeg
 
 from .reply import Card, FileOut, Reply
 

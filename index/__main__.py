@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import DEFAULT_MODEL, DEMO_COUNT, parse_spec
 from .errors import ClipfindError, SourceError
-from .models import DEFAULT_MODEL, parse_spec
 
 EPILOG = """query grammar: words run into one phrase; *W weights a term (-10..10, negative pushes
 away); + and - separate terms; "quotes" keep a phrase; #N is the N-th --image.
@@ -26,7 +26,7 @@ def _progress(total: int, desc: str):
 
 
 def _records_for(sources: list[str]):
-    from .sources import classify_source, read_unsplash_tsv, read_url_list, scan_folder
+    from . import classify_source, read_unsplash_tsv, read_url_list, scan_folder
     records, problems = [], []
     for arg in sources:
         kind = classify_source(arg)
@@ -46,29 +46,32 @@ def _records_for(sources: list[str]):
     return records, problems
 
 
-def cmd_demo(a) -> int:
-    from .synthetic import write_gallery
-    path = write_gallery(Path(a.out), a.count, a.seed, a.size)
-    print(f"wrote {a.count} images and {path}")
+async def _demo(a) -> int:
+    from . import EngineOptions, make_demo
+    engine = await make_demo(Path(a.out), EngineOptions(device=a.device, threads=a.threads),
+                             count=a.count, seed=a.seed, size=a.size)
+    # closing an encoder still warming up can outlast its join and abort the interpreter at
+    # exit (nothing to build: the engine closes at once)
+    await asyncio.to_thread(engine.wait_ready, 120)
+    engine.close()
     return 0
 
 
 def _open_engine(a, create: bool = False):
-    from .engine import Engine, EngineOptions
+    from . import Engine, EngineOptions
     opts = EngineOptions(device=a.device, threads=a.threads)
     return Engine.open(a.index, model=getattr(a, "model", None), create=create,
                        index_type=getattr(a, "index_type", "auto"), options=opts)
 
 
 async def _build(a) -> int:
-    from .build import build
-    from .netfetch import FetchLimits
+    from . import FetchLimits, build_collection
     records, problems = _records_for(a.sources)
     engine = _open_engine(a, create=True)
     try:
         bar = _progress(len(records), "indexing")
         limits = FetchLimits(max_bytes=a.max_bytes, timeout_s=a.timeout, concurrency=a.concurrency)
-        report = await build(engine.collection, engine.encoder, records, chunk=a.batch,
+        report = await build_collection(engine.collection, engine.encoder, records, chunk=a.batch,
                              limits=limits, progress=bar.update)
         bar.close()
         total = len(engine.collection)
@@ -83,9 +86,7 @@ async def _build(a) -> int:
 
 
 async def _import_features(a) -> int:
-    from .build import add_vectors
-    from .sources import read_features
-    from .store import Collection
+    from . import Collection, add_vectors, read_features
     records, vectors = read_features(Path(a.features), Path(a.ids), a.url_template)
     spec = parse_spec(a.model).canonical
     with Collection.create(Path(a.index), spec, int(vectors.shape[1]), a.index_type) as col:
@@ -105,9 +106,12 @@ def _load_images(paths: list[str]) -> list[bytes]:
 
 
 async def _search(a) -> int:
+    from . import parse_query
+    images = _load_images(a.image)
+    query = parse_query(" ".join(a.query), len(images))  # a bad query costs no model load
     engine = _open_engine(a)
     try:
-        result = await engine.search(" ".join(a.query), _load_images(a.image), k=a.k,
+        result = await engine.search(query, images, k=a.k,
                                      offset=a.offset, keep_near_duplicates=a.keep_duplicates)
     finally:
         engine.close()
@@ -136,7 +140,7 @@ async def _search(a) -> int:
 
 
 def cmd_export(a) -> int:
-    from .store import Collection, nonfinite_note
+    from . import Collection, nonfinite_note
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     with Collection.open(Path(a.index)) as col:
@@ -160,13 +164,14 @@ def cmd_export(a) -> int:
 
 
 async def _embed(a) -> int:
+    if not a.image and not a.text:
+        raise SourceError("nothing to embed; give TEXT arguments and/or --image PATH")
+    images = _load_images(a.image)
     engine = _open_engine(a)
     try:
-        if not a.image and not a.text:
-            raise SourceError("nothing to embed; give TEXT arguments and/or --image PATH")
         vecs = []
-        if a.image:
-            vecs += list(await engine.embed_images(_load_images(a.image)))
+        if images:
+            vecs += list(await engine.embed_images(images))
         if a.text:
             vecs += list(await engine.embed_texts(a.text))
     finally:
@@ -177,7 +182,7 @@ async def _embed(a) -> int:
 
 
 def cmd_info(a) -> int:
-    from .store import Collection
+    from . import Collection
     with Collection.open(Path(a.index)) as col:
         m = col.manifest
         print(f"collection {a.index}\n  model: {m.model}\n  items: {len(col)}\n  dim: {m.dim}\n"
@@ -186,7 +191,7 @@ def cmd_info(a) -> int:
 
 
 def cmd_remove(a) -> int:
-    from .store import Collection
+    from . import Collection
     with Collection.open(Path(a.index)) as col:
         n = col.remove(a.ids)
     print(f"removed {n} of {len(a.ids)} items")
@@ -204,12 +209,15 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
         sp.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
-    d = sub.add_parser("demo", help="write the synthetic shapes gallery")
+    d = sub.add_parser("demo", help="make the demo collection: OUT/gallery (synthetic shapes) "
+                       "and OUT/collection (built with the bundled model)")
     d.add_argument("out")
-    d.add_argument("--count", type=int, default=1000)
+    d.add_argument("--count", type=int, default=DEMO_COUNT)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--size", type=int, default=128, help="image side in pixels")
-    d.set_defaults(func=cmd_demo)
+    d.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
+    d.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    d.set_defaults(run=_demo)
 
     b = sub.add_parser("build", help="add images from folders, URL lists or Unsplash TSVs")
     engine_opts(b, f"model spec for a new collection (default {DEFAULT_MODEL})")

@@ -12,13 +12,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from .attention import UNAVAILABLE, word_weights
+from .build import Upload, build
 from .encoder import BULK, SEARCH, Encoder
 from .errors import ClipfindError
-from .images import content_hash
 from .models import DEFAULT_MODEL, load_model, parse_spec
 from .query import Query, parse_query
 from .ranking import STRATEGIES, WeightedVector, compose, normalise, zsum_scores
@@ -120,6 +119,15 @@ class Engine:
     @property
     def model_name(self) -> str:
         return self.encoder.loaded.name
+
+    @property
+    def ready(self) -> bool:
+        """The model is loaded and warmed up: searches run at full speed."""
+        return self.encoder.ready
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until ready (or `timeout` seconds); True when ready."""
+        return self.encoder.wait_ready(timeout)
 
     # -- queries -------------------------------------------------------------------------------
     def parse(self, text: str, n_images: int = 0) -> Query:
@@ -237,27 +245,15 @@ class Engine:
                          priority: int = BULK) -> AddReport:
         """Decode, encode and store images with their metadata, in one transaction.
 
-        Undecodable images are reported, not raised. An image whose content hash is already
-        stored in the same guild (or, for guild-less items, anywhere) is not stored twice.
+        The build pipeline's path and de-duplication rule (`index.build`): a source already
+        stored, or a picture already stored in the same guild (for guild-less items:
+        anywhere), is reported as a duplicate, not stored twice; undecodable images are
+        reported, not raised.
         """
-        report = AddReport()
-        keep_items, pixels, seen = [], [], set()
-        for item, data in zip(items, images, strict=True):
-            h = item.content_hash or content_hash(data)
-            if h in seen or self.collection.find_hash(h, item.guild_id) is not None:
-                report.duplicates.append(item.source)
-                continue
-            try:
-                pixels.append(await self.encoder.preprocess([data]))
-            except ClipfindError as e:
-                report.failed.append((item.source, str(e)))
-                continue
-            seen.add(h)
-            keep_items.append(replace(item, content_hash=h))
-        if keep_items:
-            vectors = await self.encoder.encode_pixels(torch.cat(pixels), priority=priority)
-            report.ids = await asyncio.to_thread(self.collection.add, keep_items, vectors)
-        return report
+        uploads = [Upload(item, data) for item, data in zip(items, images, strict=True)]
+        built = await build(self.collection, self.encoder, uploads, chunk=max(1, len(uploads)),
+                            priority=priority, save=False)
+        return AddReport(ids=built.ids, duplicates=built.skipped, failed=built.failed)
 
     def remove(self, ids: list[int]) -> int:
         return self.collection.remove(ids)

@@ -24,6 +24,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "white": (240, 240, 240),
 }
 SHAPES = ("circle", "square", "triangle")
+DEMO_COUNT, DEMO_SEED = 300, 0  # the demo collection's gallery (index.demo)
 CONCEPTS = tuple(f"{c} {s}" for c in COLOURS for s in SHAPES)
 
 _TEMPLATES_ONE = (

@@ -32,13 +32,20 @@ def fails(*args):
     return lines[0]
 
 
-def test_demo_is_deterministic(tmp_path):
-    cli("demo", tmp_path / "a", "--count", 12, "--seed", 3)
+def test_demo_is_deterministic_and_searchable(tmp_path):
+    """`demo` makes the same demo collection as `python -m bot --console --demo`."""
+    out = cli("demo", tmp_path / "a", "--count", 12, "--seed", 3)
+    assert "added 12, unchanged 0" in out.stdout
     cli("demo", tmp_path / "b", "--count", 12, "--seed", 3)
-    header = (tmp_path / "a" / "captions.csv").read_text().splitlines()[0]
+    header = (tmp_path / "a" / "gallery" / "captions.csv").read_text().splitlines()[0]
     assert header == "file,caption,objects"
     for name in ["captions.csv", "shape_00.png", "shape_11.png"]:
-        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+        assert (tmp_path / "a" / "gallery" / name).read_bytes() == \
+            (tmp_path / "b" / "gallery" / name).read_bytes()
+    again = cli("demo", tmp_path / "a", "--count", 12, "--seed", 3)
+    assert "added 0, unchanged 12" in again.stdout
+    found = cli("search", "--index", tmp_path / "a" / "collection", "-k", 1, "red")
+    assert "1  " in found.stdout and "shape_" in found.stdout
 
 
 def test_build_is_incremental_and_reports_bad_files(tmp_path, demo_gallery):
