@@ -36,6 +36,7 @@ _EXPORTS: dict[str, str] = {
     "Post": "store",  # a Discord post of a stored picture (provenance)
     "Forgotten": "store",  # what forgetting posts changed
     "atomic_write_bytes": "store.files",  # crash-safe small files (the library's state)
+    "nonfinite_note": "store",  # the repair advice for stored non-finite vectors
     # building: sources, the ingestion pipeline, the demo
     "SourceRecord": "sources",
     "classify_source": "sources",

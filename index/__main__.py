@@ -137,15 +137,21 @@ async def _search(a) -> int:
 
 
 def cmd_export(a) -> int:
-    from . import Collection
+    from . import Collection, nonfinite_note
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     with Collection.open(Path(a.index)) as col:
         ids = col.ids()
         vectors = col.vectors(list(ids)).astype(np.float32)
+        bad = ~np.isfinite(vectors).all(axis=1)
+        if bad.any():
+            print(f"warning: {nonfinite_note(Path(a.index), ids[bad].tolist())}; "
+                  "they are left out of this export", file=sys.stderr)
+            ids, vectors = ids[~bad], vectors[~bad]
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         np.save(out / "vectors.npy", vectors)
-        with open(out / "items.jsonl", "w") as f:
+        # a file name that is not UTF-8 is written as its own bytes, as the shell shows it
+        with open(out / "items.jsonl", "w", encoding="utf-8", errors="surrogateescape") as f:
             for i in range(0, len(ids), 1000):
                 for it in col.get(list(ids[i:i + 1000])):
                     f.write(json.dumps({"id": it.id, "source": it.source, "title": it.title},

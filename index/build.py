@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .encoder import BULK, Encoder
-from .errors import ClipfindError
+from .errors import BadItem, ClipfindError
 from .images import content_hash, open_image
 from .netfetch import FetchLimits, fetch_many
 from .pixels import resize_stage, to_pixels
@@ -177,8 +177,17 @@ def _store(collection: Collection, prepared: _Prepared, vectors: np.ndarray,
         items.append(replace(j.item, content_hash=h))
         keep.append(i)
         seen.add((scope, h))
-    if items:  # a post's item records that post
-        report.ids += collection.add(items, np.asarray(vectors)[keep])
+    vectors = np.asarray(vectors)
+    while items:  # one bad item must not cost its chunk: it is reported, the rest stored
+        try:
+            report.ids += collection.add(items, vectors[keep])
+            break
+        except BadItem as e:
+            bad = next((k for k, it in enumerate(items) if it.source == e.source), None)
+            if bad is None:
+                raise
+            report.failed.append((e.source, e.reason))
+            del items[bad], keep[bad]
     if repeats:  # a picture posted again: another post of the stored item
         collection.add_posts(repeats)
     report.added += len(items)

@@ -22,6 +22,15 @@ class StoreError(ClipfindError):
     """A collection that cannot be opened or written."""
 
 
+class BadItem(StoreError):
+    """One item of a batch the store refuses (its vector, a field); the batch is not stored,
+    the other items may be stored without it."""
+
+    def __init__(self, source: str, reason: str):
+        super().__init__(f"{source}: {reason}")
+        self.source, self.reason = source, reason
+
+
 class ModelMismatch(StoreError):
     """A collection opened with another model than the one that built it."""
 
