@@ -7,7 +7,8 @@ of results (with a `PagingState` to turn it) or one line that says what to do.
 Order of the checks (cheap and local first, so a bad query costs nothing):
 attachment types and sizes (from their metadata, nothing downloaded) -> the query grammar ->
 the engine is ready -> the user's cooldown -> downloads (attachments, image URLs in the
-text, public addresses only) -> decoding (size and bomb checks) -> the search.
+text, public addresses only) -> decoding (size and bomb checks) -> the search. The cooldown
+is charged only for searches that run: a use taken for input refused later is given back.
 """
 
 from __future__ import annotations
@@ -167,6 +168,12 @@ class Cooldown:
         uses.append(now)
         return None
 
+    def refund(self, user_id: int) -> None:
+        """Give back the latest use: the search it was taken for did not run."""
+        uses = self._uses.get(user_id)
+        if uses:
+            uses.pop()
+
     def _sweep(self, now: float) -> None:
         for uid in [u for u, q in self._uses.items() if not q or q[-1] <= now - self.per]:
             del self._uses[uid]
@@ -280,16 +287,22 @@ class Core:
         query = parse_query(text, len(sources))  # QueryError: one line with the usage
         if (why := self.unavailable()) is not None:
             return error(why)
+        # taken before the downloads (a member held back costs no download), given back when
+        # the search does not run: refused images, busy
         wait = self.cooldown.hit(req.author_id)
         if wait is not None:
             return error(f"slow down: you can search again in {math.ceil(wait)} s")
-        images = await self._load_images(sources)
-        state = PagingState(req.author_id, text, images, 0, s.results_per_page, False,
-                            query.describe(), guild_id=req.guild_id)
         try:
+            images = await self._load_images(sources)
+            state = PagingState(req.author_id, text, images, 0, s.results_per_page, False,
+                                query.describe(), guild_id=req.guild_id)
             return await self._page(state)
         except Busy:
+            self.cooldown.refund(req.author_id)
             return error(BUSY)
+        except ClipfindError:
+            self.cooldown.refund(req.author_id)
+            raise
 
     async def _load_images(self, sources: list[Attachment | str]) -> list[Image.Image]:
         if not sources:
