@@ -34,7 +34,7 @@ from index.query import USAGE, parse_query
 
 from . import render
 from .config import Settings
-from .reply import Reply
+from .reply import MORE, Reply
 
 log = logging.getLogger(__name__)
 
@@ -244,9 +244,12 @@ class Core:
     def help(self, prefix: str | None = None) -> Reply:
         return Reply(help_text(prefix or self.settings.prefix))
 
-    async def find(self, req: FindRequest) -> Reply:
+    async def find(self, req: FindRequest, *,
+                   before_work: Callable[[], Awaitable[Any]] | None = None) -> Reply:
+        """`before_work` is awaited once the cheap checks passed, before the downloads and the
+        search (a slash command defers there: its refusals stay private, see bot.app)."""
         try:
-            return await self._find(req)
+            return await self._find(req, before_work)
         except ClipfindError as e:
             return error(str(e))
 
@@ -270,7 +273,7 @@ class Core:
             return Reply(str(e))
 
     # -- the work -------------------------------------------------------------------------------
-    async def _find(self, req: FindRequest) -> Reply:
+    async def _find(self, req: FindRequest, before_work=None) -> Reply:
         s = self.settings
         sources: list[Attachment | str] = []
         for a in req.attachments:
@@ -293,6 +296,8 @@ class Core:
         if wait is not None:
             return error(f"slow down: you can search again in {math.ceil(wait)} s")
         try:
+            if before_work is not None:
+                await before_work()
             images = await self._load_images(sources)
             state = PagingState(req.author_id, text, images, 0, s.results_per_page, False,
                                 query.describe(), guild_id=req.guild_id)
@@ -360,7 +365,7 @@ class Core:
             data = await asyncio.to_thread(render.attention_png, rows)
             png = render.FileOut("word-weights.png", data, "word weights: " + att_text)
         first, last = result.hits[0].rank, result.hits[-1].rank
-        more = " · ▶️ for more" if result.has_more else " · last page"
+        more = MORE if result.has_more else " · last page"
         head = f"**Results {first}–{last}** for `{shown_query}`{more}"
         new_state = replace(state, has_more=result.has_more, shown=len(result.hits))
         return Reply(head, cards, att_text, png, state=new_state)
