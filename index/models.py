@@ -11,10 +11,13 @@ Specs:
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import importlib
 import importlib.abc
 import json
 import logging
+import platform
 import sys
 import threading
 import types
@@ -216,7 +219,36 @@ def load_model(spec: str | ModelSpec, device: str = "auto") -> LoadedModel:
     with its thread costs nothing.
     """
     with ThreadPoolExecutor(1, thread_name_prefix="clipfind-model-load") as loader:
-        return loader.submit(_load_model, spec, device).result()  # its thread ends on exit
+        loaded = loader.submit(_load_model, spec, device).result()  # its thread ends on exit
+    _give_back_freed_memory()
+    return loaded
+
+
+def _give_back_freed_memory() -> None:
+    """Hand what loading freed (the random initial weights, the checkpoint, a duplicate
+    tokenizer) back to the system: glibc keeps freed heap mapped, and this is memory a
+    long-running process would hold at rest for nothing. Linux/glibc only."""
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _shared_tokenizer(open_clip, tokenizer):
+    """open_clip builds a default CLIP tokenizer when imported (its `tokenize()`), and
+    get_tokenizer another, the same, for each model (~26 MB of vocabulary tables each): a
+    model whose tokenizer is the default one shares open_clip's."""
+    shared = getattr(open_clip.tokenizer, "_tokenizer", None)
+    kind = open_clip.tokenizer.SimpleTokenizer
+    if type(tokenizer) is not kind or type(shared) is not kind:
+        return tokenizer
+    same = all(getattr(tokenizer, a, None) == getattr(shared, a, None)
+               for a in ("context_length", "clean_fn", "reduction_fn", "sot_token_id",
+                         "eot_token_id", "all_special_ids", "encoder", "bpe_ranks"))
+    return shared if same else tokenizer
 
 
 def _load_model(spec: str | ModelSpec, device: str) -> LoadedModel:
@@ -227,7 +259,7 @@ def _load_model(spec: str | ModelSpec, device: str) -> LoadedModel:
         model, _, preprocess = open_clip.create_model_and_transforms(
             parsed.open_clip_name, pretrained=parsed.pretrained, device=dev,
             precision="fp16" if dtype == torch.float16 else "fp32")
-        tokenizer = open_clip.get_tokenizer(parsed.open_clip_name)
+        tokenizer = _shared_tokenizer(open_clip, open_clip.get_tokenizer(parsed.open_clip_name))
     except ModelError:
         raise
     except Exception as e:  # open_clip and the hub raise many types; all mean "could not load"
