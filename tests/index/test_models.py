@@ -96,6 +96,7 @@ m = load_model("builtin:tiny-shapes", device="cpu")
 assert m.model.encode_text(m.tokenizer(["red circle"])).shape == (1, m.dim)
 heavy = [x for x in ("transformers", "timm", "sympy", "torch._dynamo") if x in sys.modules]
 assert not heavy, heavy
+assert m.tokenizer is sys.modules["open_clip"].tokenizer._tokenizer  # one vocabulary, not two
 import torch
 assert torch._dynamo.utils.is_compile_supported("cpu") in (True, False)  # the real one loads
 assert "sympy" in sys.modules
