@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+MORE = " · ▶️ for more"  # in the head of a page with more results, under paging controls
+
 
 @dataclass(frozen=True)
 class FileOut:

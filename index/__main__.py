@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import DEFAULT_MODEL, DEMO_COUNT, parse_spec
-from .errors import ClipfindError, SourceError
+from .errors import ClipfindError, QueryError, SourceError
 
 EPILOG = """query grammar: words run into one phrase; *W weights a term (-10..10, negative pushes
 away); + and - separate terms; "quotes" keep a phrase; #N is the N-th --image.
@@ -104,18 +104,26 @@ def _load_images(paths: list[str]) -> list[bytes]:
 
 async def _search(a) -> int:
     from . import parse_query
+    # everything the user typed is checked before the model loads: a refusal is then
+    # instant, and the process never exits while the model thread is still warming up
+    if a.k < 1:
+        raise QueryError(f"-k {a.k}: give the number of results per page, 1 or more")
+    if a.offset < 0:
+        raise QueryError(f"--offset {a.offset}: give how many results to skip, 0 or more")
     images = _load_images(a.image)
-    query = parse_query(" ".join(a.query), len(images))  # a bad query costs no model load
+    query = parse_query(" ".join(a.query), len(images))
     engine = _open_engine(a)
     try:
-        result = await engine.search(query, images, k=a.k,
-                                     offset=a.offset, keep_near_duplicates=a.keep_duplicates)
+        result = await engine.search(query, images, k=a.k, offset=a.offset,
+                                     keep_near_duplicates=a.keep_duplicates)
     finally:
         engine.close()
     terms = [{"kind": t.kind, **({"text": t.text} if t.kind == "text" else {"image": t.image + 1}),
               "weight": t.weight} for t in result.query.terms]
+    # credit and page travel with every result that leaves the program (Unsplash's terms)
     hits = [{"rank": h.rank, "id": h.id, "score": round(h.score, 6), "source": h.item.source,
-             "title": h.item.title} for h in result.hits]
+             "title": h.item.title, **({"credit": h.item.credit} if h.item.credit else {}),
+             **({"page": h.item.page_url} if h.item.page_url else {})} for h in result.hits]
     attention = [[{"word": w, "weight": round(v, 4)} for w, v in (att or [])] for att in result.attention]
     if a.json:
         out = {"terms": terms, "results": hits, "attention": attention}
@@ -133,6 +141,9 @@ async def _search(a) -> int:
         print("no results" + (" on this page" if a.offset else ""))
     for h in hits:
         print(f"{h['rank']:4d}  {h['score']:.3f}  {h['source']}" + (f"  {h['title']}" if h["title"] else ""))
+        about = [x for x in (h.get("credit"), h.get("page")) if x and x != h["source"]]
+        if about:
+            print("            " + "  ".join(about))
     return 0
 
 

@@ -17,7 +17,7 @@ from PIL import Image
 from .attention import UNAVAILABLE, word_weights
 from .build import Upload, build
 from .encoder import BULK, SEARCH, Encoder
-from .errors import ClipfindError
+from .errors import ClipfindError, QueryError
 from .models import DEFAULT_MODEL, load_model, parse_spec
 from .query import Query, parse_query
 from .ranking import STRATEGIES, WeightedVector, compose, normalise, zsum_scores
@@ -155,7 +155,9 @@ class Engine:
         merged results are ordered by cosine."""
         images = list(images)
         query = text if isinstance(text, Query) else parse_query(text, len(images))
-        k, offset = max(1, int(k)), max(0, int(offset))
+        k, offset = int(k), int(offset)
+        if k < 1 or offset < 0:  # a silent clamp would answer a question that was not asked
+            raise QueryError(f"k must be 1 or more and offset 0 or more (got k={k}, offset={offset})")
         t0 = time.perf_counter()
         # the explanation is queued with the encoding (same priority, same tick), so a
         # search waits for bulk work in flight once, not once per step

@@ -189,6 +189,29 @@ async def test_cooldown_per_user(settings, engine):
     assert not (await find(core, "green")).error
 
 
+async def test_cooldown_is_charged_only_for_searches_that_run(settings, engine):
+    core = Core(replace(settings, cooldown_rate=1, cooldown_per_s=60, max_attachment_bytes=2048),
+                engine)
+    data = noise_png()
+    refused = [att("broken.png", data[: len(data) // 2]), att("junk.png", b"not a picture"),
+               att("liar.png", noise_png(128), size=100), att("bomb.png", bomb_png())]
+    for a in refused:  # each downloaded, then refused: the search never ran
+        reply = await find(core, "cats", a)
+        assert reply.error and "slow down" not in reply.text, reply.text
+    assert not (await find(core, "red circle")).error  # the one search the minute allows
+    assert_one_line_error(await find(core, "blue"), "slow down")
+
+
+async def test_cooldown_is_given_back_when_busy(settings):
+    async def search(*a, **k):
+        raise Busy()
+
+    busy = SimpleNamespace(encoder=SimpleNamespace(ready=True), collection=[], search=search)
+    core = Core(replace(settings, cooldown_rate=1, cooldown_per_s=60), busy)
+    assert_one_line_error(await find(core, "red circle"), BUSY)
+    assert_one_line_error(await find(core, "red circle"), BUSY)  # not "slow down"
+
+
 def test_cooldown_off_and_sweep():
     assert Cooldown(0, 5).hit(1) is None
     t = [0.0]
