@@ -28,7 +28,7 @@ from . import render
 from .config import Settings
 from .core import Core
 from .library import Library
-from .paginate import Paginator
+from .paginate import Paginator, paging_missing
 from .reply import Reply
 from .runtime import Runtime, open_engine
 
@@ -64,6 +64,16 @@ def setup_logging(settings: Settings, stream=None) -> logging.Handler:
     return handler
 
 
+def _my_permissions(ctx: commands.Context) -> discord.Permissions | None:
+    """The bot's permissions where ctx was invoked; None where unknown (a DM, no cache)."""
+    if ctx.guild is None or ctx.guild.me is None:
+        return None
+    try:
+        return ctx.channel.permissions_for(ctx.guild.me)
+    except (AttributeError, TypeError):
+        return None
+
+
 def _unwrap(error: BaseException) -> BaseException:
     for _ in range(5):
         inner = getattr(error, "original", None)
@@ -95,10 +105,11 @@ class ClipfindBot(commands.Bot):
 
     # -- life cycle ------------------------------------------------------------------------------
     async def setup_hook(self) -> None:
-        from .cogs import library, search
+        from .cogs import library, search, why
 
         await search.setup(self)
         await library.setup(self)
+        await why.setup(self)
         self._engine_task = asyncio.create_task(self._load_engine(), name="clipfind-ready")
         if self.settings.sync_commands:
             try:
@@ -158,36 +169,61 @@ class ClipfindBot(commands.Bot):
 
     # -- replies ----------------------------------------------------------------------------------
     async def send_reply(self, ctx: commands.Context, reply: Reply) -> discord.Message | None:
-        """Send a Reply; a page of results gets the paging controls."""
-        kw = render.to_discord(reply)
+        """Send a Reply; a page of results gets the paging controls.
+
+        Where the bot may not embed or upload (Embed Links, Attach Files), the page goes out as
+        text (rank, score, title, credit, link) naming the permission it lacks, and still
+        pages; where it may not add reactions, the page does not point at controls."""
+        if reply.error:
+            await self.say(ctx, reply.text, error=True)
+            return None
+        perms = _my_permissions(ctx)
+        # interaction responses are webhook messages: Discord does not hold them to the
+        # bot's channel permissions the same way, so those are learnt from a refusal
+        missing = [] if ctx.interaction is not None else render.missing_permissions(reply, perms)
+        blocked = paging_missing(perms) if reply.is_page else []
+        view = {"missing": missing, "instead_of_more": render.no_controls(blocked) if blocked else None}
         where = f"channel {getattr(ctx.channel, 'id', '?')}"
         try:
-            message = await ctx.send(**kw)
+            message = await ctx.send(**render.to_discord(reply, **view))
         except discord.Forbidden as e:
             log.warning("missing permissions in %s: %s", where, e.text or e)
-            if reply.cards:  # maybe only embeds or files are refused
-                try:
-                    await ctx.send(render.content_of(reply) + "\n(I need the Embed Links and "
-                                   "Attach Files permissions here to show the pictures)")
-                except discord.HTTPException as e2:
-                    log.warning("cannot answer in %s either: %s", where, e2.text or e2)
-            return None
+            if not reply.cards or missing:
+                return None  # text alone was refused: the bot cannot write here
+            view["missing"] = render.missing_permissions(reply, _my_permissions(ctx))
+            view["text_only"] = True
+            try:
+                message = await ctx.send(**render.to_discord(reply, **view))
+            except discord.HTTPException as e2:
+                log.warning("cannot answer in %s either: %s", where, e2.text or e2)
+                return None
         except discord.HTTPException as e:
             log.error("sending a reply in %s failed: %s", where, e)
-            try:
-                await ctx.send("could not send the results (Discord said: "
-                               f"{e.text or e.status}); try again")
-            except discord.HTTPException:
-                pass
+            await self.say(ctx, f"could not send the results (Discord said: {e.text or e.status}); "
+                                "try again", error=True)
             return None
-        if reply.is_page and message is not None:
-            await self.paginator.attach(message, reply)
+        if missing:
+            log.warning("missing the %s permission(s) in %s: results sent as text",
+                        " and ".join(missing), where)
+        if reply.is_page and message is not None and not blocked:
+            await self.paginator.attach(message, reply, view)
         return message
 
-    async def say(self, ctx: commands.Context, text: str) -> None:
-        """One line to the member; a channel the bot cannot write to is logged."""
+    async def say(self, ctx: commands.Context, text: str, *, error: bool = False) -> None:
+        """One line to the member; a channel the bot cannot write to is logged. An `error` (a
+        refusal) of a slash command goes to the member alone (ephemeral)."""
+        text = render.clean(" ".join(text.split()))[: render.MAX_CONTENT]
         try:
-            await ctx.send(" ".join(text.split())[: render.MAX_CONTENT])
+            if error and ctx.interaction is not None:
+                if ctx.interaction.response.is_done():
+                    # deferred in public: take the "thinking…" message down, answer in private
+                    try:
+                        await ctx.interaction.delete_original_response()
+                    except discord.HTTPException as e:
+                        log.debug("could not delete the deferred response: %s", e)
+                await ctx.send(text, ephemeral=True)
+            else:
+                await ctx.send(text)
         except discord.HTTPException as e:
             log.warning("cannot answer in channel %s: %s", getattr(ctx.channel, "id", "?"),
                         e.text or e)
@@ -202,25 +238,25 @@ class ClipfindBot(commands.Bot):
 
         if isinstance(err, ChannelNotAllowed):
             if ctx.interaction is not None:
-                await self.say(ctx, str(err))
+                await self.say(ctx, str(err), error=True)
             return
         if isinstance(err, commands.CommandOnCooldown):
-            await self.say(ctx, f"slow down: you can try again in {math.ceil(err.retry_after)} s")
+            await self.say(ctx, f"slow down: you can try again in {math.ceil(err.retry_after)} s", error=True)
         elif isinstance(err, commands.MissingRequiredArgument):
-            await self.say(ctx, f"missing {err.param.name}; `{p}help` shows how")
+            await self.say(ctx, f"missing {err.param.name}; `{p}help` shows how", error=True)
         elif isinstance(err, commands.UserInputError):
-            await self.say(ctx, f"{err}; `{p}help` shows how")
+            await self.say(ctx, f"{err}; `{p}help` shows how", error=True)
         elif isinstance(err, commands.CheckFailure):
-            await self.say(ctx, str(err) or "you cannot use this command here")
+            await self.say(ctx, str(err) or "you cannot use this command here", error=True)
         elif isinstance(err, ClipfindError):
-            await self.say(ctx, str(err))
+            await self.say(ctx, str(err), error=True)
         elif isinstance(err, discord.Forbidden):
             log.warning("missing permissions in channel %s: %s",
                         getattr(ctx.channel, "id", "?"), err.text or err)
         else:
             log.error("command %s failed", getattr(ctx.command, "qualified_name", "?"),
                       exc_info=(type(err), err, err.__traceback__))
-            await self.say(ctx, INTERNAL_ERROR)
+            await self.say(ctx, INTERNAL_ERROR, error=True)
 
     async def on_error(self, event_method: str, /, *args, **kwargs) -> None:
         log.exception("error in event %s", event_method)

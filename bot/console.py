@@ -4,6 +4,7 @@
     !find --image cat.jpg #1*0.5 cars       --image PATH attaches a file to this command
     attach PATH                             attaches a file to the next command (#1, #2, ...)
     next | prev | stop  (or ▶️ ◀️ ⏹️)        turn the pages of the last result
+    !why N                                  where in result #N the model saw the query
     !help                                   the grammar
     quit                                    (or end of input)
 
@@ -29,6 +30,7 @@ from .config import Settings
 from .core import Attachment, Core, FindRequest, PagingState, error
 from .reply import Reply
 from .runtime import DEMO_ROOT, Runtime
+from .why import parse_rank, why
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +118,8 @@ class Console:
                 await self._find(rest)
             elif command == "help":
                 self.show(self.core.help(self.settings.prefix))
+            elif command == "why":
+                await self._why(rest)
             else:
                 self.show(error(f"unknown command {line[:40]!r}; try {self.settings.prefix}help"))
         return True
@@ -158,6 +162,14 @@ class Console:
             self.state = reply.state
         self.show(reply)
 
+    async def _why(self, text: str) -> None:
+        try:
+            rank = parse_rank(text, self.settings.prefix)
+        except ClipfindError as e:
+            self.show(error(str(e)))
+            return
+        self.show(await why(self.core, self.state, rank, 0))
+
     def show(self, reply: Reply) -> None:
         if reply.error:
             self.say(f"error: {reply.text}")
@@ -187,6 +199,8 @@ class Console:
             self.say(reply.attention_text)
         if reply.attention_png is not None:
             self.say(f"word weights picture: {saved[reply.attention_png.name]}")
+        if reply.picture is not None:
+            self.say(f"picture: {saved[reply.picture.name]}")
 
 
 async def run_console(settings: Settings, *, out_dir: Path, demo: bool,

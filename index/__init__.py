@@ -35,6 +35,11 @@ _EXPORTS: dict[str, str] = {
     "Collection": "store",
     "collection_exists": "engine",  # in its folder, or in its Milvus (store="milvus")
     "open_store": "engine",  # a collection without a model: the embedded store or Milvus
+
+    "Post": "store",  # a Discord post of a stored picture (provenance)
+    "Forgotten": "store",  # what forgetting posts changed
+    "atomic_write_bytes": "store.files",  # crash-safe small files (the library's state)
+    "nonfinite_note": "store",  # the repair advice for stored non-finite vectors
     # building: sources, the ingestion pipeline, the demo
     "SourceRecord": "sources",
     "classify_source": "sources",
@@ -58,6 +63,10 @@ _EXPORTS: dict[str, str] = {
     "FetchLimits": "netfetch",
     "fetch_bytes": "netfetch",
     "make_session": "netfetch",
+    # why this result: relevance heatmaps
+    "ImageExplanation": "explain_image",  # what Engine.explain_image answers
+    "overlay_png": "overlay",  # an ImageExplanation as the overlay picture
+    "parse_for_heatmap": "explain_image",  # a query checked for a heatmap (needs a text term)
 }
 
 __all__ = sorted(_EXPORTS)

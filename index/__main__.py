@@ -1,4 +1,4 @@
-"""The engine's command line: python -m index {demo,build,import-features,search,export,embed,info,remove}."""
+"""The engine's command line: python -m index {demo,build,import-features,search,export,embed,explain,info,remove}."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from . import DEFAULT_MODEL, DEMO_COUNT, parse_spec
-from .errors import ClipfindError, SourceError
+from .errors import ClipfindError, QueryError, SourceError
 
 MILVUS_TOKEN_ENV = "MILVUS_TOKEN"  # read when set; the token is never an argument
 EPILOG = """query grammar: words run into one phrase; *W weights a term (-10..10, negative pushes
@@ -52,9 +52,6 @@ async def _demo(a) -> int:
     from . import EngineOptions, make_demo
     engine = await make_demo(Path(a.out), EngineOptions(device=a.device, threads=a.threads),
                              count=a.count, seed=a.seed, size=a.size)
-    # closing an encoder still warming up can outlast its join and abort the interpreter at
-    # exit (nothing to build: the engine closes at once)
-    await asyncio.to_thread(engine.wait_ready, 120)
     engine.close()
     return 0
 
@@ -125,18 +122,26 @@ def _load_images(paths: list[str]) -> list[bytes]:
 
 async def _search(a) -> int:
     from . import parse_query
+    # everything the user typed is checked before the model loads: a refusal is then
+    # instant, and the process never exits while the model thread is still warming up
+    if a.k < 1:
+        raise QueryError(f"-k {a.k}: give the number of results per page, 1 or more")
+    if a.offset < 0:
+        raise QueryError(f"--offset {a.offset}: give how many results to skip, 0 or more")
     images = _load_images(a.image)
-    query = parse_query(" ".join(a.query), len(images))  # a bad query costs no model load
+    query = parse_query(" ".join(a.query), len(images))
     engine = _open_engine(a)
     try:
-        result = await engine.search(query, images, k=a.k,
-                                     offset=a.offset, keep_near_duplicates=a.keep_duplicates)
+        result = await engine.search(query, images, k=a.k, offset=a.offset,
+                                     keep_near_duplicates=a.keep_duplicates)
     finally:
         engine.close()
     terms = [{"kind": t.kind, **({"text": t.text} if t.kind == "text" else {"image": t.image + 1}),
               "weight": t.weight} for t in result.query.terms]
+    # credit and page travel with every result that leaves the program (Unsplash's terms)
     hits = [{"rank": h.rank, "id": h.id, "score": round(h.score, 6), "source": h.item.source,
-             "title": h.item.title} for h in result.hits]
+             "title": h.item.title, **({"credit": h.item.credit} if h.item.credit else {}),
+             **({"page": h.item.page_url} if h.item.page_url else {})} for h in result.hits]
     attention = [[{"word": w, "weight": round(v, 4)} for w, v in (att or [])] for att in result.attention]
     if a.json:
         out = {"terms": terms, "results": hits, "attention": attention}
@@ -154,18 +159,28 @@ async def _search(a) -> int:
         print("no results" + (" on this page" if a.offset else ""))
     for h in hits:
         print(f"{h['rank']:4d}  {h['score']:.3f}  {h['source']}" + (f"  {h['title']}" if h["title"] else ""))
+        about = [x for x in (h.get("credit"), h.get("page")) if x and x != h["source"]]
+        if about:
+            print("            " + "  ".join(about))
     return 0
 
 
 def cmd_export(a) -> int:
+    from . import nonfinite_note
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     with _open_collection(a) as col:
         ids = col.ids()
         vectors = col.vectors(list(ids)).astype(np.float32)
+        bad = ~np.isfinite(vectors).all(axis=1)
+        if bad.any():
+            print(f"warning: {nonfinite_note(Path(a.index), ids[bad].tolist())}; "
+                  "they are left out of this export", file=sys.stderr)
+            ids, vectors = ids[~bad], vectors[~bad]
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         np.save(out / "vectors.npy", vectors)
-        with open(out / "items.jsonl", "w") as f:
+        # a file name that is not UTF-8 is written as its own bytes, as the shell shows it
+        with open(out / "items.jsonl", "w", encoding="utf-8", errors="surrogateescape") as f:
             for i in range(0, len(ids), 1000):
                 for it in col.get(list(ids[i:i + 1000])):
                     f.write(json.dumps({"id": it.id, "source": it.source, "title": it.title},
@@ -189,6 +204,35 @@ async def _embed(a) -> int:
         engine.close()
     for v in vecs:
         print(json.dumps([round(float(x), 7) for x in v]))
+    return 0
+
+
+async def _explain(a) -> int:
+    """A result's heatmap as an overlay PNG and/or its relevance grids as JSON."""
+    from . import overlay_png, parse_for_heatmap
+
+    if not a.out and not a.json:
+        raise SourceError("nothing to write; give --out heat.png and/or --json")
+    if a.out and Path(a.out).suffix.lower() != ".png":
+        raise SourceError(f"--out {a.out}: the overlay is a PNG; give a path ending in .png")
+    images = _load_images(a.image)
+    query = parse_for_heatmap(" ".join(a.query), len(images))  # before the model loads
+    engine = _open_engine(a)
+    try:
+        # the operator's own collection: its URLs are fetched as the build fetched them
+        x = await engine.explain_image(a.id, query, images, public_only=False)
+    finally:
+        engine.close()
+    if a.out:
+        try:
+            Path(a.out).write_bytes(overlay_png(x))
+        except OSError as e:
+            raise SourceError(f"--out {a.out}: cannot write it ({e.strerror or e})") from e
+        panels = ", ".join(x.heatmaps.labels)
+        print(f"wrote {a.out} ({x.heatmaps.method} relevance of item {a.id} for {x.query}: {panels})",
+              file=sys.stderr if a.json else sys.stdout)
+    if a.json:
+        print(json.dumps({"id": a.id, "query": x.query, **x.heatmaps.as_json()}, ensure_ascii=False))
     return 0
 
 
@@ -284,6 +328,16 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--image", action="append", default=[])
     m.add_argument("text", nargs="*")
     m.set_defaults(run=_embed)
+
+    x = sub.add_parser("explain", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       help="where in a stored image the model saw the query (relevance heatmap)")
+    engine_opts(x)
+    x.add_argument("--id", type=int, required=True, help="the item id (search --json shows it)")
+    x.add_argument("--image", action="append", default=[], help="attach an image (#1, #2, ...)")
+    x.add_argument("--out", help="write the overlay PNG here (one panel per text term + the query)")
+    x.add_argument("--json", action="store_true", help="print the relevance grids as JSON")
+    x.add_argument("query", nargs="*", help="the query (needs at least one text term)")
+    x.set_defaults(run=_explain)
 
     i = sub.add_parser("info", help="describe a collection")
     i.add_argument("--index", required=True)

@@ -8,7 +8,9 @@ posted; `Engine.add_images`) all go through `build`, with one de-duplication rul
   with another stamp it is read again and its row updated (it keeps its id).
 - by content: an image whose content hash is already stored under another source in its
   scope, or came earlier in the same run, is a duplicate and not stored. The scope of an
-  item with a guild id is that guild; of one without, the whole collection.
+  item with a guild id is that guild; of one without, the whole collection. A duplicate
+  Discord post is recorded as another post of the stored picture (provenance, see
+  index/store/posts.py), so the picture stays while any of its posts remains.
 
 Each chunk of images is committed to SQLite in one transaction with its vectors, so a
 killed build resumes where it stopped: sources already stored with the same stamp are
@@ -28,7 +30,7 @@ import numpy as np
 import torch
 
 from .encoder import BULK, Encoder
-from .errors import ClipfindError
+from .errors import BadItem, ClipfindError
 from .images import content_hash, open_image
 from .netfetch import FetchLimits, fetch_many
 from .pixels import resize_stage, to_pixels
@@ -159,21 +161,40 @@ def _decode(loaded, pairs: list[tuple[_Job, bytes | None]], failed: list) -> _Pr
 def _store(collection: Collection, prepared: _Prepared, vectors: np.ndarray,
            seen: set[tuple[int | None, str]], report: BuildReport) -> None:
     """Drop duplicates (see the module's rule) and store one encoded chunk in one
-    transaction; runs in a thread."""
-    items, keep = [], []
+    transaction, then the posts of its repeats in another (a crash between loses only
+    those records: their sources are not known, so the next run reads them again); runs in
+    a thread."""
+    items, keep, repeats = [], [], []
     for i, (j, h) in enumerate(zip(prepared.jobs, prepared.hashes, strict=True)):
         scope = j.item.guild_id
         dup = collection.find_hash(h, scope)
         if (scope, h) in seen or (dup is not None and dup.source != j.item.source):
             report.duplicates += 1
             report.skipped.append(j.item.source)
+            if _is_post(j.item):
+                repeats.append(replace(j.item, content_hash=h))
             continue
         items.append(replace(j.item, content_hash=h))
         keep.append(i)
         seen.add((scope, h))
-    if items:
-        report.ids += collection.add(items, np.asarray(vectors)[keep])
+    vectors = np.asarray(vectors)
+    while items:  # one bad item must not cost its chunk: it is reported, the rest stored
+        try:
+            report.ids += collection.add(items, vectors[keep])
+            break
+        except BadItem as e:
+            bad = next((k for k, it in enumerate(items) if it.source == e.source), None)
+            if bad is None:
+                raise
+            report.failed.append((e.source, e.reason))
+            del items[bad], keep[bad]
+    if repeats:  # a picture posted again: another post of the stored item
+        collection.add_posts(repeats)
     report.added += len(items)
+
+
+def _is_post(item: NewItem) -> bool:
+    return None not in (item.guild_id, item.channel_id, item.message_id, item.attachment_id)
 
 
 async def _next(queue: asyncio.Queue, feeder: asyncio.Task):

@@ -30,7 +30,7 @@ from .collection import Collection
 from .faissindex import VECTORS, VECTORS_META
 from .faissindex import is_exact as _is_exact
 from .faissindex import make_index as _make_index
-from .items import META, Item, NewItem
+from .items import META, Item, NewItem, nonfinite_note
 from .manifest import FORMAT_VERSION, MANIFEST, Manifest
 from .posts import Forgotten, Post
 from .tuning import CALIB_QUERIES as _CALIB_QUERIES
@@ -65,6 +65,7 @@ __all__ = [
     "VectorStore",
     "calibration_queries",
     "choose_factory",
+    "nonfinite_note",
     "training_size",
     "tune",
 ]

@@ -67,5 +67,5 @@ async def test_a_picture_is_stored_once_per_guild(engine, pictures):
     assert len(engine.collection) == 2
     # a folder build (guild-less: its scope is the whole collection) skips the stored picture
     built = await build_collection(engine.collection, engine.encoder,
-                                   [r for r in scan_folder(pictures) if r.source.endswith("a.png")])
+                                   [r for r in scan_folder(pictures) if r.source.endswith("/a.png")])
     assert built.added == 0 and built.duplicates == 1
