@@ -23,12 +23,14 @@ FULL = [
     ["bench.search", "--n", "100000", "1000000"],
     ["bench.e2e"],
     ["bench.memory"],
+    ["bench.heatmap"],
 ]
 QUICK = [
     ["bench.encoder", "--models", "builtin:tiny-shapes", "--repeats", "2"],
     ["bench.search", "--n", "50000", "--queries", "90", "--collection-n", "50000"],
     ["bench.e2e", "--n", "20000", "--queries", "12"],
     ["bench.memory", "--n", "60000"],
+    ["bench.heatmap", "--repeats", "10"],
 ]
 
 

@@ -11,6 +11,8 @@ Builds a collection of --n items through Collection.add (vectors from bench/vect
   has printed that the collection is open and sits waiting for a command (the console
   transport: the same process as the Discord bot minus the gateway connection);
 - the bot on an empty collection of the same model (the model and runtime alone);
+- memory at rest: a bare `import torch` process, and the bot with the bundled model on an
+  empty collection (goal: at most 150 MB over the bare torch process);
 - baseline: what public CLIP search demos hold: the model plus the N×512 feature matrix
   in float16 (np.load of a features .npy), and the same in float32.
 """
@@ -41,6 +43,15 @@ if sys.argv[3] == "float32":
 print("ready", feats.shape, flush=True)
 sys.stdin.readline()
 """
+
+
+_BARE_TORCH = """
+import sys, torch
+print("ready", flush=True)
+sys.stdin.readline()
+"""
+
+TINY_GOAL_MB = 150  # issue 13: the idle bot with the bundled model over a bare `import torch`
 
 
 def status(pid: int) -> dict[str, float]:
@@ -115,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="build the collection here (or reuse it) and keep it")
     args = ap.parse_args(argv)
 
-    from index.models import load_model
+    from index.models import DEFAULT_MODEL, load_model
     from index.store import Collection
 
     print(header("Memory: the bot process idle with a large collection", argv))
@@ -140,6 +151,17 @@ def main(argv: list[str] | None = None) -> int:
 
         rows = []
         bot = [sys.executable, "-m", "bot", "--console", "--out", str(work / "out"), "--config"]
+        # memory at rest: the bot with the bundled model against a bare `import torch`
+        mem, took, _ = measure([sys.executable, "-c", _BARE_TORCH], "ready", env=env)
+        bare = mem["VmRSS"]
+        rows.append(["bare `import torch` process", f"{mem['VmHWM']:,.0f}", f"{bare:,.0f}",
+                     f"{took:.1f}"])
+        tiny = work / "tiny"
+        Collection.create(tiny, DEFAULT_MODEL, load_model(DEFAULT_MODEL, "cpu").dim).close()
+        mem, took, _ = measure(bot + [str(config(work, tiny, args.threads))], "collection ", env=env)
+        tiny_idle = mem["VmRSS"]
+        rows.append([f"bot, bundled model ({DEFAULT_MODEL}), empty collection",
+                     f"{mem['VmHWM']:,.0f}", f"{tiny_idle:,.0f}", f"{took:.1f}"])
         for label, coll in (("bot, empty collection (model + runtime)", empty),
                             (f"**bot, {n:,}-item collection**", big)):
             mem, took, _ = measure(bot + [str(config(work, coll, args.threads))], "collection ",
@@ -153,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
                                     dtype], "ready", env=env)
             rows.append([f"baseline: model + {n:,}×{dim} features in {dtype} (numpy demo)",
                          f"{mem['VmHWM']:,.0f}", f"{mem['VmRSS']:,.0f}", f"{took:.1f}"])
-        base_idle = float(rows[0][2].replace(",", ""))
-        big_idle = float(rows[1][2].replace(",", ""))
+        base_idle = float(rows[2][2].replace(",", ""))
+        big_idle = float(rows[3][2].replace(",", ""))
         print(f"{n:,} items, {name} ({dim}-d), index {desc}; vectors.faiss {faiss_mb:,.0f} MiB, "
               f"meta.sqlite {sqlite_mb:,.0f} MiB on disk (the SQLite truth is read on demand, not "
               f"held)." + (f" Collection built in {built:.0f} s." if built else "") + "\n")
@@ -162,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nThe collection adds {big_idle - base_idle:,.0f} MiB to the idle bot: "
               f"{(big_idle - base_idle) * 2**20 / n:,.0f} bytes per item "
               f"({(big_idle - base_idle) / 1024 * 1e6 / n:.2f} GiB per million).\n")
+        verdict = "met" if tiny_idle - bare <= TINY_GOAL_MB else "NOT met"
+        print(f"The idle bot with the bundled model holds {tiny_idle - bare:,.0f} MiB more than a "
+              f"bare `import torch` process (goal: at most {TINY_GOAL_MB} MB more): {verdict}.\n")
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if args.keep is None:

@@ -15,7 +15,6 @@ import asyncio
 import logging
 import signal
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 from . import config
@@ -45,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
 def _collection_found(settings: config.Settings) -> bool | str:
     """Whether the collection is there; a str: the one line saying why none can be (an
     unreachable Milvus, named by its URI)."""
-    from index.engine import collection_exists
+    from index import collection_exists
     from index.errors import ClipfindError
 
     try:
@@ -63,18 +62,10 @@ async def run_bot(settings: config.Settings, *, demo: bool) -> int:
     import discord
 
     from .app import ClipfindBot
+    from .runtime import Runtime
 
-    if demo:
-        from index.engine import EngineOptions
-
-        from .console import ensure_demo
-
-        options = EngineOptions(device=settings.device, threads=settings.threads or None,
-                                queue_size=settings.queue_size)
-        engine = await ensure_demo(Path("demo"), options, out=sys.stderr)
-        engine.close()
-        settings = replace(settings, collection=Path("demo") / "collection")
-    bot = ClipfindBot(settings)
+    runtime = await Runtime.demo(settings, out=sys.stderr) if demo else Runtime(settings)
+    bot = ClipfindBot(runtime.settings, runtime=runtime)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:

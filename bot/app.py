@@ -21,16 +21,16 @@ from collections.abc import Callable
 import discord
 from discord.ext import commands
 
-from index.engine import Engine, EngineOptions
+from index import Engine
 from index.errors import ClipfindError
-from index.namespaces import Namespaces
 
 from . import render
 from .config import Settings
 from .core import Core
 from .library import Library
-from .paginate import Paginator
+from .paginate import Paginator, paging_missing
 from .reply import Reply
+from .runtime import Runtime, open_engine
 
 log = logging.getLogger("bot")
 
@@ -64,13 +64,14 @@ def setup_logging(settings: Settings, stream=None) -> logging.Handler:
     return handler
 
 
-def open_engine(settings: Settings) -> Engine:
-    # A long-lived process: retraining the approximate index as the collection grows
-    # runs beside the searches instead of freezing them (~80 s at 1M items).
-    options = EngineOptions(device=settings.device, threads=settings.threads or None,
-                            queue_size=settings.queue_size, background_rebuilds=True)
-    return Engine.open(settings.collection, model=settings.model or None, options=options,
-                       **settings.store_options)
+def _my_permissions(ctx: commands.Context) -> discord.Permissions | None:
+    """The bot's permissions where ctx was invoked; None where unknown (a DM, no cache)."""
+    if ctx.guild is None or ctx.guild.me is None:
+        return None
+    try:
+        return ctx.channel.permissions_for(ctx.guild.me)
+    except (AttributeError, TypeError):
+        return None
 
 
 def _unwrap(error: BaseException) -> BaseException:
@@ -83,19 +84,20 @@ def _unwrap(error: BaseException) -> BaseException:
 
 
 class ClipfindBot(commands.Bot):
-    """The bot. `engine` given: used as is (and not closed); else opened from `settings`."""
+    """The bot, on a `Runtime` (given, or made from `settings`: `engine` given is used as is
+    and not closed; else `engine_opener` opens it)."""
 
     def __init__(self, settings: Settings, *, engine: Engine | None = None,
-                 engine_opener: Callable[[Settings], Engine] = open_engine, **options) -> None:
+                 engine_opener: Callable[[Settings], Engine] = open_engine,
+                 runtime: Runtime | None = None, **options) -> None:
         intents = discord.Intents.default()
         intents.message_content = settings.message_content
         super().__init__(command_prefix=commands.when_mentioned_or(settings.prefix),
                          intents=intents, help_command=None,
                          allowed_mentions=discord.AllowedMentions.none(), **options)
         self.settings = settings
-        self.core = Core(settings, engine)
-        self._owns_engine = engine is None
-        self._engine_opener = engine_opener
+        self.runtime = runtime or Runtime(settings, engine=engine, opener=engine_opener)
+        self.core = Core(settings)  # its engine is set once the runtime is ready
         self._engine_task: asyncio.Task | None = None
         self.paginator = Paginator(self, self.core, settings.paging_timeout_s)
         self.library: Library | None = None  # the server libraries, once the engine is up
@@ -103,15 +105,12 @@ class ClipfindBot(commands.Bot):
 
     # -- life cycle ------------------------------------------------------------------------------
     async def setup_hook(self) -> None:
-        from .cogs import library, search
+        from .cogs import library, search, why
 
         await search.setup(self)
         await library.setup(self)
-        if self.core.engine is None:
-            self._engine_task = asyncio.create_task(self._load_engine(), name="clipfind-engine")
-        else:
-            self._library_task = asyncio.create_task(self._start_library(self.core.engine),
-                                                     name="clipfind-library")
+        await why.setup(self)
+        self._engine_task = asyncio.create_task(self._load_engine(), name="clipfind-ready")
         if self.settings.sync_commands:
             try:
                 synced = await self.tree.sync()
@@ -120,31 +119,18 @@ class ClipfindBot(commands.Bot):
                 log.warning("could not sync slash commands (prefix commands still work): %s", e)
 
     async def _load_engine(self) -> None:
-        s = self.settings
-        log.info("opening collection %s and loading the model", s.collection)
-        try:
-            engine = await asyncio.to_thread(self._engine_opener, s)
-        except ClipfindError as e:
-            self.core.load_error = str(e)
-            log.error("the search engine could not start: %s", e)
+        """Until the runtime is ready (the gateway connects meanwhile); then the libraries."""
+        if not await self.runtime.wait():
+            self.core.load_error = self.runtime.load_error
+            log.error("the search engine could not start: %s", self.runtime.load_error)
             return
-        except Exception as e:
-            self.core.load_error = "unexpected error, see the bot's log"
-            log.exception("the search engine could not start: %r", e)
-            return
-        self.core.engine = engine
-        while not engine.encoder.ready:
-            await asyncio.sleep(0.05)
-        log.info("ready: %d images, model %s", len(engine.collection), engine.model_name)
-        self._library_task = asyncio.create_task(self._start_library(engine), name="clipfind-library")
+        self.core.engine = self.runtime.engine
+        self._library_task = asyncio.create_task(self._start_library(), name="clipfind-library")
 
-    async def _start_library(self, engine: Engine) -> None:
+    async def _start_library(self) -> None:
         """Open the server libraries (on the engine's encoder), then let them catch up."""
-        s = self.settings
         try:
-            options = EngineOptions(queue_size=s.queue_size, background_rebuilds=True)
-            spaces = Namespaces(s.library_root, engine.encoder, options, **s.store_options)
-            lib = Library(self, s, spaces, engine)
+            lib = Library(self, self.settings, self.runtime.namespaces(), self.runtime.engine)
             await lib.open()
         except Exception:
             log.exception("the server libraries could not be opened (searches use the collection)")
@@ -174,10 +160,8 @@ class ClipfindBot(commands.Bot):
             await lib.close()
         await self.core.close()
         await super().close()
-        engine = self.core.engine
-        if self._owns_engine and engine is not None:
-            self.core.engine = None
-            await asyncio.to_thread(engine.close)
+        self.core.engine = None
+        await self.runtime.close()
 
     async def on_ready(self) -> None:
         log.info("connected as %s (%s) to %d servers", self.user, getattr(self.user, "id", "?"),
@@ -185,36 +169,61 @@ class ClipfindBot(commands.Bot):
 
     # -- replies ----------------------------------------------------------------------------------
     async def send_reply(self, ctx: commands.Context, reply: Reply) -> discord.Message | None:
-        """Send a Reply; a page of results gets the paging controls."""
-        kw = render.to_discord(reply)
+        """Send a Reply; a page of results gets the paging controls.
+
+        Where the bot may not embed or upload (Embed Links, Attach Files), the page goes out as
+        text (rank, score, title, credit, link) naming the permission it lacks, and still
+        pages; where it may not add reactions, the page does not point at controls."""
+        if reply.error:
+            await self.say(ctx, reply.text, error=True)
+            return None
+        perms = _my_permissions(ctx)
+        # interaction responses are webhook messages: Discord does not hold them to the
+        # bot's channel permissions the same way, so those are learnt from a refusal
+        missing = [] if ctx.interaction is not None else render.missing_permissions(reply, perms)
+        blocked = paging_missing(perms) if reply.is_page else []
+        view = {"missing": missing, "instead_of_more": render.no_controls(blocked) if blocked else None}
         where = f"channel {getattr(ctx.channel, 'id', '?')}"
         try:
-            message = await ctx.send(**kw)
+            message = await ctx.send(**render.to_discord(reply, **view))
         except discord.Forbidden as e:
             log.warning("missing permissions in %s: %s", where, e.text or e)
-            if reply.cards:  # maybe only embeds or files are refused
-                try:
-                    await ctx.send(render.content_of(reply) + "\n(I need the Embed Links and "
-                                   "Attach Files permissions here to show the pictures)")
-                except discord.HTTPException as e2:
-                    log.warning("cannot answer in %s either: %s", where, e2.text or e2)
-            return None
+            if not reply.cards or missing:
+                return None  # text alone was refused: the bot cannot write here
+            view["missing"] = render.missing_permissions(reply, _my_permissions(ctx))
+            view["text_only"] = True
+            try:
+                message = await ctx.send(**render.to_discord(reply, **view))
+            except discord.HTTPException as e2:
+                log.warning("cannot answer in %s either: %s", where, e2.text or e2)
+                return None
         except discord.HTTPException as e:
             log.error("sending a reply in %s failed: %s", where, e)
-            try:
-                await ctx.send("could not send the results (Discord said: "
-                               f"{e.text or e.status}); try again")
-            except discord.HTTPException:
-                pass
+            await self.say(ctx, f"could not send the results (Discord said: {e.text or e.status}); "
+                                "try again", error=True)
             return None
-        if reply.is_page and message is not None:
-            await self.paginator.attach(message, reply)
+        if missing:
+            log.warning("missing the %s permission(s) in %s: results sent as text",
+                        " and ".join(missing), where)
+        if reply.is_page and message is not None and not blocked:
+            await self.paginator.attach(message, reply, view)
         return message
 
-    async def say(self, ctx: commands.Context, text: str) -> None:
-        """One line to the member; a channel the bot cannot write to is logged."""
+    async def say(self, ctx: commands.Context, text: str, *, error: bool = False) -> None:
+        """One line to the member; a channel the bot cannot write to is logged. An `error` (a
+        refusal) of a slash command goes to the member alone (ephemeral)."""
+        text = render.clean(" ".join(text.split()))[: render.MAX_CONTENT]
         try:
-            await ctx.send(" ".join(text.split())[: render.MAX_CONTENT])
+            if error and ctx.interaction is not None:
+                if ctx.interaction.response.is_done():
+                    # deferred in public: take the "thinking…" message down, answer in private
+                    try:
+                        await ctx.interaction.delete_original_response()
+                    except discord.HTTPException as e:
+                        log.debug("could not delete the deferred response: %s", e)
+                await ctx.send(text, ephemeral=True)
+            else:
+                await ctx.send(text)
         except discord.HTTPException as e:
             log.warning("cannot answer in channel %s: %s", getattr(ctx.channel, "id", "?"),
                         e.text or e)
@@ -229,25 +238,25 @@ class ClipfindBot(commands.Bot):
 
         if isinstance(err, ChannelNotAllowed):
             if ctx.interaction is not None:
-                await self.say(ctx, str(err))
+                await self.say(ctx, str(err), error=True)
             return
         if isinstance(err, commands.CommandOnCooldown):
-            await self.say(ctx, f"slow down: you can try again in {math.ceil(err.retry_after)} s")
+            await self.say(ctx, f"slow down: you can try again in {math.ceil(err.retry_after)} s", error=True)
         elif isinstance(err, commands.MissingRequiredArgument):
-            await self.say(ctx, f"missing {err.param.name}; `{p}help` shows how")
+            await self.say(ctx, f"missing {err.param.name}; `{p}help` shows how", error=True)
         elif isinstance(err, commands.UserInputError):
-            await self.say(ctx, f"{err}; `{p}help` shows how")
+            await self.say(ctx, f"{err}; `{p}help` shows how", error=True)
         elif isinstance(err, commands.CheckFailure):
-            await self.say(ctx, str(err) or "you cannot use this command here")
+            await self.say(ctx, str(err) or "you cannot use this command here", error=True)
         elif isinstance(err, ClipfindError):
-            await self.say(ctx, str(err))
+            await self.say(ctx, str(err), error=True)
         elif isinstance(err, discord.Forbidden):
             log.warning("missing permissions in channel %s: %s",
                         getattr(ctx.channel, "id", "?"), err.text or err)
         else:
             log.error("command %s failed", getattr(ctx.command, "qualified_name", "?"),
                       exc_info=(type(err), err, err.__traceback__))
-            await self.say(ctx, INTERNAL_ERROR)
+            await self.say(ctx, INTERNAL_ERROR, error=True)
 
     async def on_error(self, event_method: str, /, *args, **kwargs) -> None:
         log.exception("error in event %s", event_method)

@@ -4,6 +4,7 @@
     !find --image cat.jpg #1*0.5 cars       --image PATH attaches a file to this command
     attach PATH                             attaches a file to the next command (#1, #2, ...)
     next | prev | stop  (or ▶️ ◀️ ⏹️)        turn the pages of the last result
+    !why N                                  where in result #N the model saw the query
     !help                                   the grammar
     quit                                    (or end of input)
 
@@ -19,24 +20,20 @@ import logging
 import mimetypes
 import re
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
-from index.build import build
-from index.engine import Engine, EngineOptions, collection_exists
+from index import Engine, collection_exists
 from index.errors import ClipfindError
-from index.models import DEFAULT_MODEL
-from index.sources import scan_folder
-from index.synthetic import write_gallery
 
 from .config import Settings
 from .core import Attachment, Core, FindRequest, PagingState, error
 from .reply import Reply
+from .runtime import DEMO_ROOT, Runtime
+from .why import parse_rank, why
 
 log = logging.getLogger(__name__)
 
-DEMO_COUNT, DEMO_SEED = 300, 0
 _IMAGE_OPT = re.compile(r'(?:^|\s)--image\s+(?:"([^"]*)"|(\S+))')
 NEXT_WORDS = {"next", "▶️", "▶", ">"}
 PREV_WORDS = {"prev", "previous", "◀️", "◀", "<"}
@@ -65,25 +62,6 @@ def split_image_options(text: str) -> tuple[str, list[str]]:
 
 def _plain(text: str) -> str:
     return text.replace("**", "").replace("`", "")
-
-
-async def ensure_demo(root: Path, options: EngineOptions, *, count: int = DEMO_COUNT,
-                      seed: int = DEMO_SEED, out: TextIO = sys.stdout) -> Engine:
-    """The demo collection under `root` (gallery/ and collection/), built or completed."""
-    gallery, collection = root / "gallery", root / "collection"
-    if not (gallery / "captions.csv").exists():
-        print(f"writing the demo gallery ({count} images) to {gallery} ...", file=out, flush=True)
-        await asyncio.to_thread(write_gallery, gallery, count, seed)
-    engine = await asyncio.to_thread(Engine.open, collection, model=DEFAULT_MODEL, create=True,
-                                     options=options)
-    try:
-        records = await asyncio.to_thread(scan_folder, gallery)
-        report = await build(engine.collection, engine.encoder, records)
-    except BaseException:
-        engine.close()
-        raise
-    print(f"demo collection {collection}: {report.summary()}", file=out, flush=True)
-    return engine
 
 
 class Console:
@@ -140,6 +118,8 @@ class Console:
                 await self._find(rest)
             elif command == "help":
                 self.show(self.core.help(self.settings.prefix))
+            elif command == "why":
+                await self._why(rest)
             else:
                 self.show(error(f"unknown command {line[:40]!r}; try {self.settings.prefix}help"))
         return True
@@ -182,6 +162,14 @@ class Console:
             self.state = reply.state
         self.show(reply)
 
+    async def _why(self, text: str) -> None:
+        try:
+            rank = parse_rank(text, self.settings.prefix)
+        except ClipfindError as e:
+            self.show(error(str(e)))
+            return
+        self.show(await why(self.core, self.state, rank, 0))
+
     def show(self, reply: Reply) -> None:
         if reply.error:
             self.say(f"error: {reply.text}")
@@ -211,35 +199,39 @@ class Console:
             self.say(reply.attention_text)
         if reply.attention_png is not None:
             self.say(f"word weights picture: {saved[reply.attention_png.name]}")
+        if reply.picture is not None:
+            self.say(f"picture: {saved[reply.picture.name]}")
 
 
 async def run_console(settings: Settings, *, out_dir: Path, demo: bool,
-                      demo_root: Path = Path("demo"), stdin: TextIO = sys.stdin,
-                      stdout: TextIO = sys.stdout) -> int:
-    options = EngineOptions(device=settings.device, threads=settings.threads or None,
-                            queue_size=settings.queue_size, background_rebuilds=True)
+                      demo_root: Path = DEMO_ROOT, stdin: TextIO = sys.stdin,
+                      stdout: TextIO = sys.stdout, runtime: Runtime | None = None) -> int:
+    if runtime is None and not demo:
+        try:  # the collection's folder, or its Milvus (unreachable: one line naming it)
+            found = await asyncio.to_thread(collection_exists, settings.collection,
+                                            **settings.store_options)
+        except ClipfindError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if not found:
+            print(f"no collection at {settings.collection}: build one with "
+                  f"`python -m index build --index {settings.collection} FOLDER`, "
+                  "or run the console with --demo", file=sys.stderr)
+            return 2
     try:
-        if demo:
-            engine = await ensure_demo(demo_root, options, out=stdout)
-            settings = replace(settings, collection=demo_root / "collection")
-        else:
-            if not await asyncio.to_thread(collection_exists, settings.collection,
-                                           **settings.store_options):
-                print(f"no collection at {settings.collection}: build one with "
-                      f"`python -m index build --index {settings.collection} FOLDER`, "
-                      "or run the console with --demo", file=sys.stderr)
-                return 2
-            engine = await asyncio.to_thread(Engine.open, settings.collection,
-                                             model=settings.model or None, options=options,
-                                             **settings.store_options)
+        if runtime is None:
+            runtime = (await Runtime.demo(settings, demo_root, out=stdout) if demo
+                       else Runtime(settings))
     except ClipfindError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        while not engine.encoder.ready:
-            await asyncio.sleep(0.05)
+        if not await runtime.wait():
+            print(f"error: {runtime.load_error}", file=sys.stderr)
+            return 2
+        settings, engine = runtime.settings, runtime.engine
         print(f"collection {settings.collection}: {len(engine.collection)} images, "
               f"model {engine.model_name}", file=stdout, flush=True)
         return await Console(settings, engine, out_dir, stdin=stdin, stdout=stdout).run()
     finally:
-        await asyncio.to_thread(engine.close)
+        await runtime.close()

@@ -7,7 +7,8 @@ of results (with a `PagingState` to turn it) or one line that says what to do.
 Order of the checks (cheap and local first, so a bad query costs nothing):
 attachment types and sizes (from their metadata, nothing downloaded) -> the query grammar ->
 the engine is ready -> the user's cooldown -> downloads (attachments, image URLs in the
-text, public addresses only) -> decoding (size and bomb checks) -> the search.
+text, public addresses only) -> decoding (size and bomb checks) -> the search. The cooldown
+is charged only for searches that run: a use taken for input refused later is given back.
 """
 
 from __future__ import annotations
@@ -26,14 +27,21 @@ from typing import Any
 import aiohttp
 from PIL import Image
 
+from index import (
+    IMAGE_EXTENSIONS,
+    USAGE,
+    FetchLimits,
+    Query,
+    fetch_bytes,
+    make_session,
+    open_image,
+    parse_query,
+)
 from index.errors import Busy, ClipfindError, FetchError, ImageError
-from index.images import IMAGE_EXTENSIONS, open_image
-from index.netfetch import FetchLimits, fetch_bytes, make_session
-from index.query import USAGE, parse_query
 
 from . import render
 from .config import Settings
-from .reply import Reply
+from .reply import MORE, Reply
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +97,11 @@ class PagingState:
     query: str  # canonical form, for display
     shown: int = 0  # results on the page on show
     guild_id: int | None = None  # the scope of the search (see Core.scope)
+    hits: tuple = ()  # the page on show: (rank, item id, source, image URL or None) per result
+    parsed: Query | None = None  # `text` parsed once, when the search was asked for
+
+    def parsed_query(self) -> Query:
+        return self.parsed if self.parsed is not None else parse_query(self.text, len(self.images))
 
     @property
     def last_rank(self) -> int:
@@ -167,6 +180,12 @@ class Cooldown:
         uses.append(now)
         return None
 
+    def refund(self, user_id: int) -> None:
+        """Give back the latest use: the search it was taken for did not run."""
+        uses = self._uses.get(user_id)
+        if uses:
+            uses.pop()
+
     def _sweep(self, now: float) -> None:
         for uid in [u for u, q in self._uses.items() if not q or q[-1] <= now - self.per]:
             del self._uses[uid]
@@ -185,6 +204,8 @@ def help_text(prefix: str = "!") -> str:
         "`/find query:<text> image:<attachment>` · the same as a slash command",
         "Pages: ◀️ ▶️ turn, ⏹️ stops (only the member who asked). The word weights under a "
         "result show which words of each phrase the model attended to.",
+        f"`{p}why N` replying to a result page (or 🔍 under it, `/why N`) · a heatmap of where "
+        "in result #N the model saw each term",
         "Grammar — " + USAGE,
     ])
 
@@ -219,7 +240,7 @@ class Core:
         """Why searches cannot run now (None when they can)."""
         if self.load_error is not None:
             return f"the search engine could not start ({self.load_error}); tell the bot's operator"
-        if self.engine is None or not self.engine.encoder.ready:
+        if self.engine is None or not self.engine.ready:
             return NOT_READY
         return None
 
@@ -237,9 +258,12 @@ class Core:
     def help(self, prefix: str | None = None) -> Reply:
         return Reply(help_text(prefix or self.settings.prefix))
 
-    async def find(self, req: FindRequest) -> Reply:
+    async def find(self, req: FindRequest, *,
+                   before_work: Callable[[], Awaitable[Any]] | None = None) -> Reply:
+        """`before_work` is awaited once the cheap checks passed, before the downloads and the
+        search (a slash command defers there: its refusals stay private, see bot.app)."""
         try:
-            return await self._find(req)
+            return await self._find(req, before_work)
         except ClipfindError as e:
             return error(str(e))
 
@@ -263,7 +287,7 @@ class Core:
             return Reply(str(e))
 
     # -- the work -------------------------------------------------------------------------------
-    async def _find(self, req: FindRequest) -> Reply:
+    async def _find(self, req: FindRequest, before_work=None) -> Reply:
         s = self.settings
         sources: list[Attachment | str] = []
         for a in req.attachments:
@@ -280,16 +304,24 @@ class Core:
         query = parse_query(text, len(sources))  # QueryError: one line with the usage
         if (why := self.unavailable()) is not None:
             return error(why)
+        # taken before the downloads (a member held back costs no download), given back when
+        # the search does not run: refused images, busy
         wait = self.cooldown.hit(req.author_id)
         if wait is not None:
             return error(f"slow down: you can search again in {math.ceil(wait)} s")
-        images = await self._load_images(sources)
-        state = PagingState(req.author_id, text, images, 0, s.results_per_page, False,
-                            query.describe(), guild_id=req.guild_id)
         try:
+            if before_work is not None:
+                await before_work()
+            images = await self._load_images(sources)
+            state = PagingState(req.author_id, text, images, 0, s.results_per_page, False,
+                                query.describe(), guild_id=req.guild_id, parsed=query)
             return await self._page(state)
         except Busy:
+            self.cooldown.refund(req.author_id)
             return error(BUSY)
+        except ClipfindError:
+            self.cooldown.refund(req.author_id)
+            raise
 
     async def _load_images(self, sources: list[Attachment | str]) -> list[Image.Image]:
         if not sources:
@@ -323,7 +355,7 @@ class Core:
     async def _page(self, state: PagingState, *, notice_if_empty: bool = False) -> Reply:
         s = self.settings
         scope = self.scope(state.guild_id)
-        result = await scope.engine.search(state.text, state.images, k=state.k,
+        result = await scope.engine.search(state.parsed_query(), state.images, k=state.k,
                                            offset=state.offset, also=scope.also)
         shown_query = state.query.replace("`", "ˋ")
         if not result.hits:
@@ -347,9 +379,11 @@ class Core:
             data = await asyncio.to_thread(render.attention_png, rows)
             png = render.FileOut("word-weights.png", data, "word weights: " + att_text)
         first, last = result.hits[0].rank, result.hits[-1].rank
-        more = " · ▶️ for more" if result.has_more else " · last page"
+        more = MORE if result.has_more else " · last page"
         head = f"**Results {first}–{last}** for `{shown_query}`{more}"
-        new_state = replace(state, has_more=result.has_more, shown=len(result.hits))
+        new_state = replace(state, has_more=result.has_more, shown=len(result.hits),
+                            hits=tuple((h.rank, h.id, h.item.source, c.image_url)
+                                       for h, c in zip(result.hits, cards, strict=False)))
         return Reply(head, cards, att_text, png, state=new_state)
 
 

@@ -9,16 +9,18 @@ the server's channels and, for each, how far the history has been read:
       "scanned": n, "indexed": n, "until": <message id>, "status": [channel, message],
       "paused": "why" | null}}}
 
-Also next to it, `posts.sqlite` (class `Posts`) lists every post of every stored picture:
-the collection stores a picture once per server (by content hash) and its item names one
-post of it; the table knows the others. So a picture stays while any post of it remains,
-and an edit that removes an attachment finds the picture it held.
+The collection's own database knows every post of every stored picture (the engine's
+provenance: `Engine.known`, `Engine.forget_posts`): the collection stores a picture once
+per server (by content hash) and its item names one post of it; the others are recorded
+beside it. So a picture stays while any post of it remains, and an edit that removes an
+attachment finds the picture it held. A library from before this kept its posts in
+`posts.sqlite`; they move into the collection when it is first opened (`migrate_posts`).
 
 `last` is the newest message such that every message up to it has been handled (its
 images stored, or found not to be images). It only moves after the images of the messages
 before it are committed, so a killed backfill resumes there: nothing lost; what was
 committed after the last save is found again by its source (or content hash) and not
-stored twice (sources in `posts.sqlite` are not read again).
+stored twice (sources the collection knows, as items or posts, are not read again).
 
 - Backfill reads a channel oldest to newest in chunks of a few images, each one
   `Engine.add_images(priority=BULK)` call: one short forward pass, so a search (priority
@@ -28,12 +30,12 @@ stored twice (sources in `posts.sqlite` are not read again).
 - Only images: by content type (or file name when there is none), by size
   (`library_max_bytes`, `max_image_pixels` from the attachment's metadata) and by decoding
   (ImageError from the engine). Bots' messages and spoilers are skipped. The same picture is
-  stored once per server (the engine dedupes by content hash within the guild); its other
-  posts are recorded in `posts.sqlite`.
+  stored once per server (the engine dedupes by content hash within the guild, and records
+  its other posts).
 - Deletions: a deleted message (one or in bulk), an edit that removes attachments, a
   deleted or removed channel forget their posts; a picture with no post left loses its item
-  and vector, one that another post still holds is re-pointed at that post
-  (`GuildLibrary.forget`). The bot leaving the server drops everything. A guild's writes
+  and vector, one that another post still holds is re-pointed at that post, in one
+  transaction of the collection (`GuildLibrary.forget`). The bot leaving the server drops everything. A guild's writes
   and removals are serialised by one lock, so a removal never races a commit in flight. A
   result whose message or attachment turns out to be gone when it is shown (deleted or
   edited while the bot was away) is removed then.
@@ -47,9 +49,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import sqlite3
-import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field, replace
@@ -57,12 +57,16 @@ from pathlib import Path
 
 import discord
 
-from index.encoder import BULK
-from index.engine import Engine
+from index import (
+    BULK,
+    IMAGE_EXTENSIONS,
+    Engine,
+    Namespaces,
+    NewItem,
+    atomic_write_bytes,
+    content_hash,
+)
 from index.errors import Busy, ClipfindError, StoreError
-from index.images import IMAGE_EXTENSIONS, content_hash
-from index.namespaces import Namespaces
-from index.store import Collection, NewItem
 
 from .config import Settings
 from .core import SearchScope
@@ -70,7 +74,7 @@ from .core import SearchScope
 log = logging.getLogger(__name__)
 
 STATE_FILE = "library.json"
-POSTS_FILE = "posts.sqlite"
+POSTS_FILE = "posts.sqlite"  # where libraries from before the engine's provenance kept posts
 CHUNK_IMAGES = 8  # images per add_images call at most: one short BULK pass
 PASS_BUDGET_S = 0.1  # ... and fewer when the model is slow: a search waits for one such pass
 CHUNK_MESSAGES = 100  # messages per chunk at most (one history page)
@@ -98,15 +102,6 @@ class ChunkSizer:
             self.per_image = x if self.per_image is None else 0.7 * self.per_image + 0.3 * x
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.lib.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 @dataclass
 class ChannelState:
     last: int = 0  # every message up to this id is handled
@@ -127,96 +122,32 @@ class ChannelState:
         return max(0.0, min(1.0, ((self.last >> 22) - start) / max(1, end - start))) if self.last else 0.0
 
 
-class Posts:
-    """Every post (message attachment) of the pictures in one server's library, by content
-    hash; `posts.sqlite` in the library's folder. A library from before this table gets
-    it filled from its collection when first opened. Thread-safe."""
-
-    COLUMNS = ("source", "title", "page_url", "channel_id", "message_id", "attachment_id",
-               "author_id", "posted_at", "content_hash")
-    SCHEMA = (
-        """CREATE TABLE IF NOT EXISTS posts (source TEXT PRIMARY KEY, title TEXT NOT NULL,
-           page_url TEXT NOT NULL, channel_id INTEGER NOT NULL, message_id INTEGER NOT NULL,
-           attachment_id INTEGER NOT NULL, author_id INTEGER, posted_at REAL,
-           content_hash TEXT NOT NULL)""",
-        "CREATE INDEX IF NOT EXISTS posts_hash ON posts(content_hash)",
-        "CREATE INDEX IF NOT EXISTS posts_message ON posts(channel_id, message_id)",
-    )
-
-    def __init__(self, path: Path, guild_id: int, collection: Collection):
-        self.guild_id = guild_id
-        self._lock = threading.Lock()
+def migrate_posts(path: Path, guild_id: int, engine: Engine) -> int:
+    """Move the posts of a library from before the engine's provenance (`posts.sqlite`)
+    into its collection, then retire the file (renamed, kept). Idempotent: a run killed
+    before the rename records the same posts again. How many posts were read."""
+    old = path / POSTS_FILE
+    if not old.exists():
+        return 0
+    cols = ("source", "title", "page_url", "channel_id", "message_id", "attachment_id",
+            "author_id", "posted_at", "content_hash")
+    try:
+        db = sqlite3.connect(old)  # not read-only: a killed writer's WAL is replayed
         try:
-            self._db = sqlite3.connect(path / POSTS_FILE, isolation_level=None,
-                                       check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            with self._write():
-                if self._db.execute("PRAGMA user_version").fetchone()[0] == 0:
-                    for statement in self.SCHEMA:
-                        self._db.execute(statement)
-                    ids = collection.ids().tolist()
-                    for i in range(0, len(ids), 500):
-                        self._insert(collection.get(ids[i:i + 500]))
-                    self._db.execute("PRAGMA user_version = 1")
-        except sqlite3.Error as e:
-            raise StoreError(f"cannot open {path / POSTS_FILE}: {e}") from e
-
-    @contextlib.contextmanager
-    def _write(self):
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-
-    def _insert(self, items) -> None:
-        self._db.executemany(
-            f"INSERT OR REPLACE INTO posts VALUES ({', '.join('?' * len(self.COLUMNS))})",
-            [tuple(getattr(it, c) for c in self.COLUMNS) for it in items
-             if it.source.startswith("discord:")])
-
-    def _select(self, where: str, args: list, many: list | None = None) -> list[NewItem]:
-        """Posts (as items) matching `where`, plus `IN (many)` when given; oldest first."""
-        chunks = [[]] if many is None else [many[i:i + 500] for i in range(0, len(many), 500)]
-        rows = []
-        with self._lock:
-            for chunk in chunks:
-                q = f"SELECT {', '.join(self.COLUMNS)} FROM posts WHERE {where}"
-                if many is not None:
-                    q += f" IN ({', '.join('?' * len(chunk))})"
-                rows += self._db.execute(q, (*args, *chunk)).fetchall()
-        posts = [NewItem(**dict(zip(self.COLUMNS, r, strict=True)), guild_id=self.guild_id)
-                 for r in rows]
-        return sorted(posts, key=lambda p: (p.message_id, p.attachment_id))
-
-    def add(self, items: list[NewItem]) -> None:
-        if items:
-            with self._write():
-                self._insert(items)
-
-    def remove(self, sources) -> None:
-        if sources:
-            with self._write():
-                self._db.executemany("DELETE FROM posts WHERE source = ?",
-                                     [(s,) for s in sources])
-
-    def known(self, sources: list[str]) -> set[str]:
-        return {p.source for p in self._select("source", [], list(sources))}
-
-    def of_channel(self, channel_id: int, message_ids: list[int] | None = None) -> list[NewItem]:
-        if message_ids is None:
-            return self._select("channel_id = ?", [channel_id])
-        return self._select("channel_id = ? AND message_id", [channel_id], list(message_ids))
-
-    def of_hashes(self, hashes) -> list[NewItem]:
-        return self._select("content_hash", [], sorted(hashes))
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
+            rows = db.execute(f"SELECT {', '.join(cols)} FROM posts").fetchall()
+        finally:
+            db.close()
+    except sqlite3.Error as e:
+        raise StoreError(f"cannot read {old} to move its posts into the collection: {e}; "
+                         "move the file away to start the posts afresh") from e
+    posts = [NewItem(**dict(zip(cols, r, strict=True)), guild_id=guild_id) for r in rows]
+    for i in range(0, len(posts), 500):
+        engine.add_posts(posts[i:i + 500])
+    old.replace(old.with_name(POSTS_FILE + ".migrated"))
+    for extra in ("-wal", "-shm"):
+        with contextlib.suppress(OSError):
+            (path / (POSTS_FILE + extra)).unlink()
+    return len(posts)
 
 
 @dataclass
@@ -232,37 +163,17 @@ class GuildLibrary:
     live_inflight: dict[int, set] = field(default_factory=dict)  # channel -> message ids
     gone: bool = False
     saved_at: float = 0.0
-    posts: Posts | None = None
 
     def forget(self, channel_id: int, message_ids: list[int] | None = None,
                keep: set[int] | None = None) -> int:
         """Forget the posts of a channel, or of some of its messages, or (with `keep`, the
         attachment ids a message still has after an edit) those edited away. Their pictures
         leave the library, except those another post still holds: such a picture's item is
-        first re-pointed at the oldest post left (a new item with the same vector), so it
-        stays. Returns how many pictures left. In a thread, with `lock` held."""
-        coll = self.engine.collection
-        gone = self.posts.of_channel(channel_id, message_ids)
-        if keep is not None:
-            gone = [p for p in gone if p.attachment_id not in keep]
-        names = {p.source for p in gone}
-        heirs: dict[str, NewItem] = {}
-        for p in self.posts.of_hashes({p.content_hash for p in gone}):
-            if p.source not in names:
-                heirs.setdefault(p.content_hash, p)
-        moved = 0
-        for h, heir in heirs.items():
-            item = coll.find_hash(h, self.guild_id)
-            if item is not None and item.source in names:
-                coll.add([heir], coll.vectors([item.id]))  # first: a crash keeps both
-                moved += 1
-        if keep is None:
-            removed = len(coll.remove_where(guild_id=self.guild_id, channel_id=channel_id,
-                                            message_ids=message_ids))
-        else:
-            removed = coll.remove([it.id for s in sorted(names) if (it := coll.by_source(s))])
-        self.posts.remove(names)
-        return removed - moved
+        re-pointed at the oldest post left (same item, same vector), in the same transaction.
+        Returns how many pictures left. In a thread, with `lock` held."""
+        return len(self.engine.forget_posts(guild_id=self.guild_id, channel_id=channel_id,
+                                            message_ids=message_ids,
+                                            keep_attachments=keep).removed)
 
     def forget_deleted(self, ids) -> None:
         for i in ids:
@@ -352,13 +263,15 @@ class Library:
         if engine is None:
             return None
         path = self.spaces.root / str(guild_id)
-        channels, posts = await asyncio.to_thread(
-            lambda: (load_channels(path), Posts(path, guild_id, engine.collection)))
+        moved = await asyncio.to_thread(migrate_posts, path, guild_id, engine)
+        if moved:
+            log.info("library of server %s: %d posts moved from %s into its collection",
+                     guild_id, moved, POSTS_FILE)
+        channels = await asyncio.to_thread(load_channels, path)
         g = self.guilds.get(guild_id)  # opened meanwhile
         if g is not None:
-            await asyncio.to_thread(posts.close)
             return g
-        g = self.guilds[guild_id] = GuildLibrary(guild_id, engine, path, channels, posts=posts)
+        g = self.guilds[guild_id] = GuildLibrary(guild_id, engine, path, channels)
         return g
 
     async def resume(self) -> None:
@@ -384,8 +297,7 @@ class Library:
         for g in self.guilds.values():
             if not g.gone:
                 with contextlib.suppress(OSError):
-                    await asyncio.to_thread(_atomic_write, g.path / STATE_FILE, g.state_json())
-                await asyncio.to_thread(g.posts.close)
+                    await asyncio.to_thread(atomic_write_bytes, g.path / STATE_FILE, g.state_json())
         await asyncio.to_thread(self.spaces.close)
 
     # -- searching ------------------------------------------------------------------------------
@@ -550,7 +462,6 @@ class Library:
                 t.cancel()
         g.tasks.clear()
         self.guilds.pop(g.guild_id, None)
-        await asyncio.to_thread(g.posts.close)
         await asyncio.to_thread(self.spaces.drop, str(g.guild_id))
         log.info("library of server %s dropped", g.guild_id)
 
@@ -571,7 +482,7 @@ class Library:
         if g.gone:
             return
         g.saved_at = time.monotonic()
-        await asyncio.to_thread(_atomic_write, g.path / STATE_FILE, g.state_json())
+        await asyncio.to_thread(atomic_write_bytes, g.path / STATE_FILE, g.state_json())
 
     # -- indexing -----------------------------------------------------------------------------------
     async def _index(self, g: GuildLibrary, channel_id: int, messages: list[discord.Message],
@@ -588,7 +499,7 @@ class Library:
                     wanted.append((m, a))
                 else:
                     log.debug("not indexed: %s (%s)", a.filename, why)
-        known = await asyncio.to_thread(g.posts.known, [source_of(m, a) for m, a in wanted])
+        known = await asyncio.to_thread(g.engine.known, [source_of(m, a) for m, a in wanted])
         wanted = [(m, a) for m, a in wanted if source_of(m, a) not in known]
         datas = await asyncio.gather(*(self._download(a) for _, a in wanted))
         items, blobs = [], []
@@ -613,11 +524,8 @@ class Library:
                 keep = [j for j, it in enumerate(part) if it.message_id not in g.deleted_set]
                 if not keep:
                     continue
-                posts = [part[j] for j in keep]
-                report = await self._add(g, posts, [part_blobs[j] for j in keep])
-                failed = {source for source, _ in report.failed}
-                # the stored pictures' posts and the repeats' (duplicates) alike
-                await asyncio.to_thread(g.posts.add, [p for p in posts if p.source not in failed])
+                # the engine records the posts of the pictures stored and of the repeats
+                report = await self._add(g, [part[j] for j in keep], [part_blobs[j] for j in keep])
             stored += len(report.ids)
             for source, why in report.failed:
                 log.info("not indexed: %s: %s", source, why)

@@ -25,7 +25,8 @@ from .reply import Reply
 log = logging.getLogger(__name__)
 
 PREV, NEXT, STOP = "◀️", "▶️", "⏹️"
-CONTROLS = (PREV, NEXT, STOP)
+WHY = "🔍"  # the heatmap of the page's results in turn (bot/why.py)
+CONTROLS = (PREV, NEXT, STOP, WHY)
 MAX_SESSIONS = 500  # result messages that page at once; the oldest stops first
 
 
@@ -36,15 +37,26 @@ def _norm(emoji: str) -> str:
 _BY_NORM = {_norm(e): e for e in CONTROLS}
 
 
+def paging_missing(permissions) -> list[str]:
+    """The permissions the paging controls need that `permissions` (discord.Permissions, None
+    when unknown) lacks."""
+    if permissions is None:
+        return []
+    return [name for name, ok in (("Add Reactions", permissions.add_reactions),
+                                  ("Read Message History", permissions.read_message_history))
+            if not ok]
+
+
 class Action(enum.Enum):
     IGNORE = "ignore"
     REMOVE = "remove"  # someone else's control reaction: take it off if allowed
     PREV = "prev"
     NEXT = "next"
     STOP = "stop"
+    WHY = "why"
 
 
-_ACTIONS = {PREV: Action.PREV, NEXT: Action.NEXT, STOP: Action.STOP}
+_ACTIONS = {PREV: Action.PREV, NEXT: Action.NEXT, STOP: Action.STOP, WHY: Action.WHY}
 
 
 @dataclass
@@ -56,6 +68,8 @@ class Session:
     reply: Reply  # what the message shows now
     deadline: float
     can_manage: bool = True  # until a removal was refused
+    why_next: int = 0  # which result of the page 🔍 explains next
+    view: dict = field(default_factory=dict)  # how the message renders (render.to_discord options)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
 
@@ -68,10 +82,10 @@ class Pages:
         self.sessions: dict[int, Session] = {}
         self._own_removals: set[tuple[int, int, str]] = set()
 
-    def add(self, message_id: int, channel_id: int, reply: Reply) -> Session:
+    def add(self, message_id: int, channel_id: int, reply: Reply, view: dict | None = None) -> Session:
         state: PagingState = reply.state
         s = Session(message_id, channel_id, state.author_id, state, reply,
-                    self.clock() + self.timeout_s)
+                    self.clock() + self.timeout_s, view=dict(view or {}))
         self.sessions[message_id] = s
         return s
 
@@ -133,15 +147,17 @@ class Paginator:
         self.core = core
         self.pages = Pages(timeout_s)
         self._tasks: set[asyncio.Task] = set()
+        self.why: Callable | None = None  # async (session, user_id): the 🔍 control (cogs/why.py)
 
     def _message(self, channel_id: int, message_id: int):
         return self.bot.get_partial_messageable(channel_id).get_partial_message(message_id)
 
-    async def attach(self, message, reply: Reply) -> None:
-        """Put the controls under a freshly sent result message."""
+    async def attach(self, message, reply: Reply, view: dict | None = None) -> None:
+        """Put the controls under a freshly sent result message (rendered with `view`, the
+        options of render.to_discord, on every turn)."""
         import discord
 
-        session = self.pages.add(message.id, message.channel.id, reply)
+        session = self.pages.add(message.id, message.channel.id, reply, view)
         for old in self.pages.oldest_beyond(MAX_SESSIONS):
             await self._stop(old)
         try:
@@ -150,6 +166,17 @@ class Paginator:
         except discord.Forbidden:
             log.warning("no paging controls in channel %s: missing Add Reactions or Read "
                         "Message History permission", message.channel.id)
+            # a page must not point at controls it does not have
+            self.pages.drop(session.message_id)
+            guild = getattr(message, "guild", None)
+            perms = (message.channel.permissions_for(guild.me)
+                     if guild is not None and guild.me is not None else None)
+            view = {**session.view, "instead_of_more": render.no_controls(paging_missing(perms))}
+            try:
+                await message.edit(content=render.to_discord(reply, **view)["content"])
+            except discord.HTTPException as e:
+                log.debug("could not take the paging hint off: %s", e)
+            return
         except discord.HTTPException as e:
             log.warning("could not add paging controls: %s", e)
         task = asyncio.create_task(self._expire(session.message_id))
@@ -177,6 +204,13 @@ class Paginator:
             return
         if action is Action.REMOVE:
             await self._remove(s, payload.user_id, str(payload.emoji))
+            return
+        if action is Action.WHY:  # not under the lock: a heatmap must not hold up page turns
+            self.pages.touch(s)
+            if added and s.can_manage:
+                await self._remove(s, payload.user_id, str(payload.emoji))
+            if self.why is not None:
+                await self.why(s, payload.user_id)
             return
         async with s.lock:
             if self.pages.get(s.message_id) is not s:
@@ -213,11 +247,12 @@ class Paginator:
         reply = await self.core.turn(s.state, delta)
         msg = self._message(s.channel_id, s.message_id)
         if reply.is_page:
-            kw = render.to_discord(reply)
+            kw = render.to_discord(reply, **s.view)
             await msg.edit(content=kw["content"], embeds=kw["embeds"], attachments=kw["files"])
             s.state, s.reply = reply.state, reply
+            s.why_next = 0
         else:  # a notice: keep the page, say why it did not turn
-            base = render.content_of(s.reply)
+            base = render.to_discord(s.reply, **s.view)["content"] or ""
             await msg.edit(content=render._clip_lines(f"{base}\n*{reply.text}*", render.MAX_CONTENT))
 
     async def _stop(self, s: Session) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import io
 import logging
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +24,10 @@ from urllib.parse import urlsplit
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
+from index import open_image, thumbnail_jpeg
 from index.errors import ClipfindError
-from index.images import open_image, thumbnail_jpeg
 
-from .reply import Card, FileOut, Reply
+from .reply import MORE, Card, FileOut, Reply
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,20 @@ def _discord_link(source: str) -> str | None:
     if len(parts) >= 3 and all(p.isdigit() for p in parts[:3]):
         return f"https://discord.com/channels/{parts[0]}/{parts[1]}/{parts[2]}"
     return None
+
+
+# Bidi controls (U+202E turns the rest of a line around), and every other invisible format
+# or control character, are dropped from what the bot shows: a member's query, a file name, a
+# caption must not reorder or hide the text around it. Joiners stay (emoji, Indic, Persian).
+_KEEP_INVISIBLE = {"\u200c", "\u200d", "\n"}
+
+
+def clean(text: str) -> str:
+    """`text` without bidi controls and other invisible format/control characters."""
+    if text.isascii() and text.isprintable():
+        return text
+    return "".join(c for c in text if c in _KEEP_INVISIBLE
+                   or unicodedata.category(c) not in ("Cf", "Cc", "Zl", "Zp"))
 
 
 def _clip(s: str, n: int) -> str:
@@ -286,12 +301,12 @@ def _embed(card: Card):
     import discord
 
     title = f"#{card.rank} · {card.title}" if card.title else f"#{card.rank}"
-    embed = discord.Embed(title=_clip(title, 256), url=card.link or None, colour=EMBED_COLOUR)
+    embed = discord.Embed(title=_clip(clean(title), 256), url=card.link or None, colour=EMBED_COLOUR)
     desc = [card.credit] if card.credit else []
     if card.source:
         desc.append(f"source: {card.source}")
     if desc:
-        embed.description = _clip("\n".join(desc), 1000)
+        embed.description = _clip(clean("\n".join(desc)), 1000)
     embed.set_footer(text=f"score {card.score:.3f}")
     if card.file is not None:
         embed.set_image(url=f"attachment://{card.file.name}")
@@ -300,22 +315,80 @@ def _embed(card: Card):
     return embed
 
 
-def content_of(reply: Reply) -> str:
-    text = reply.text
+def no_controls(missing: Sequence[str]) -> str:
+    """What a page with more results says instead of pointing at controls it does not have."""
+    if not missing:
+        return " · more results exist (the paging controls could not be added here)"
+    need = " and ".join(missing)
+    return f" · more results exist (I need the {need} permission{'s' if len(missing) > 1 else ''} here to turn pages)"
+
+
+def _head(reply: Reply, instead_of_more: str | None) -> str:
+    return reply.text if instead_of_more is None else reply.text.replace(MORE, instead_of_more)
+
+
+def content_of(reply: Reply, *, instead_of_more: str | None = None) -> str:
+    """The message text; `instead_of_more`: the message has no paging controls, this replaces
+    the pointer at them."""
+    text = _head(reply, instead_of_more)
     if reply.attention_text:
         text = f"{text}\n{reply.attention_text}" if text else reply.attention_text
-    return _clip_lines(text, MAX_CONTENT)
+    return _clip_lines(clean(text), MAX_CONTENT)
+
+
+def text_page(reply: Reply, missing: Sequence[str], *, instead_of_more: str | None = None) -> str:
+    """A page of results as text alone (rank, score, title, credit, link), for a channel
+    where the bot may not embed or upload; says which permission it lacks."""
+    head = _head(reply, instead_of_more)
+    need = " and ".join(missing)
+    note = (f"(I need the {need} permission{'s' if len(missing) > 1 else ''} here to show "
+            "the pictures)" if missing else "(the pictures could not be shown here)")
+    lines = []
+    for c in reply.cards:
+        parts = [f"**#{c.rank}** {c.score:.3f}", _clip(c.title, 100)]
+        if c.credit:
+            parts.append(_clip(c.credit, 100))
+        if c.link:
+            parts.append(f"<{c.link}>")
+        lines.append(" · ".join(parts))
+    tail = [reply.attention_text] if reply.attention_text else []
+    text = "\n".join([head, *lines, *tail, note])
+    if len(text) > MAX_CONTENT:  # drop results from the end rather than cut the note
+        while lines and len(text) > MAX_CONTENT:
+            lines.pop()
+            text = "\n".join([head, *lines, "…", *tail, note])
+    return _clip_lines(clean(text), MAX_CONTENT)
 
 
 def _clip_lines(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def to_discord(reply: Reply) -> dict:
-    """`content`, `embeds` and `files` for Messageable.send / Message.edit (`attachments`)."""
+def missing_permissions(reply: Reply, permissions) -> list[str]:
+    """The permissions a page of results needs that `permissions` (discord.Permissions, or
+    None when unknown) lacks: Embed Links for the cards, Attach Files for uploads."""
+    if permissions is None or not reply.cards:
+        return []
+    missing = [] if permissions.embed_links else ["Embed Links"]
+    if reply.files and not permissions.attach_files:
+        missing.append("Attach Files")
+    return missing
+
+
+def to_discord(reply: Reply, *, missing: Sequence[str] = (), instead_of_more: str | None = None,
+               text_only: bool = False) -> dict:
+    """`content`, `embeds` and `files` for Messageable.send / Message.edit (`attachments`).
+
+    `missing` permissions (or `text_only`): the results as text, no embeds, no files.
+    `instead_of_more`: the message has no paging controls (see content_of)."""
     import discord
 
+    if (missing or text_only) and reply.cards:
+        return {"content": text_page(reply, missing, instead_of_more=instead_of_more),
+                "embeds": [], "files": []}
     embeds = [_embed(c) for c in reply.cards[:MAX_EMBEDS]]
-    files = [discord.File(io.BytesIO(f.data), filename=f.name, description=f.description or None)
+    files = [discord.File(io.BytesIO(f.data), filename=f.name,
+                          description=clean(f.description) or None)
              for f in reply.files[:MAX_FILES]]
-    return {"content": content_of(reply) or None, "embeds": embeds, "files": files}
+    return {"content": content_of(reply, instead_of_more=instead_of_more) or None, "embeds": embeds,
+            "files": files}

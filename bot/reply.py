@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+MORE = " · ▶️ for more"  # in the head of a page with more results, under paging controls
+
 
 @dataclass(frozen=True)
 class FileOut:
@@ -46,12 +48,15 @@ class Reply:
     attention_png: FileOut | None = None
     error: bool = False
     state: Any = None  # core.PagingState for a page of results
+    picture: FileOut | None = None  # a picture that is the answer itself (a result's heatmap)
 
     @property
     def files(self) -> list[FileOut]:
         out = [c.file for c in self.cards if c.file is not None]
         if self.attention_png is not None:
             out.append(self.attention_png)
+        if self.picture is not None:
+            out.append(self.picture)
         return out
 
     @property

@@ -1,0 +1,89 @@
+"""clipfind's search engine: its public API, the one door the faces use.
+
+The bot (`bot/`) and the command line (`index/__main__.py`) import only this package and
+`index.errors`; an import-linter contract in pyproject.toml (checked by
+tests/test_architecture.py) keeps it so. What a face needs and this list lacks is added
+here, not reached around.
+
+Names are loaded on first use (module `__getattr__`), so `import index.errors` or
+`from index import parse_query` does not pull in torch; `from index import Engine` does.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+# public name -> the engine module that defines it ("module:name" where the names differ)
+_EXPORTS: dict[str, str] = {
+    # the engine and what it answers
+    "Engine": "engine",
+    "EngineOptions": "engine",
+    "SearchResult": "engine",
+    "Hit": "engine",
+    "AddReport": "engine",
+    "Namespaces": "namespaces",  # many collections on one encoder (the server libraries)
+    "BULK": "encoder",  # the priority of background work (a search goes first)
+    "SEARCH": "encoder",
+    # the query grammar
+    "Query": "query",
+    "Term": "query",
+    "parse_query": "query",
+    "USAGE": "query",
+    # items and collections
+    "NewItem": "store",  # what to store about an image being added
+    "Item": "store",
+    "Collection": "store",
+    "collection_exists": "engine",  # in its folder, or in its Milvus (store="milvus")
+    "open_store": "engine",  # a collection without a model: the embedded store or Milvus
+
+    "Post": "store",  # a Discord post of a stored picture (provenance)
+    "Forgotten": "store",  # what forgetting posts changed
+    "atomic_write_bytes": "store.files",  # crash-safe small files (the library's state)
+    "nonfinite_note": "store",  # the repair advice for stored non-finite vectors
+    # building: sources, the ingestion pipeline, the demo
+    "SourceRecord": "sources",
+    "classify_source": "sources",
+    "scan_folder": "sources",
+    "read_url_list": "sources",
+    "read_unsplash_tsv": "sources",
+    "read_features": "sources",
+    "build_collection": "build:build",  # `index.build` is also the module's name
+    "add_vectors": "build",
+    "BuildReport": "build",
+    "make_demo": "demo",
+    "migrate_collection": "migrate:migrate",  # folder <-> Milvus, resumable (python -m index migrate)
+    "MigrateEndpoint": "migrate:Endpoint",
+    "milvus_name": "migrate",
+    "DEMO_COUNT": "synthetic",
+    # models
+    "DEFAULT_MODEL": "models",
+    "parse_spec": "models",
+    # images and fetching them safely (public addresses only, size and time limits)
+    "IMAGE_EXTENSIONS": "images",
+    "open_image": "images",
+    "content_hash": "images",
+    "thumbnail_jpeg": "images",
+    "FetchLimits": "netfetch",
+    "fetch_bytes": "netfetch",
+    "make_session": "netfetch",
+    # why this result: relevance heatmaps
+    "ImageExplanation": "explain_image",  # what Engine.explain_image answers
+    "overlay_png": "overlay",  # an ImageExplanation as the overlay picture
+    "parse_for_heatmap": "explain_image",  # a query checked for a heatmap (needs a text term)
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    where = _EXPORTS.get(name)
+    if where is None:
+        raise AttributeError(f"module 'index' has no attribute {name!r}")
+    module, _, attr = where.partition(":")
+    value = getattr(import_module(f"{__name__}.{module}"), attr or name)
+    globals()[name] = value  # the next lookup is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,4 +1,4 @@
-"""The engine's command line: python -m index {demo,build,import-features,search,export,embed,info,remove,migrate}."""
+"""The engine's command line: python -m index {demo,build,import-features,search,export,embed,explain,info,remove,migrate}."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ClipfindError, SourceError
-from .models import DEFAULT_MODEL, parse_spec
+from . import DEFAULT_MODEL, DEMO_COUNT, parse_spec
+from .errors import ClipfindError, QueryError, SourceError
 
 MILVUS_TOKEN_ENV = "MILVUS_TOKEN"  # read when set; the token is never an argument
 EPILOG = """query grammar: words run into one phrase; *W weights a term (-10..10, negative pushes
@@ -28,7 +28,7 @@ def _progress(total: int, desc: str):
 
 
 def _records_for(sources: list[str]):
-    from .sources import classify_source, read_unsplash_tsv, read_url_list, scan_folder
+    from . import classify_source, read_unsplash_tsv, read_url_list, scan_folder
     records, problems = [], []
     for arg in sources:
         kind = classify_source(arg)
@@ -48,10 +48,11 @@ def _records_for(sources: list[str]):
     return records, problems
 
 
-def cmd_demo(a) -> int:
-    from .synthetic import write_gallery
-    path = write_gallery(Path(a.out), a.count, a.seed, a.size)
-    print(f"wrote {a.count} images and {path}")
+async def _demo(a) -> int:
+    from . import EngineOptions, make_demo
+    engine = await make_demo(Path(a.out), EngineOptions(device=a.device, threads=a.threads),
+                             count=a.count, seed=a.seed, size=a.size)
+    engine.close()
     return 0
 
 
@@ -65,13 +66,13 @@ def _store_args(a) -> dict:
 
 
 def _open_collection(a, model: str | None = None, create_dim: int | None = None):
-    from .engine import open_store
+    from . import open_store
     return open_store(Path(a.index), model, create_dim=create_dim,
                       index_type=getattr(a, "index_type", "auto"), **_store_args(a))
 
 
 def _open_engine(a, create: bool = False):
-    from .engine import Engine, EngineOptions
+    from . import Engine, EngineOptions
     opts = EngineOptions(device=a.device, threads=a.threads)
     return Engine.open(a.index, model=getattr(a, "model", None), create=create,
                        index_type=getattr(a, "index_type", "auto"), options=opts,
@@ -79,14 +80,13 @@ def _open_engine(a, create: bool = False):
 
 
 async def _build(a) -> int:
-    from .build import build
-    from .netfetch import FetchLimits
+    from . import FetchLimits, build_collection
     records, problems = _records_for(a.sources)
     engine = _open_engine(a, create=True)
     try:
         bar = _progress(len(records), "indexing")
         limits = FetchLimits(max_bytes=a.max_bytes, timeout_s=a.timeout, concurrency=a.concurrency)
-        report = await build(engine.collection, engine.encoder, records, chunk=a.batch,
+        report = await build_collection(engine.collection, engine.encoder, records, chunk=a.batch,
                              limits=limits, progress=bar.update)
         bar.close()
         total = len(engine.collection)
@@ -101,8 +101,7 @@ async def _build(a) -> int:
 
 
 async def _import_features(a) -> int:
-    from .build import add_vectors
-    from .sources import read_features
+    from . import add_vectors, read_features
     records, vectors = read_features(Path(a.features), Path(a.ids), a.url_template)
     spec = parse_spec(a.model).canonical
     with _open_collection(a, spec, create_dim=int(vectors.shape[1])) as col:
@@ -122,16 +121,27 @@ def _load_images(paths: list[str]) -> list[bytes]:
 
 
 async def _search(a) -> int:
+    from . import parse_query
+    # everything the user typed is checked before the model loads: a refusal is then
+    # instant, and the process never exits while the model thread is still warming up
+    if a.k < 1:
+        raise QueryError(f"-k {a.k}: give the number of results per page, 1 or more")
+    if a.offset < 0:
+        raise QueryError(f"--offset {a.offset}: give how many results to skip, 0 or more")
+    images = _load_images(a.image)
+    query = parse_query(" ".join(a.query), len(images))
     engine = _open_engine(a)
     try:
-        result = await engine.search(" ".join(a.query), _load_images(a.image), k=a.k,
-                                     offset=a.offset, keep_near_duplicates=a.keep_duplicates)
+        result = await engine.search(query, images, k=a.k, offset=a.offset,
+                                     keep_near_duplicates=a.keep_duplicates)
     finally:
         engine.close()
     terms = [{"kind": t.kind, **({"text": t.text} if t.kind == "text" else {"image": t.image + 1}),
               "weight": t.weight} for t in result.query.terms]
+    # credit and page travel with every result that leaves the program (Unsplash's terms)
     hits = [{"rank": h.rank, "id": h.id, "score": round(h.score, 6), "source": h.item.source,
-             "title": h.item.title} for h in result.hits]
+             "title": h.item.title, **({"credit": h.item.credit} if h.item.credit else {}),
+             **({"page": h.item.page_url} if h.item.page_url else {})} for h in result.hits]
     attention = [[{"word": w, "weight": round(v, 4)} for w, v in (att or [])] for att in result.attention]
     if a.json:
         out = {"terms": terms, "results": hits, "attention": attention}
@@ -149,18 +159,28 @@ async def _search(a) -> int:
         print("no results" + (" on this page" if a.offset else ""))
     for h in hits:
         print(f"{h['rank']:4d}  {h['score']:.3f}  {h['source']}" + (f"  {h['title']}" if h["title"] else ""))
+        about = [x for x in (h.get("credit"), h.get("page")) if x and x != h["source"]]
+        if about:
+            print("            " + "  ".join(about))
     return 0
 
 
 def cmd_export(a) -> int:
+    from . import nonfinite_note
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     with _open_collection(a) as col:
         ids = col.ids()
         vectors = col.vectors(list(ids)).astype(np.float32)
+        bad = ~np.isfinite(vectors).all(axis=1)
+        if bad.any():
+            print(f"warning: {nonfinite_note(Path(a.index), ids[bad].tolist())}; "
+                  "they are left out of this export", file=sys.stderr)
+            ids, vectors = ids[~bad], vectors[~bad]
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         np.save(out / "vectors.npy", vectors)
-        with open(out / "items.jsonl", "w") as f:
+        # a file name that is not UTF-8 is written as its own bytes, as the shell shows it
+        with open(out / "items.jsonl", "w", encoding="utf-8", errors="surrogateescape") as f:
             for i in range(0, len(ids), 1000):
                 for it in col.get(list(ids[i:i + 1000])):
                     f.write(json.dumps({"id": it.id, "source": it.source, "title": it.title},
@@ -170,19 +190,49 @@ def cmd_export(a) -> int:
 
 
 async def _embed(a) -> int:
+    if not a.image and not a.text:
+        raise SourceError("nothing to embed; give TEXT arguments and/or --image PATH")
+    images = _load_images(a.image)
     engine = _open_engine(a)
     try:
-        if not a.image and not a.text:
-            raise SourceError("nothing to embed; give TEXT arguments and/or --image PATH")
         vecs = []
-        if a.image:
-            vecs += list(await engine.embed_images(_load_images(a.image)))
+        if images:
+            vecs += list(await engine.embed_images(images))
         if a.text:
             vecs += list(await engine.embed_texts(a.text))
     finally:
         engine.close()
     for v in vecs:
         print(json.dumps([round(float(x), 7) for x in v]))
+    return 0
+
+
+async def _explain(a) -> int:
+    """A result's heatmap as an overlay PNG and/or its relevance grids as JSON."""
+    from . import overlay_png, parse_for_heatmap
+
+    if not a.out and not a.json:
+        raise SourceError("nothing to write; give --out heat.png and/or --json")
+    if a.out and Path(a.out).suffix.lower() != ".png":
+        raise SourceError(f"--out {a.out}: the overlay is a PNG; give a path ending in .png")
+    images = _load_images(a.image)
+    query = parse_for_heatmap(" ".join(a.query), len(images))  # before the model loads
+    engine = _open_engine(a)
+    try:
+        # the operator's own collection: its URLs are fetched as the build fetched them
+        x = await engine.explain_image(a.id, query, images, public_only=False)
+    finally:
+        engine.close()
+    if a.out:
+        try:
+            Path(a.out).write_bytes(overlay_png(x))
+        except OSError as e:
+            raise SourceError(f"--out {a.out}: cannot write it ({e.strerror or e})") from e
+        panels = ", ".join(x.heatmaps.labels)
+        print(f"wrote {a.out} ({x.heatmaps.method} relevance of item {a.id} for {x.query}: {panels})",
+              file=sys.stderr if a.json else sys.stdout)
+    if a.json:
+        print(json.dumps({"id": a.id, "query": x.query, **x.heatmaps.as_json()}, ensure_ascii=False))
     return 0
 
 
@@ -202,7 +252,9 @@ def cmd_remove(a) -> int:
 
 
 def cmd_migrate(a) -> int:
-    from .migrate import Endpoint, migrate, milvus_name
+    from . import MigrateEndpoint as Endpoint
+    from . import migrate_collection as migrate
+    from . import milvus_name
     token = os.environ.get(a.milvus_token_env, "").strip() or None
     if token is None and a.milvus_token_env != MILVUS_TOKEN_ENV:
         raise ClipfindError(f"--milvus-token-env: the environment variable {a.milvus_token_env} "
@@ -244,12 +296,15 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
         sp.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
-    d = sub.add_parser("demo", help="write the synthetic shapes gallery")
+    d = sub.add_parser("demo", help="make the demo collection: OUT/gallery (synthetic shapes) "
+                       "and OUT/collection (built with the bundled model)")
     d.add_argument("out")
-    d.add_argument("--count", type=int, default=1000)
+    d.add_argument("--count", type=int, default=DEMO_COUNT)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--size", type=int, default=128, help="image side in pixels")
-    d.set_defaults(func=cmd_demo)
+    d.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
+    d.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    d.set_defaults(run=_demo)
 
     b = sub.add_parser("build", help="add images from folders, URL lists or Unsplash TSVs")
     engine_opts(b, f"model spec for a new collection (default {DEFAULT_MODEL})")
@@ -295,6 +350,16 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--image", action="append", default=[])
     m.add_argument("text", nargs="*")
     m.set_defaults(run=_embed)
+
+    x = sub.add_parser("explain", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       help="where in a stored image the model saw the query (relevance heatmap)")
+    engine_opts(x)
+    x.add_argument("--id", type=int, required=True, help="the item id (search --json shows it)")
+    x.add_argument("--image", action="append", default=[], help="attach an image (#1, #2, ...)")
+    x.add_argument("--out", help="write the overlay PNG here (one panel per text term + the query)")
+    x.add_argument("--json", action="store_true", help="print the relevance grids as JSON")
+    x.add_argument("query", nargs="*", help="the query (needs at least one text term)")
+    x.set_defaults(run=_explain)
 
     i = sub.add_parser("info", help="describe a collection")
     i.add_argument("--index", required=True)

@@ -1,4 +1,16 @@
-"""Building a collection: load, decode, encode and store images, resumably.
+"""Adding images to a collection: load, decode, encode and store them, resumably.
+
+This is the one ingestion path: folders, URL lists and Unsplash rows (`SourceRecord`s: a
+file or URL to read) and Discord posts (`Upload`s: the bytes in hand, with where they were
+posted; `Engine.add_images`) all go through `build`, with one de-duplication rule:
+
+- by source: a source already stored with the same stamp is unchanged and not read again;
+  with another stamp it is read again and its row updated (it keeps its id).
+- by content: an image whose content hash is already stored under another source in its
+  scope, or came earlier in the same run, is a duplicate and not stored. The scope of an
+  item with a guild id is that guild; of one without, the whole collection. A duplicate
+  Discord post is recorded as another post of the stored picture (provenance, see
+  index/store/posts.py), so the picture stays while any of its posts remains.
 
 Each chunk of images is committed to SQLite in one transaction with its vectors, so a
 killed build resumes where it stopped: sources already stored with the same stamp are
@@ -11,14 +23,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .encoder import BULK, Encoder
-from .errors import ClipfindError
+from .errors import BadItem, ClipfindError
 from .images import content_hash, open_image
 from .netfetch import FetchLimits, fetch_many
 from .pixels import resize_stage, to_pixels
@@ -28,12 +40,17 @@ from .store import Collection, NewItem
 log = logging.getLogger(__name__)
 
 
+_LOOKUP_LIMIT = 256  # inputs up to this many look their sources up one by one
+
+
 @dataclass
 class BuildReport:
     added: int = 0
     unchanged: int = 0
     duplicates: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (source, reason)
+    ids: list[int] = field(default_factory=list)  # of the items stored, in input order
+    skipped: list[str] = field(default_factory=list)  # sources unchanged or duplicates
 
     def summary(self) -> str:
         s = f"added {self.added}, unchanged {self.unchanged}"
@@ -43,86 +60,141 @@ class BuildReport:
 
 
 @dataclass
+class Upload:
+    """An image whose bytes are in hand (a Discord post), with everything to store about it;
+    the pipeline's other input beside `SourceRecord` (a file or a URL to read)."""
+
+    item: NewItem
+    data: bytes = field(repr=False)
+
+
+@dataclass
+class _Job:
+    item: NewItem  # what to store; its content hash is filled in once the bytes are read
+    location: str = ""  # a file path or URL to read, when the bytes are not in hand
+    is_url: bool = False
+    data: bytes | None = field(default=None, repr=False)
+
+
+def _job(r: SourceRecord | Upload) -> _Job:
+    if isinstance(r, Upload):
+        return _Job(r.item, data=r.data)
+    return _Job(NewItem(source=r.source, title=r.title, credit=r.credit, page_url=r.page_url,
+                        stamp=r.stamp), r.location, r.is_url)
+
+
+@dataclass
 class _Prepared:
-    records: list[SourceRecord]
+    jobs: list[_Job]
     hashes: list[str]
     pixels: torch.Tensor | None
 
 
-def pending_records(collection: Collection, records: list[SourceRecord]) -> tuple[list[SourceRecord], int]:
-    """Records not yet stored with the same stamp, and how many were unchanged."""
-    stamps = collection.stamps()
-    todo, seen = [], set()
-    for r in records:
-        if r.source in seen:
-            continue
-        seen.add(r.source)
-        if r.source in stamps and stamps[r.source] == r.stamp:
-            continue
-        todo.append(r)
-    return todo, len(seen) - len(todo)
+def _stored_stamps(collection: Collection, sources: list[str]) -> dict[str, str]:
+    if len(sources) <= _LOOKUP_LIMIT:  # a few posts: no need to read every source stored
+        return {s: it.stamp for s in sources if (it := collection.by_source(s)) is not None}
+    return collection.stamps()
 
 
-async def _load(records: list[SourceRecord], limits: FetchLimits, public_only: bool,
-                failed: list) -> list[tuple[SourceRecord, bytes | None]]:
-    """Fetch the URL records' bytes; local files are read later, by the decoding thread."""
-    urls = [r.location for r in records if r.is_url]
+def pending(collection: Collection, jobs: list[_Job]) -> tuple[list[_Job], list[str]]:
+    """The inputs not yet stored with the same stamp (first of each source), and the
+    sources that are (unchanged)."""
+    stamps = _stored_stamps(collection, list({j.item.source: None for j in jobs}))
+    todo, unchanged, seen = [], [], set()
+    for j in jobs:
+        source = j.item.source
+        if source in seen:
+            continue
+        seen.add(source)
+        if source in stamps and stamps[source] == j.item.stamp:
+            unchanged.append(source)
+        else:
+            todo.append(j)
+    return todo, unchanged
+
+
+async def _load(jobs: list[_Job], limits: FetchLimits, public_only: bool,
+                failed: list) -> list[tuple[_Job, bytes | None]]:
+    """Fetch the URL inputs' bytes; local files are read later, by the decoding thread."""
+    urls = [j.location for j in jobs if j.is_url and j.data is None]
     fetched: dict[str, bytes] = {}
     reasons: dict[str, str] = {}
     if urls:
         ok, bad = await fetch_many(urls, public_only=public_only, limits=limits)
         fetched = dict(ok)
         reasons = dict(bad)
-    out: list[tuple[SourceRecord, bytes | None]] = []
-    for r in records:
-        if not r.is_url:
-            out.append((r, None))
-        elif r.location in fetched:
-            out.append((r, fetched[r.location]))
+    out: list[tuple[_Job, bytes | None]] = []
+    for j in jobs:
+        if j.data is not None or not j.is_url:
+            out.append((j, j.data))
+        elif j.location in fetched:
+            out.append((j, fetched[j.location]))
         else:
-            failed.append((r.source, reasons.get(r.location, "not fetched")))
+            failed.append((j.item.source, reasons.get(j.location, "not fetched")))
     return out
 
 
-def _decode(loaded, pairs: list[tuple[SourceRecord, bytes | None]], failed: list) -> _Prepared:
+def _decode(loaded, pairs: list[tuple[_Job, bytes | None]], failed: list) -> _Prepared:
     """Read (files), decode and preprocess one chunk; runs in a worker thread."""
     stage = resize_stage(loaded.preprocess)
-    records, hashes, images = [], [], []
-    for r, data in pairs:
+    jobs, hashes, images = [], [], []
+    for j, data in pairs:
+        source = j.item.source
         if data is None:
             try:
-                data = Path(r.location).read_bytes()
+                data = Path(j.location).read_bytes()
             except OSError as e:
-                failed.append((r.source, f"cannot read: {e.strerror or e}"))
+                failed.append((source, f"cannot read: {e.strerror or e}"))
                 continue
         try:
-            images.append(stage(open_image(data, name=r.source)))
+            images.append(stage(open_image(data, name=source)))
         except ClipfindError as e:
-            failed.append((r.source, str(e)))
+            failed.append((source, str(e)))
             continue
-        records.append(r)
-        hashes.append(content_hash(data))
+        jobs.append(j)
+        hashes.append(j.item.content_hash or content_hash(data))
     if not images:
-        return _Prepared(records, hashes, None)
-    return _Prepared(records, hashes, to_pixels(loaded.preprocess, images))
+        return _Prepared(jobs, hashes, None)
+    return _Prepared(jobs, hashes, to_pixels(loaded.preprocess, images))
 
 
 def _store(collection: Collection, prepared: _Prepared, vectors: np.ndarray,
-           seen_hashes: set[str], report: BuildReport) -> None:
-    """Drop duplicates and store one encoded chunk in one transaction; runs in a thread."""
-    items, keep = [], []
-    for i, (r, h) in enumerate(zip(prepared.records, prepared.hashes, strict=True)):
-        dup = collection.find_hash(h)
-        if h in seen_hashes or (dup is not None and dup.source != r.source):
+           seen: set[tuple[int | None, str]], report: BuildReport) -> None:
+    """Drop duplicates (see the module's rule) and store one encoded chunk in one
+    transaction, then the posts of its repeats in another (a crash between loses only
+    those records: their sources are not known, so the next run reads them again); runs in
+    a thread."""
+    items, keep, repeats = [], [], []
+    for i, (j, h) in enumerate(zip(prepared.jobs, prepared.hashes, strict=True)):
+        scope = j.item.guild_id
+        dup = collection.find_hash(h, scope)
+        if (scope, h) in seen or (dup is not None and dup.source != j.item.source):
             report.duplicates += 1
+            report.skipped.append(j.item.source)
+            if _is_post(j.item):
+                repeats.append(replace(j.item, content_hash=h))
             continue
-        items.append(NewItem(source=r.source, title=r.title, credit=r.credit,
-                             page_url=r.page_url, content_hash=h, stamp=r.stamp))
+        items.append(replace(j.item, content_hash=h))
         keep.append(i)
-        seen_hashes.add(h)
-    if items:
-        collection.add(items, np.asarray(vectors)[keep])
+        seen.add((scope, h))
+    vectors = np.asarray(vectors)
+    while items:  # one bad item must not cost its chunk: it is reported, the rest stored
+        try:
+            report.ids += collection.add(items, vectors[keep])
+            break
+        except BadItem as e:
+            bad = next((k for k, it in enumerate(items) if it.source == e.source), None)
+            if bad is None:
+                raise
+            report.failed.append((e.source, e.reason))
+            del items[bad], keep[bad]
+    if repeats:  # a picture posted again: another post of the stored item
+        collection.add_posts(repeats)
     report.added += len(items)
+
+
+def _is_post(item: NewItem) -> bool:
+    return None not in (item.guild_id, item.channel_id, item.message_id, item.attachment_id)
 
 
 async def _next(queue: asyncio.Queue, feeder: asyncio.Task):
@@ -147,39 +219,43 @@ async def _hand(queue: asyncio.Queue, item, taker: asyncio.Task) -> None:
         raise RuntimeError("build writer stopped early")
 
 
-async def build(collection: Collection, encoder: Encoder, records: list[SourceRecord], *,
-                chunk: int = 64, limits: FetchLimits | None = None, public_only: bool = False,
-                progress: Callable[[int], None] | None = None, lookahead: int = 2) -> BuildReport:
-    """Add what is new or changed among `records` to `collection`.
+async def build(collection: Collection, encoder: Encoder, records: list[SourceRecord | Upload],
+                *, chunk: int = 64, limits: FetchLimits | None = None, public_only: bool = False,
+                progress: Callable[[int], None] | None = None, lookahead: int = 2,
+                priority: int = BULK, save: bool = True) -> BuildReport:
+    """Add what is new or changed among `records` to `collection` (see the module's rule).
 
     Three stages run at once, so the model is never kept waiting: reading and decoding the
     next chunks (threads, up to `lookahead` chunks ahead), encoding one chunk (the encoder's
     model thread), and storing the previous chunk (a thread; chunks are stored in order,
-    one transaction each, so a killed build still leaves whole chunks only).
+    one transaction each, so a killed build still leaves whole chunks only). `save` writes
+    the index file at the end (a long-lived process adding a few posts at a time leaves
+    that to its collection's close).
     """
     limits = limits or FetchLimits()
     report = BuildReport()
-    todo, report.unchanged = pending_records(collection, records)
+    todo, report.skipped = pending(collection, [_job(r) for r in records])
+    report.unchanged = len(report.skipped)
     chunks = [todo[i:i + chunk] for i in range(0, len(todo), chunk)]
     decoded: asyncio.Queue[_Prepared | None] = asyncio.Queue(maxsize=lookahead)
     encoded: asyncio.Queue[tuple[_Prepared, np.ndarray] | None] = asyncio.Queue(maxsize=1)
-    seen_hashes: set[str] = set()
+    seen: set[tuple[int | None, str]] = set()
 
     async def produce():
         for part in chunks:
             pairs = await _load(part, limits, public_only, report.failed)
             prepared = await asyncio.to_thread(_decode, encoder.loaded, pairs, report.failed)
-            if len(prepared.records) < len(part) and progress:
-                progress(len(part) - len(prepared.records))
+            if len(prepared.jobs) < len(part) and progress:
+                progress(len(part) - len(prepared.jobs))
             await decoded.put(prepared)
         await decoded.put(None)
 
     async def write():
         while (job := await encoded.get()) is not None:
             prepared, vectors = job
-            await asyncio.to_thread(_store, collection, prepared, vectors, seen_hashes, report)
+            await asyncio.to_thread(_store, collection, prepared, vectors, seen, report)
             if progress:
-                progress(len(prepared.records))
+                progress(len(prepared.jobs))
 
     producer = asyncio.create_task(produce())
     writer = asyncio.create_task(write())
@@ -187,7 +263,7 @@ async def build(collection: Collection, encoder: Encoder, records: list[SourceRe
         while (prepared := await _next(decoded, producer)) is not None:
             if prepared.pixels is None:
                 continue
-            vectors = await encoder.encode_pixels(prepared.pixels, priority=BULK)
+            vectors = await encoder.encode_pixels(prepared.pixels, priority=priority)
             await _hand(encoded, (prepared, vectors), writer)
         await _hand(encoded, None, writer)
         await writer
@@ -197,7 +273,8 @@ async def build(collection: Collection, encoder: Encoder, records: list[SourceRe
         writer.cancel()
         # a store already running in its thread finishes its transaction before we save
         await asyncio.gather(producer, writer, return_exceptions=True)
-        await asyncio.to_thread(collection.save)
+        if save:
+            await asyncio.to_thread(collection.save)
     return report
 
 

@@ -87,6 +87,10 @@ def _pin_malloc_thresholds() -> None:
         pass
 
 
+class _Closed(Exception):
+    """The encoder was closed while it was warming up."""
+
+
 SEARCH = 0  # priority of interactive requests
 BULK = 10  # priority of indexing
 
@@ -249,7 +253,10 @@ class Encoder:
             self._cond.notify_all()
         for r in pending:
             r.done(RuntimeError("encoder closed"))
-        self._thread.join(timeout=10)
+        # Wait for the model thread, however long its current pass: a process that exits
+        # while it still runs torch ops aborts ("terminate called without an active
+        # exception"). Warm-up stops at its next pass once closed (_timed_forward).
+        self._thread.join()
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
 
     # -- internals --------------------------------------------------------------------------
@@ -368,6 +375,8 @@ class Encoder:
             for n in choices:
                 torch.set_num_threads(n)
                 for way in ways:
+                    if self._closed:
+                        raise _Closed
                     self._text_pass(tokens, way)
                     times = []
                     for _ in range(3):
@@ -437,6 +446,8 @@ class Encoder:
             self._image_tower = lean
 
     def _timed_forward(self, kind: str, inputs: torch.Tensor) -> float:
+        if self._closed:  # closed during warm-up: stop measuring, let close() return
+            raise _Closed
         t0 = time.perf_counter()
         self._forward(kind, inputs)
         return time.perf_counter() - t0
@@ -467,6 +478,8 @@ class Encoder:
                 if kind == "text":
                     self.lone_packed = way
             self._calibrate_text_batches(choices, threads)
+        except _Closed:
+            pass
         except Exception:  # a broken model shows up on the first real request too
             log.exception("encoder warm-up failed")
         self._ready.set()

@@ -12,17 +12,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from .attention import UNAVAILABLE, word_weights
+from .build import Upload, build
 from .encoder import BULK, SEARCH, Encoder
-from .errors import ClipfindError
-from .images import content_hash
+from .errors import ClipfindError, QueryError
 from .models import DEFAULT_MODEL, load_model, parse_spec
 from .query import Query, parse_query
 from .ranking import STRATEGIES, WeightedVector, compose, normalise, zsum_scores
-from .store import Collection, Item, NewItem
+from .store import Collection, Forgotten, Item, NewItem, Post
 
 NEAR_DUPLICATE = 0.98  # results this close to a query image are the image itself
 ZSUM_CANDIDATES = 1000  # per term, for the z-scored composition
@@ -125,12 +124,24 @@ class Engine:
 
     def close(self) -> None:
         if self.owns_encoder:
+            # an encoder closed during its warm-up can outlast its close and abort the
+            # interpreter at exit (a CLI run with nothing to encode closes at once)
+            self.encoder.wait_ready(120)
             self.encoder.close()
         self.collection.close()
 
     @property
     def model_name(self) -> str:
         return self.encoder.loaded.name
+
+    @property
+    def ready(self) -> bool:
+        """The model is loaded and warmed up: searches run at full speed."""
+        return self.encoder.ready
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until ready (or `timeout` seconds); True when ready."""
+        return self.encoder.wait_ready(timeout)
 
     # -- queries -------------------------------------------------------------------------------
     def parse(self, text: str, n_images: int = 0) -> Query:
@@ -155,7 +166,9 @@ class Engine:
         merged results are ordered by cosine."""
         images = list(images)
         query = text if isinstance(text, Query) else parse_query(text, len(images))
-        k, offset = max(1, int(k)), max(0, int(offset))
+        k, offset = int(k), int(offset)
+        if k < 1 or offset < 0:  # a silent clamp would answer a question that was not asked
+            raise QueryError(f"k must be 1 or more and offset 0 or more (got k={k}, offset={offset})")
         t0 = time.perf_counter()
         # the explanation is queued with the encoding (same priority, same tick), so a
         # search waits for bulk work in flight once, not once per step
@@ -237,6 +250,17 @@ class Engine:
         note = UNAVAILABLE if query.text_terms and all(w is None for w in weights) else None
         return weights, note
 
+    async def explain_image(self, item_id: int, query: str | Query, images: list = (), *,
+                            picture: bytes | Image.Image | None = None, public_only: bool = True):
+        """Where in item `item_id`'s picture the model saw the query (and each text term):
+        an `explain_image.ImageExplanation`. `picture`: the item's bytes, when the caller
+        has them (e.g. a Discord attachment); else its file or URL is read again."""
+        from .explain_image import ImageExplainer
+        if getattr(self, "_image_explainer", None) is None:
+            self._image_explainer = ImageExplainer(self)
+        return await self._image_explainer.explain(item_id, query, images, picture=picture,
+                                                   public_only=public_only)
+
     # -- vectors and items ---------------------------------------------------------------------------
     async def embed_texts(self, texts: list[str]) -> np.ndarray:
         return await self.encoder.encode_texts(list(texts))
@@ -248,30 +272,39 @@ class Engine:
                          priority: int = BULK) -> AddReport:
         """Decode, encode and store images with their metadata, in one transaction.
 
-        Undecodable images are reported, not raised. An image whose content hash is already
-        stored in the same guild (or, for guild-less items, anywhere) is not stored twice.
+        The build pipeline's path and de-duplication rule (`index.build`): a source already
+        stored, or a picture already stored in the same guild (for guild-less items:
+        anywhere), is reported as a duplicate, not stored twice; undecodable images are
+        reported, not raised.
         """
-        report = AddReport()
-        keep_items, pixels, seen = [], [], set()
-        for item, data in zip(items, images, strict=True):
-            h = item.content_hash or content_hash(data)
-            if h in seen or self.collection.find_hash(h, item.guild_id) is not None:
-                report.duplicates.append(item.source)
-                continue
-            try:
-                pixels.append(await self.encoder.preprocess([data]))
-            except ClipfindError as e:
-                report.failed.append((item.source, str(e)))
-                continue
-            seen.add(h)
-            keep_items.append(replace(item, content_hash=h))
-        if keep_items:
-            vectors = await self.encoder.encode_pixels(torch.cat(pixels), priority=priority)
-            report.ids = await asyncio.to_thread(self.collection.add, keep_items, vectors)
-        return report
+        uploads = [Upload(item, data) for item, data in zip(items, images, strict=True)]
+        built = await build(self.collection, self.encoder, uploads, chunk=max(1, len(uploads)),
+                            priority=priority, save=False)
+        return AddReport(ids=built.ids, duplicates=built.skipped, failed=built.failed)
 
     def remove(self, ids: list[int]) -> int:
         return self.collection.remove(ids)
+
+    # -- provenance: the Discord posts of the pictures (index/store/posts.py) ----------------
+    # add_images records the post of each picture it stores and of each repeat it skips.
+    # Blocking calls (SQLite): run them in a thread.
+    def known(self, sources: list[str]) -> set[str]:
+        """Those of `sources` already stored, as an item or as a post of one."""
+        return self.collection.known(sources)
+
+    def add_posts(self, posts: list[NewItem]) -> list[int | None]:
+        """Record more posts of stored pictures (by source, else content hash in the guild)."""
+        return self.collection.add_posts(posts)
+
+    def posts(self, guild_id: int, **where) -> list[Post]:
+        """A guild's posts (channel_id=, message_ids= or item_ids=), oldest first."""
+        return self.collection.posts(guild_id, **where)
+
+    def forget_posts(self, *, guild_id: int, **which) -> Forgotten:
+        """Forget a guild's posts (channel_id=, message_ids=, attachment_ids=,
+        keep_attachments=) in one transaction: a picture whose item named one is re-pointed
+        at its oldest post left, one without posts left is removed with its vector."""
+        return self.collection.forget_posts(guild_id=guild_id, **which)
 
 
 def collection_exists(path: str | Path, *, store: str = "faiss", milvus_uri: str | None = None,

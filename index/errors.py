@@ -22,6 +22,15 @@ class StoreError(ClipfindError):
     """A collection that cannot be opened or written."""
 
 
+class BadItem(StoreError):
+    """One item of a batch the store refuses (its vector, a field); the batch is not stored,
+    the other items may be stored without it."""
+
+    def __init__(self, source: str, reason: str):
+        super().__init__(f"{source}: {reason}")
+        self.source, self.reason = source, reason
+
+
 class ModelMismatch(StoreError):
     """A collection opened with another model than the one that built it."""
 
@@ -51,3 +60,10 @@ class StoreUnavailable(StoreError):
 
     def __init__(self, message: str = "the image store is unreachable right now, try again shortly"):
         super().__init__(message)
+
+class HeatmapUnavailable(ClipfindError):
+    """A heatmap asked of a model whose image tower cannot give one (not an open_clip ViT)."""
+
+
+class ItemGone(ClipfindError):
+    """A result that no longer exists, or whose picture can no longer be read."""

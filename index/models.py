@@ -11,7 +11,16 @@ Specs:
 
 from __future__ import annotations
 
+import ctypes
+import gc
+import importlib
+import importlib.abc
+import json
 import logging
+import platform
+import sys
+import threading
+import types
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,8 +49,99 @@ class ModelSpec:
     downloads: bool = False  # whether loading may reach the network
 
 
+# What `import open_clip` pulls in that only some towers use: timm (timm vision towers) and
+# transformers (Hugging Face text towers, the multilingual ones). And torchvision, which
+# open_clip needs for its transforms, imports torch._dynamo (and with it sympy and
+# torch.distributed) at import time for one helper of an op we never call.
+OPTIONAL_LIBRARIES = ("timm", "transformers")
+_open_clip_lock = threading.Lock()
+_lean_open_clip: types.ModuleType | None = None  # the open_clip imported lean, if it was
+
+
+class _Absent(importlib.abc.MetaPathFinder):
+    """Makes OPTIONAL_LIBRARIES look not installed while open_clip is imported: open_clip
+    then leaves them out (its own `try: import ... except ImportError`)."""
+
+    def find_spec(self, name, path, target=None):
+        if name.partition(".")[0] in OPTIONAL_LIBRARIES:
+            raise ImportError(f"{name} is imported only by models that need it")
+        return None
+
+
+def _is_compile_supported(device_type):  # torchvision's only use of torch._dynamo at import
+    from torch._dynamo.utils import is_compile_supported
+    return is_compile_supported(device_type)
+
+
+def _import_lean() -> types.ModuleType:
+    """open_clip without timm, transformers and torch._dynamo (see OPTIONAL_LIBRARIES)."""
+    stubs = {"torch._dynamo": types.ModuleType("torch._dynamo"),
+             "torch._dynamo.utils": types.ModuleType("torch._dynamo.utils")}
+    stubs["torch._dynamo"].__path__ = []
+    stubs["torch._dynamo.utils"].is_compile_supported = _is_compile_supported
+    finder = _Absent()
+    lean = "torch._dynamo" not in sys.modules
+    sys.meta_path.insert(0, finder)
+    if lean:
+        sys.modules.update(stubs)
+    try:
+        return importlib.import_module("open_clip")
+    finally:
+        sys.meta_path.remove(finder)
+        if lean:
+            for name, stub in stubs.items():
+                if sys.modules.get(name) is stub:
+                    del sys.modules[name]
+            if torch.__dict__.get("_dynamo") is stubs["torch._dynamo"]:
+                del torch._dynamo  # the real one loads on first use (torch.__getattr__)
+
+
+def open_clip_module(full: bool = False) -> types.ModuleType:
+    """open_clip, imported lean the first time (see OPTIONAL_LIBRARIES); `full`: with timm
+    and transformers, re-imported that way if it was imported lean."""
+    global _lean_open_clip
+    with _open_clip_lock:
+        found = sys.modules.get("open_clip")
+        if found is not None and (not full or found is not _lean_open_clip):
+            return found
+        if found is not None:  # lean, and a model needs more: import it afresh
+            _forget_open_clip()
+        if not full:
+            try:
+                _lean_open_clip = _import_lean()
+                return _lean_open_clip
+            except Exception:  # a future open_clip/torchvision that needs more: import it all
+                log.debug("lean open_clip import failed; importing it whole", exc_info=True)
+                _forget_open_clip()
+        return importlib.import_module("open_clip")
+
+
+def _forget_open_clip() -> None:
+    for name in [m for m in sys.modules if m == "open_clip" or m.startswith("open_clip.")]:
+        del sys.modules[name]
+
+
+def _needs_optional_libraries(parsed: ModelSpec) -> bool:
+    """Whether the model's towers need timm or transformers (hf-hub: its config is only known
+    once downloaded, so yes)."""
+    name = parsed.open_clip_name
+    if name.startswith("hf-hub:"):
+        return True
+    if name.startswith("local-dir:"):
+        try:
+            cfg = json.loads((Path(name.removeprefix("local-dir:")) / "open_clip_config.json").read_text())
+        except (OSError, ValueError):
+            return True  # open_clip reports what is wrong with it
+        cfg = cfg.get("model_cfg", cfg) if isinstance(cfg, dict) else {}
+    else:
+        cfg = open_clip_module().get_model_config(name) or {}
+    vision, text = cfg.get("vision_cfg") or {}, cfg.get("text_cfg") or {}
+    return bool(vision.get("timm_model_name") or text.get("hf_model_name")
+                or text.get("hf_tokenizer_name"))
+
+
 def parse_spec(spec: str) -> ModelSpec:
-    import open_clip
+    open_clip = open_clip_module()
 
     spec = (spec or "").strip()
     if not spec:
@@ -119,19 +219,47 @@ def load_model(spec: str | ModelSpec, device: str = "auto") -> LoadedModel:
     with its thread costs nothing.
     """
     with ThreadPoolExecutor(1, thread_name_prefix="clipfind-model-load") as loader:
-        return loader.submit(_load_model, spec, device).result()  # its thread ends on exit
+        loaded = loader.submit(_load_model, spec, device).result()  # its thread ends on exit
+    _give_back_freed_memory()
+    return loaded
+
+
+def _give_back_freed_memory() -> None:
+    """Hand what loading freed (the random initial weights, the checkpoint, a duplicate
+    tokenizer) back to the system: glibc keeps freed heap mapped, and this is memory a
+    long-running process would hold at rest for nothing. Linux/glibc only."""
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _shared_tokenizer(open_clip, tokenizer):
+    """open_clip builds a default CLIP tokenizer when imported (its `tokenize()`), and
+    get_tokenizer another, the same, for each model (~26 MB of vocabulary tables each): a
+    model whose tokenizer is the default one shares open_clip's."""
+    shared = getattr(open_clip.tokenizer, "_tokenizer", None)
+    kind = open_clip.tokenizer.SimpleTokenizer
+    if type(tokenizer) is not kind or type(shared) is not kind:
+        return tokenizer
+    same = all(getattr(tokenizer, a, None) == getattr(shared, a, None)
+               for a in ("context_length", "clean_fn", "reduction_fn", "sot_token_id",
+                         "eot_token_id", "all_special_ids", "encoder", "bpe_ranks"))
+    return shared if same else tokenizer
 
 
 def _load_model(spec: str | ModelSpec, device: str) -> LoadedModel:
-    import open_clip
-
     parsed = spec if isinstance(spec, ModelSpec) else parse_spec(spec)
+    open_clip = open_clip_module(full=_needs_optional_libraries(parsed))
     dev, dtype = pick_device(device)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
             parsed.open_clip_name, pretrained=parsed.pretrained, device=dev,
             precision="fp16" if dtype == torch.float16 else "fp32")
-        tokenizer = open_clip.get_tokenizer(parsed.open_clip_name)
+        tokenizer = _shared_tokenizer(open_clip, open_clip.get_tokenizer(parsed.open_clip_name))
     except ModelError:
         raise
     except Exception as e:  # open_clip and the hub raise many types; all mean "could not load"

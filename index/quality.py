@@ -1,6 +1,7 @@
 """The bundled model's quality on a fresh shapes gallery: the four figures in the README.
 
     python -m index.quality [--model builtin:tiny-shapes] [--count 1000] [--seed 4242]
+    python -m index.quality --heatmaps      (the heatmaps instead: see heatmap_quality.py)
 
 Builds the gallery into a collection with the real build path and runs each query through
 `Engine.search` with the real grammar. Each query scores the hits in its top 10 divided by
@@ -107,7 +108,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=4242, help="a seed the model never saw in training")
     p.add_argument("--composition", default=None, help="image-term composition (default: engine's)")
     p.add_argument("--image-scale", type=float, default=None, help="image-term weight factor")
+    p.add_argument("--heatmaps", action="store_true",
+                   help="measure the heatmaps instead (pointing game, energy share)")
     a = p.parse_args(argv)
+    if a.heatmaps:
+        from .heatmap_quality import main as heatmaps
+        heatmaps(a.model, a.count, a.seed)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         figures = asyncio.run(measure(a.model, a.count, a.seed, Path(tmp), a.composition, a.image_scale))
     print(f"model {a.model}, {a.count} images, seed {a.seed}, "

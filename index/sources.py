@@ -126,6 +126,8 @@ def scan_folder(path: Path) -> list[SourceRecord]:
                         stamp=f"{est.st_mtime_ns}:{est.st_size}",
                     )
                 )
+            else:  # a FIFO, socket or device: reading it could block or never end
+                log.warning("skipping %s: not a regular file (a pipe, socket or device)", entry.path)
     records.sort(key=lambda r: r.source)
     return records
 

@@ -24,6 +24,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "white": (240, 240, 240),
 }
 SHAPES = ("circle", "square", "triangle")
+DEMO_COUNT, DEMO_SEED = 300, 0  # the demo collection's gallery (index.demo)
 CONCEPTS = tuple(f"{c} {s}" for c in COLOURS for s in SHAPES)
 
 _TEMPLATES_ONE = (
@@ -36,6 +37,8 @@ _TEMPLATES_ONE = (
     "there is a {}",
 )
 _JOINERS = (" and a ", ", a ", " next to a ", " with a ")
+SQUARE_SIDE = 0.88  # a square's half side, in units of its r
+TRIANGLE_BASE = 0.8  # a triangle's base below its centre, in units of its r
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,16 @@ class Shape:
     @property
     def concept(self) -> str:
         return f"{self.colour} {self.shape}"
+
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        """(left, top, right, bottom) of the drawn shape, in [0, 1] of the image size."""
+        if self.shape == "square":
+            s = self.r * SQUARE_SIDE
+            return (self.cx - s, self.cy - s, self.cx + s, self.cy + s)
+        if self.shape == "triangle":
+            return (self.cx - self.r, self.cy - self.r, self.cx + self.r, self.cy + self.r * TRIANGLE_BASE)
+        return (self.cx - self.r, self.cy - self.r, self.cx + self.r, self.cy + self.r)
 
 
 @dataclass(frozen=True)
@@ -90,10 +103,11 @@ def render(scene: Scene, size: int = 128) -> Image.Image:
         if o.shape == "circle":
             draw.ellipse((x - r, y - r, x + r, y + r), fill=fill)
         elif o.shape == "square":
-            s = r * 0.88
+            s = r * SQUARE_SIDE
             draw.rectangle((x - s, y - s, x + s, y + s), fill=fill)
         else:
-            draw.polygon(((x, y - r), (x - r, y + r * 0.8), (x + r, y + r * 0.8)), fill=fill)
+            base = y + r * TRIANGLE_BASE
+            draw.polygon(((x, y - r), (x - r, base), (x + r, base)), fill=fill)
     return img
 
 

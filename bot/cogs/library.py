@@ -42,7 +42,7 @@ class LibraryCog(commands.Cog, name="Library"):
     async def _ready(self, ctx: commands.Context) -> Library | None:
         if self.lib is None:
             why = self.bot.core.unavailable() or NOT_READY
-            await self.bot.say(ctx, why)
+            await self.bot.say(ctx, why, error=True)
             return None
         return self.lib
 
@@ -64,17 +64,17 @@ class LibraryCog(commands.Cog, name="Library"):
         if lib is None:
             return
         if channel.guild.id != ctx.guild.id:
-            await self.bot.say(ctx, "that channel is not in this server")
+            await self.bot.say(ctx, "that channel is not in this server", error=True)
             return
         me = channel.permissions_for(ctx.guild.me)
         if not (me.view_channel and me.read_message_history):
             await self.bot.say(ctx, f"I need the View Channel and Read Message History permissions "
-                                    f"in {channel.mention} to index it")
+                                    f"in {channel.mention} to index it", error=True)
             return
         st = lib.channel_state(ctx.guild.id, channel.id)
         if st is not None and not st.paused:
             await self.bot.say(ctx, f"{channel.mention} is already in the library: "
-                                    + progress_text(st, channel).removeprefix("📚 "))
+                                    + progress_text(st, channel).removeprefix("📚 "), error=True)
             return
         if ctx.interaction is not None:
             await ctx.send(f"📚 adding {channel.mention} to the library")
@@ -96,7 +96,7 @@ class LibraryCog(commands.Cog, name="Library"):
         if channel.guild.id == ctx.guild.id:
             n = await lib.remove_channel(ctx.guild.id, channel.id)
         if n is None:
-            await self.bot.say(ctx, f"{channel.mention} is not in the library")
+            await self.bot.say(ctx, f"{channel.mention} is not in the library", error=True)
         else:
             await self.bot.say(ctx, f"📚 {channel.mention} removed from the library: "
                                     f"{n:,} images forgotten")

@@ -65,13 +65,15 @@ class Search(commands.Cog):
     async def find(self, ctx: commands.Context, *, query: str = "",
                    image: discord.Attachment | None = None) -> None:
         if ctx.interaction is not None:
-            await ctx.defer()
             attachments = [_wrap(image)] if image is not None else []
         else:
             attachments = [_wrap(a) for a in ctx.message.attachments]
         request = FindRequest(query, ctx.author.id, attachments, await _replied_attachments(ctx),
                               guild_id=ctx.guild.id if ctx.guild is not None else None)
-        reply = await self.core.find(request)
+        # a slash command defers (publicly: results page in the channel) only once its input
+        # passed the checks, so a refusal can still go to the member alone
+        defer = ctx.defer if ctx.interaction is not None else None
+        reply = await self.core.find(request, before_work=defer)
         await self.bot.send_reply(ctx, reply)
 
     @commands.hybrid_command(name="help", description="How to search: the query grammar with examples")

@@ -4,6 +4,7 @@ Rooms (read in this order):
 
     base.py        VectorStore: the interface the engine uses, whatever the store
     collection.py  Collection: the embedded store, coordinating the rooms below
+    milvus.py      MilvusStore: the same interface kept in a Milvus (imported on demand)
     items.py       the item table (meta.sqlite): schema, rows <-> Item/NewItem
     posts.py       provenance: every Discord post of every stored picture (meta.sqlite)
     faissindex.py  the FAISS index: make, load (verified), save (atomic), in-memory state
@@ -29,7 +30,7 @@ from .collection import Collection
 from .faissindex import VECTORS, VECTORS_META
 from .faissindex import is_exact as _is_exact
 from .faissindex import make_index as _make_index
-from .items import META, Item, NewItem
+from .items import META, Item, NewItem, nonfinite_note
 from .manifest import FORMAT_VERSION, MANIFEST, Manifest
 from .posts import Forgotten, Post
 from .tuning import CALIB_QUERIES as _CALIB_QUERIES
@@ -64,6 +65,7 @@ __all__ = [
     "VectorStore",
     "calibration_queries",
     "choose_factory",
+    "nonfinite_note",
     "training_size",
     "tune",
 ]

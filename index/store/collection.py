@@ -16,6 +16,7 @@ it there is nothing right to serve.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
@@ -40,10 +41,21 @@ from .faissindex import (
     write_index_file,
 )
 from .files import remove_dead_tmp_files
-from .items import META, Item, ItemTable, NewItem, create_database, item_values, prepare_vectors
+from .items import (
+    META,
+    Item,
+    ItemTable,
+    NewItem,
+    create_database,
+    item_values,
+    nonfinite_note,
+    prepare_vectors,
+)
 from .manifest import MANIFEST, Manifest, read_manifest, write_manifest
 from .posts import Forgotten, Post
 from .rebuild import BackgroundRebuild, build_index
+
+log = logging.getLogger("index.store")
 
 
 class Collection(VectorStore):
@@ -137,13 +149,15 @@ class Collection(VectorStore):
         # Policy rebuilds in a thread (see _policy_rebuild); may be switched on later.
         self.background_rebuilds = background_rebuilds
         self._bg = BackgroundRebuild(path, self._lock)
+        self._cache_warned = False  # said once that vectors.faiss could not be written
         try:
             with self._lock:
                 table.check_schema()
                 self._ensure_posts_table()
                 self._uid = table.state("uid")
-                remove_dead_tmp_files(self.path)
-                self._load_or_rebuild(save=True)
+                if not table.readonly:  # else the index is kept in memory only
+                    remove_dead_tmp_files(self.path)
+                self._load_or_rebuild(save=not table.readonly)
         except BaseException:
             self._bg.stop()
             table.close()
@@ -233,8 +247,8 @@ class Collection(VectorStore):
     def add(self, items: Sequence[NewItem], vectors: np.ndarray) -> list[int]:
         """Store a batch in one transaction; an existing source keeps its id. Returns ids."""
         items = list(items)
-        vecs = prepare_vectors(vectors, len(items), self._dim)
         rows = [item_values(it) for it in items]
+        vecs = prepare_vectors(vectors, len(items), self._dim, [it.source for it in items])
         if not items:
             return []
         blobs = [v.tobytes() for v in vecs]
@@ -359,18 +373,23 @@ class Collection(VectorStore):
         return out
 
     def save(self) -> None:
-        """Write vectors.faiss (+ its sidecar) if the in-memory index differs from it."""
+        """Write vectors.faiss (+ its sidecar) if the in-memory index differs from it.
+
+        Raises StoreError when it cannot (a build wants to know); a read-only collection
+        has nothing to save, its index lives in memory.
+        """
         with self._lock:
             self._db()
             self._refresh()
-            if self._ix.dirty:
+            if self._ix.dirty and not self._db().readonly:
                 try:
                     self._write_index_file()
                 except (OSError, RuntimeError) as e:
-                    raise StoreError(f"cannot write {self.path / VECTORS}: {e}") from e
+                    raise StoreError(f"cannot write {self.path / VECTORS}: {_reason(e)}") from e
 
     def close(self) -> None:
-        """Save if dirty, then close SQLite. Idempotent.
+        """Save if dirty, then close SQLite. Idempotent. Never fails for want of disk
+        space: vectors.faiss is a cache (see _save_or_warn).
 
         A background rebuild in progress is abandoned, not waited for: its thread reads
         only its own snapshot connection and drops its result; the next open starts again.
@@ -382,8 +401,14 @@ class Collection(VectorStore):
             try:
                 # Our own unsaved work is saved; if someone wrote after us, the next opener
                 # (or that writer) brings vectors.faiss up to date instead.
-                if self._ix.dirty and self._table.state("generation") == self._ix.gen:
-                    self.save()
+                if (
+                    not self._table.readonly
+                    and self._ix.dirty
+                    and self._table.state("generation") == self._ix.gen
+                ):
+                    self._refresh()
+                    if self._ix.dirty:
+                        self._save_or_warn()
             finally:
                 self._table.close()
                 self._table = None
@@ -399,6 +424,9 @@ class Collection(VectorStore):
         """A collection from before the posts table gets it, filled from its items."""
         table = self._db()
         if posts.has_table(table.conn):
+            return
+        if table.readonly:
+            posts.view_from_items(table.conn)
             return
         try:
             table.write(
@@ -499,10 +527,7 @@ class Collection(VectorStore):
         if not self._try_load():
             self._rebuild()
             if save:
-                try:
-                    self._write_index_file()
-                except (OSError, RuntimeError):
-                    pass  # read-only directory: keep it in memory, stay dirty
+                self._save_or_warn()
         elif self._rebuild_wanted():
             self._policy_rebuild()
 
@@ -530,6 +555,7 @@ class Collection(VectorStore):
         built = build_index(self._db(), self.manifest.index_type)
         assert built is not None
         self._ix.use(built, built.gen, from_file=False)
+        self._report(built)
 
     def _swap_in(self, built: Built, epoch: int, touched: set[int]) -> None:
         """Use a background-built index, brought up to date with our writes since. Lock held.
@@ -554,7 +580,38 @@ class Collection(VectorStore):
                 ids = np.fromiter(found.keys(), dtype=np.int64, count=len(found))
                 index.add_with_ids(table.decode(list(found.values())), ids)
         self._ix.use(built, self._ix.gen, from_file=False)
+        self._report(built)
+
+    def _report(self, built: Built) -> None:
+        if built.nonfinite:
+            log.warning(nonfinite_note(self.path, built.nonfinite))
+
+    def _save_or_warn(self) -> None:
+        """Write vectors.faiss where a failure must not fail the caller (an open, a close).
+
+        vectors.faiss is a cache of meta.sqlite: when it cannot be written (a full disk)
+        the index stays in memory, the next open rebuilds it, and this is said once.
+        """
+        try:
+            self._write_index_file()
+        except (OSError, RuntimeError) as e:
+            if not self._cache_warned:
+                self._cache_warned = True
+                log.warning(
+                    "cannot write %s (%s): the index is kept in memory and rebuilt at the "
+                    "next open; free some space to save it",
+                    self.path / VECTORS,
+                    _reason(e),
+                )
 
     def _write_index_file(self) -> None:
         """vectors.faiss and its sidecar for the index in memory. Lock held."""
         write_index_file(self.path, self._ix, uid=self._uid, dim=self._dim)
+
+
+def _reason(e: BaseException) -> str:
+    """One line of an OSError or of FAISS's multi-line C++ message."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    return lines[-1].strip() if lines else type(e).__name__

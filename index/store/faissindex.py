@@ -80,6 +80,7 @@ class Built:
     wanted: str  # the factory asked for (differs from `factory` in a fallback)
     fallback: bool  # the factory could not be trained yet: exact meanwhile
     trainable: bool  # the index type learns from the data (IVF, PQ, SQ)
+    nonfinite: list[int] = field(default_factory=list)  # ids whose stored vector is not finite
 
 
 @dataclass

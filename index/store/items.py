@@ -9,8 +9,10 @@ re-adding after a crash never duplicates.
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import sqlite3
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from index.errors import StoreError
+from index.errors import BadItem, StoreError
 
 META = "meta.sqlite"
 
@@ -107,6 +109,39 @@ def connect(db: Path) -> sqlite3.Connection:
     return conn
 
 
+def writable(db: Path) -> bool:
+    """Whether this process may change `db` and make its side files (-wal, -shm) beside it."""
+    return os.access(db.parent, os.W_OK) and os.access(db, os.W_OK)
+
+
+def connect_readonly(db: Path) -> sqlite3.Connection:
+    """A read-only connection to `db` in a folder that cannot be written (a `:ro` mount).
+
+    WAL mode needs its side files: read-only they must exist already (mode=ro); after a
+    clean close they are gone and cannot be made, and then the file is read as immutable,
+    which is right for a folder nobody can write.
+    """
+    uri = "file:" + urllib.parse.quote(os.fsencode(os.path.abspath(db)))
+    error: sqlite3.Error | None = None
+    for mode in ("mode=ro", "immutable=1"):
+        conn = None
+        try:
+            conn = sqlite3.connect(
+                f"{uri}?{mode}",
+                uri=True,
+                timeout=30.0,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.Error as e:
+            error = e
+            if conn is not None:
+                conn.close()
+    raise StoreError(f"{db} is not a usable SQLite database: {error}")
+
+
 def create_database(db: Path) -> None:
     """Make the tables of a new collection (and its uid) in `db`."""
     conn = connect(db)
@@ -132,15 +167,45 @@ def rows_in(
         yield from conn.execute(sql % ",".join("?" * len(chunk)), (*args, *chunk))
 
 
+def source_key(source: str) -> str | bytes:
+    """How a source is stored: as text, or as the bytes of a path that is not UTF-8.
+
+    A file name need not be valid UTF-8; Python hands it over with surrogate escapes,
+    which SQLite text cannot hold. Such a source is stored as its bytes (a BLOB never
+    equals a text value), so the path comes back exactly and stays unique.
+    """
+    try:
+        source.encode("utf-8")
+        return source
+    except UnicodeEncodeError:
+        return source.encode("utf-8", "surrogateescape")
+
+
+def source_of_key(value: str | bytes) -> str:
+    """The source a stored key (source_key) stands for."""
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+
+
+def _text(value: str) -> str:
+    """Display text SQLite can hold: what is not UTF-8 shows as U+FFFD."""
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def row_to_item(row: Sequence[Any]) -> Item:
-    return Item(id=row[0], **dict(zip(META_COLUMNS, row[1:-1], strict=True)), added_at=row[-1])
+    fields = dict(zip(META_COLUMNS, row[1:-1], strict=True))
+    fields["source"] = source_of_key(fields["source"])
+    return Item(id=row[0], **fields, added_at=row[-1])
 
 
 def item_values(it: NewItem) -> tuple[Any, ...]:
     """The META_COLUMNS values of `it`, typed for SQLite; a bad field is a StoreError."""
     source = getattr(it, "source", None)
     if not isinstance(source, str) or not source:
-        raise StoreError(f"item {it!r} has no source")
+        raise BadItem(repr(it), "the item has no source")
     values: list[Any] = []
     for col in META_COLUMNS:
         v = getattr(it, col, None)
@@ -149,16 +214,24 @@ def item_values(it: NewItem) -> tuple[Any, ...]:
                 v = None if v is None else int(v)
             elif col == "posted_at":
                 v = None if v is None else float(v)
+            elif col == "source":
+                v = source_key(v)
             else:
-                v = "" if v is None else str(v)
+                v = "" if v is None else _text(str(v))
         except (TypeError, ValueError) as e:
-            raise StoreError(f"item {source}: {col} {v!r} is not a number") from e
+            raise BadItem(source, f"{col} {v!r} is not a number") from e
         values.append(v)
     return tuple(values)
 
 
-def prepare_vectors(vectors: np.ndarray, n: int, dim: int) -> np.ndarray:
-    """n vectors checked and L2-normalised, as the float16 rows SQLite will hold."""
+def prepare_vectors(
+    vectors: np.ndarray, n: int, dim: int, sources: Sequence[str] | None = None
+) -> np.ndarray:
+    """n vectors checked and L2-normalised, as the float16 rows SQLite will hold.
+
+    A vector that is not finite or has zero length is refused (BadItem naming its item,
+    sources[i]): it could never be found, and it would spoil an index trained on it.
+    """
     v = np.asarray(vectors)
     if v.ndim != 2 or v.shape != (n, dim):
         raise StoreError(
@@ -167,24 +240,43 @@ def prepare_vectors(vectors: np.ndarray, n: int, dim: int) -> np.ndarray:
     if not np.issubdtype(v.dtype, np.floating):
         raise StoreError(f"vectors must be floating point, got {v.dtype}")
     v = v.astype(np.float32)
-    if not np.all(np.isfinite(v)):
-        raise StoreError("vectors contain NaN or infinity")
+
+    def name(i: int) -> str:
+        return sources[i] if sources is not None else f"vector {i}"
+
+    finite = np.isfinite(v).all(axis=1)
+    if not finite.all():
+        i = int(np.argmin(finite))
+        raise BadItem(name(i), "its vector contains NaN or infinity; not stored")
     norms = np.linalg.norm(v, axis=1, keepdims=True)
     if n and float(norms.min()) < 1e-12:
-        raise StoreError(f"vector {int(np.argmin(norms))} has zero length and cannot be normalised")
+        raise BadItem(name(int(np.argmin(norms))), "its vector has zero length; not stored")
     # Stored as float16; the index gets exactly these values, as a rebuild would.
     return (v / np.maximum(norms, 1e-12)).astype("<f2")
+
+
+def nonfinite_note(path: Path, ids: Sequence[int]) -> str:
+    """One line: stored vectors that are not finite, and how to repair them."""
+    shown = " ".join(str(i) for i in ids[:10]) + (" ..." if len(ids) > 10 else "")
+    return (
+        f"collection {path}: {len(ids)} item(s) have stored vectors with NaN or infinity "
+        f"so no search finds them by their content (ids {shown}); remove them with "
+        f"`python -m index remove --index {path} ID...` and build again to re-encode them"
+    )
 
 
 class ItemTable:
     """Items on one SQLite connection. Not thread-safe: the owner serialises calls."""
 
-    def __init__(self, conn: sqlite3.Connection, db: Path, dim: int):
-        self.conn, self.db, self.dim = conn, db, dim
+    def __init__(self, conn: sqlite3.Connection, db: Path, dim: int, readonly: bool = False):
+        self.conn, self.db, self.dim, self.readonly = conn, db, dim, readonly
 
     @classmethod
     def open(cls, db: Path, dim: int) -> ItemTable:
-        return cls(connect(db), db, dim)
+        """Read-write; read-only when the folder or file cannot be written."""
+        if writable(db):
+            return cls(connect(db), db, dim)
+        return cls(connect_readonly(db), db, dim, readonly=True)
 
     def close(self) -> None:
         self.conn.close()
@@ -226,6 +318,11 @@ class ItemTable:
         `items_changed(result)` says no item or vector changed: then the transaction
         commits without a bump, so that the index stays current). Rolls back when body raises.
         """
+        if self.readonly:
+            raise StoreError(
+                f"collection {self.db.parent} is read-only here (its folder cannot be "
+                "written): search it, or copy it somewhere writable to change it"
+            )
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -257,11 +354,12 @@ class ItemTable:
         return [found[i] for i in wanted if i in found]
 
     def by_source(self, source: str) -> Item | None:
-        row = self.conn.execute(f"{ITEM_SELECT} WHERE source = ?", (source,)).fetchone()
+        row = self.conn.execute(f"{ITEM_SELECT} WHERE source = ?", (source_key(source),)).fetchone()
         return row_to_item(row) if row else None
 
     def stamps(self) -> dict[str, str]:
-        return dict(self.conn.execute("SELECT source, stamp FROM items"))
+        rows = self.conn.execute("SELECT source, stamp FROM items")
+        return {source_of_key(source): stamp for source, stamp in rows}
 
     def find_hash(self, content_hash: str, guild_id: int | None = None) -> Item | None:
         q = f"{ITEM_SELECT} WHERE content_hash = ?"

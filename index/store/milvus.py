@@ -68,7 +68,8 @@ INDEX_TYPES: dict[str, tuple[str, dict[str, int], dict[str, int]]] = {
 }
 MAX_TOPK = 16384  # Milvus caps offset + limit of one search at this
 CONNECT_TIMEOUT = 10.0  # seconds to reach the server when opening
-CALL_TIMEOUT = 60.0  # seconds for one call (search, query, upsert, delete)
+CALL_TIMEOUT = 60.0  # seconds for one call that writes or reads many rows
+SEARCH_TIMEOUT = 10.0  # seconds for one search: a member waits on it
 
 _IN_CHUNK = 1000  # ids per `id in [...]` filter
 _ITER_BATCH = 4000  # rows per query-iterator batch
@@ -414,7 +415,7 @@ class MilvusStore(VectorStore):
                 filter=self._where(),
                 output_fields=["id"],
                 search_params={"metric_type": "IP", "params": params},
-                timeout=CALL_TIMEOUT,
+                timeout=SEARCH_TIMEOUT,
             )
         )
         hits = [(int(h["id"]), float(h["distance"])) for h in (res[0] if res else [])]

@@ -18,7 +18,7 @@ from typing import Any
 
 from index.errors import StoreError
 
-from .items import META_COLUMNS, NewItem, item_values, rows_in
+from .items import META_COLUMNS, NewItem, item_values, rows_in, source_key, source_of_key
 
 POST_COLUMNS = (
     "source",
@@ -105,6 +105,14 @@ def create_and_fill(conn: sqlite3.Connection) -> int:
     return cur.rowcount
 
 
+def view_from_items(conn: sqlite3.Connection) -> None:
+    """A read-only collection from before the table: its items' own posts, as a view
+    (a TEMP view lives in memory, so it needs no write to the database)."""
+    cols = ", ".join(POST_COLUMNS)
+    where = " AND ".join(f"{k} IS NOT NULL" for k in _KEYS)
+    conn.execute(f"CREATE TEMP VIEW posts AS SELECT {cols}, id AS item_id FROM items WHERE {where}")
+
+
 def is_post(values: Sequence[Any]) -> bool:
     """Whether item values (items.item_values) describe a Discord post."""
     return all(values[META_COLUMNS.index(k)] is not None for k in _KEYS)
@@ -131,7 +139,7 @@ def link(conn: sqlite3.Connection, posts: Sequence[NewItem]) -> list[int | None]
             raise StoreError(
                 f"{p.source} is not a Discord post (guild, channel, message, attachment)"
             )
-        row = conn.execute("SELECT id FROM items WHERE source = ?", (p.source,)).fetchone()
+        row = conn.execute("SELECT id FROM items WHERE source = ?", (values[0],)).fetchone()
         if row is None and p.content_hash:
             row = conn.execute(
                 "SELECT id FROM items WHERE content_hash = ? AND guild_id = ? ORDER BY id LIMIT 1",
@@ -151,12 +159,12 @@ def drop_of_items(conn: sqlite3.Connection, ids: Sequence[int]) -> None:
 
 def known(conn: sqlite3.Connection, sources: Iterable[str]) -> set[str]:
     """Those of `sources` stored as a post or as an item."""
-    wanted = sorted(set(sources))
+    wanted = list({source_key(s) for s in sources})
     found = {r[0] for r in rows_in(conn, "SELECT source FROM posts WHERE source IN (%s)", wanted)}
     found.update(
         r[0] for r in rows_in(conn, "SELECT source FROM items WHERE source IN (%s)", wanted)
     )
-    return found
+    return {source_of_key(s) for s in found}
 
 
 def _where(guild_id: int, channel_id: int | None) -> tuple[str, list[Any]]:

@@ -34,10 +34,13 @@ def build_index(
     index_type: a FAISS factory string, or 'auto' (tuning.choose_factory decides). An
     index that cannot be trained yet (too few items) falls back to exact. Approximate
     indexes are tuned on calibration queries whose exact answers are computed while the
-    vectors stream in.
+    vectors stream in. Stored vectors that are not finite (refused on the way in since,
+    but a collection may predate that or be edited) enter as zeros and are listed in
+    Built.nonfinite.
     """
     rng = np.random.default_rng(0)
     dim = table.dim
+    nonfinite: list[int] = []
     with table.snapshot() as conn:
         gen = table.state("generation")
         ids = np.fromiter(
@@ -53,7 +56,7 @@ def build_index(
                 if n == 0:
                     raise RuntimeError("no items to train on")
                 m = tuning.training_size(index, n)
-                sample = table.vectors(np.sort(rng.choice(ids, size=m, replace=False)))
+                sample = _finite(table.vectors(np.sort(rng.choice(ids, size=m, replace=False))))
                 index.train(sample)
                 del sample
             except Exception:  # too few items for this factory: exact until there are more
@@ -63,7 +66,9 @@ def build_index(
         if not is_exact(index) and n > 1:
             m = min(tuning.CALIB_QUERIES, len(ids) // 3)
             picked = rng.choice(ids, size=3 * m, replace=False)
-            calib = tuning.calibration_queries(table.vectors(picked), picked) if m else None
+            calib = (
+                tuning.calibration_queries(_finite(table.vectors(picked)), picked) if m else None
+            )
         best_s = best_i = None
         if calib is not None:
             best_s = np.full((len(calib[0]), 0), -np.inf, dtype=np.float32)
@@ -72,6 +77,10 @@ def build_index(
         while rows := cur.fetchmany(ROW_CHUNK):
             chunk_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
             chunk = table.decode([r[1] for r in rows])
+            bad = ~np.isfinite(chunk).all(axis=1)
+            if bad.any():  # stored before they were refused: findable by nothing, harmless
+                chunk[bad] = 0.0
+                nonfinite.extend(int(i) for i in chunk_ids[bad])
             index.add_with_ids(chunk, chunk_ids)
             if calib is not None:
                 scores = calib[0] @ chunk.T
@@ -84,7 +93,15 @@ def build_index(
         truth = np.where(np.isfinite(best_s), best_i, -1)
         calibration = (calib[0], calib[1], truth, calib[2])
     params = tuning.tune(index, calibration) if not is_exact(index) else {}
-    return Built(index, factory, dict(params), gen, n, wanted, fallback, trainable)
+    return Built(index, factory, dict(params), gen, n, wanted, fallback, trainable, nonfinite)
+
+
+def _finite(vectors: np.ndarray) -> np.ndarray:
+    """Vectors with non-finite rows zeroed (they must not train or calibrate an index)."""
+    bad = ~np.isfinite(vectors).all(axis=1)
+    if bad.any():
+        vectors[bad] = 0.0
+    return vectors
 
 
 class BackgroundRebuild:

@@ -25,6 +25,7 @@ def forbidden() -> discord.Forbidden:
 class Ctx:
     def __init__(self, interaction=None, fail_with=None):
         self.sent: list[str] = []
+        self.kw: list[dict] = []
         self.channel = SimpleNamespace(id=7)
         self.interaction = interaction
         self.command = SimpleNamespace(qualified_name="find")
@@ -34,6 +35,7 @@ class Ctx:
         if self.fail_with is not None:
             raise self.fail_with
         self.sent.append(text)
+        self.kw.append(kw)
 
 
 @pytest.fixture
@@ -64,9 +66,10 @@ async def test_errors_become_one_line(bot, error, expected):
 
 
 async def test_channel_not_allowed_answers_slash_commands(bot):
-    ctx = Ctx(interaction=object())
+    ctx = Ctx(interaction=SimpleNamespace(response=SimpleNamespace(is_done=lambda: False)))
     await bot.on_command_error(ctx, ChannelNotAllowed("searches are not enabled in this channel"))
     assert ctx.sent == ["searches are not enabled in this channel"]
+    assert ctx.kw == [{"ephemeral": True}]  # a refusal goes to the member alone
 
 
 async def test_unexpected_errors_are_logged_and_answered(bot, caplog):

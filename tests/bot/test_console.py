@@ -11,8 +11,8 @@ from pathlib import Path
 from botutil import noise_png
 from PIL import Image
 
-from bot.console import ensure_demo, split_image_options
-from index.engine import EngineOptions
+from bot.console import split_image_options
+from index import EngineOptions, make_demo
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -95,15 +95,15 @@ def test_console_without_a_collection(tmp_path):
     assert "--demo" in r.stderr
 
 
-async def test_ensure_demo_builds_once_then_resumes(tmp_path):
+async def test_make_demo_builds_once_then_resumes(tmp_path):
     out = io.StringIO()
-    engine = await ensure_demo(tmp_path / "demo", EngineOptions(device="cpu"), count=12, out=out)
+    engine = await make_demo(tmp_path / "demo", EngineOptions(device="cpu"), count=12, out=out)
     try:
         assert len(engine.collection) == 12
     finally:
         engine.close()
     assert "added 12, unchanged 0" in out.getvalue()
-    engine = await ensure_demo(tmp_path / "demo", EngineOptions(device="cpu"), count=12, out=out)
+    engine = await make_demo(tmp_path / "demo", EngineOptions(device="cpu"), count=12, out=out)
     engine.close()
     assert "added 0, unchanged 12" in out.getvalue()
 

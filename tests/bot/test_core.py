@@ -21,6 +21,7 @@ from bot.core import (
     _decode,
     split_urls,
 )
+from index import Query
 from index.errors import Busy
 
 ALICE = 1
@@ -155,7 +156,7 @@ async def test_busy_is_answered_at_once(settings):
     async def search(*a, **k):
         raise Busy()
 
-    busy = SimpleNamespace(encoder=SimpleNamespace(ready=True), collection=[], search=search)
+    busy = SimpleNamespace(ready=True, collection=[], search=search)
     core = Core(settings, busy)
     assert_one_line_error(await find(core, "red circle"), BUSY)
     state = PagingState(ALICE, "red circle", [], 0, 5, True, "red circle*1", 5)
@@ -166,7 +167,7 @@ async def test_busy_is_answered_at_once(settings):
 async def test_not_ready_while_the_model_loads(settings):
     core = Core(settings, None)
     assert_one_line_error(await find(core, "red circle"), NOT_READY)
-    loading = SimpleNamespace(encoder=SimpleNamespace(ready=False))
+    loading = SimpleNamespace(ready=False)
     core = Core(settings, loading)
     assert_one_line_error(await find(core, "red circle"), NOT_READY)
     # a malformed query is still explained while the model loads
@@ -186,6 +187,29 @@ async def test_cooldown_per_user(settings, engine):
     assert not (await find(core, "green", author=2)).error  # others are not held up
     now[0] = 10.5
     assert not (await find(core, "green")).error
+
+
+async def test_cooldown_is_charged_only_for_searches_that_run(settings, engine):
+    core = Core(replace(settings, cooldown_rate=1, cooldown_per_s=60, max_attachment_bytes=2048),
+                engine)
+    data = noise_png()
+    refused = [att("broken.png", data[: len(data) // 2]), att("junk.png", b"not a picture"),
+               att("liar.png", noise_png(128), size=100), att("bomb.png", bomb_png())]
+    for a in refused:  # each downloaded, then refused: the search never ran
+        reply = await find(core, "cats", a)
+        assert reply.error and "slow down" not in reply.text, reply.text
+    assert not (await find(core, "red circle")).error  # the one search the minute allows
+    assert_one_line_error(await find(core, "blue"), "slow down")
+
+
+async def test_cooldown_is_given_back_when_busy(settings):
+    async def search(*a, **k):
+        raise Busy()
+
+    busy = SimpleNamespace(encoder=SimpleNamespace(ready=True), collection=[], search=search)
+    core = Core(replace(settings, cooldown_rate=1, cooldown_per_s=60), busy)
+    assert_one_line_error(await find(core, "red circle"), BUSY)
+    assert_one_line_error(await find(core, "red circle"), BUSY)  # not "slow down"
 
 
 def test_cooldown_off_and_sweep():
@@ -279,6 +303,34 @@ async def test_paging_forward_back_and_past_the_end(settings, any_engine):
     assert end.text == f"no more results: #{len(engine.collection)} was the last match"
     prev = await core.turn(state, -1)
     assert prev.is_page and prev.cards[0].rank == state.offset - state.k + 1
+
+
+async def test_the_query_is_parsed_once_per_search(settings, engine, monkeypatch):
+    """A page turn hands the engine the query parsed when it was asked, not its text."""
+    import bot.core
+
+    parses, given = [], []
+    real_parse, real_search = bot.core.parse_query, engine.search
+
+    def counting_parse(*a, **k):
+        parses.append(a)
+        return real_parse(*a, **k)
+
+    async def spying_search(query, *a, **k):
+        given.append(query)
+        return await real_search(query, *a, **k)
+
+    monkeypatch.setattr(bot.core, "parse_query", counting_parse)
+    monkeypatch.setattr(engine, "search", spying_search)
+    core = Core(settings, engine)
+    first = await find(core, "red circle*1 blue square*2")
+    second = await core.turn(first.state, 1)
+    third = await core.turn(second.state, -1)
+    assert second.is_page and third.is_page
+    assert len(parses) == 1
+    assert len(given) == 3 and all(q is given[0] for q in given)
+    assert isinstance(given[0], Query)
+    assert given[0].describe() == "red circle*1 blue square*2"
 
 
 async def test_a_page_that_turns_out_empty_says_so(core):

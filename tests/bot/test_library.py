@@ -337,7 +337,7 @@ def source(s, msg, i: int = 0) -> str:
 def seen_by_library(w, s, msg) -> bool:
     """Every picture of `msg` is in the library's posts (stored, or a repeat of one)."""
     want = {source(s, msg, i) for i in range(len(msg["attachments"]))}
-    return w.bot.library.guilds[s.guild].posts.known(sorted(want)) == want
+    return w.bot.library.guilds[s.guild].engine.known(sorted(want)) == want
 
 
 def shown(page, msg) -> bool:

@@ -4,6 +4,8 @@ search scope (library only, or with the global collection), and searches going f
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import threading
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -216,7 +218,7 @@ async def test_a_repeated_picture_moves_to_the_oldest_post_left_and_goes_with_th
         assert holder(g, X) == (2, 21, 210) and holder(g, Y) is None and len(coll) == 1
         # the last post edited away: the picture is gone, and so are its posts
         assert await lib.remove_attachments(7, 2, 21, set()) == 1
-        assert len(coll) == 0 and g.posts.of_hashes({content_hash(X), content_hash(Y)}) == []
+        assert len(coll) == 0 and g.engine.posts(7) == []
         assert lib.channel_state(7, 2) is not None  # the library itself stays
     finally:
         await lib.close()
@@ -234,12 +236,13 @@ async def test_an_unrelated_edit_or_delete_changes_nothing(engine, settings, tmp
         again = message(11, (110, X))
         again.attachments[0].read = None
         assert await lib._index(g, 1, [again], None) == (0, True)
-        assert len(g.posts.of_hashes({content_hash(X)})) == 2
+        item = g.engine.collection.find_hash(content_hash(X), 7)
+        assert len(g.engine.posts(7, item_ids=[item.id])) == 2
     finally:
         await lib.close()
 
 
-async def test_posts_survive_a_restart_and_older_libraries_get_theirs(engine, settings, tmp_path):
+async def test_posts_survive_a_restart(engine, settings, tmp_path):
     root = tmp_path / "libs"
     lib, g = await open_library(engine, settings, root, message(10, (100, X)), message(11, (110, X)),
                                 message(12, (120, Y)))
@@ -249,11 +252,36 @@ async def test_posts_survive_a_restart_and_older_libraries_get_theirs(engine, se
         assert await lib.remove_messages(7, 1, [10]) == 0 and holder(lib.guilds[7], X) == (1, 11, 110)
     finally:
         await lib.close()
-    # a library from before posts.sqlite: its posts are read from its collection
-    (root / "7" / POSTS_FILE).unlink()
+
+
+async def test_a_library_from_before_gets_its_posts_sqlite_moved_in(engine, settings, tmp_path):
+    """Its collection's database knew no posts (all were in posts.sqlite beside it): on
+    opening, they move into the collection and the file is retired."""
+    root = tmp_path / "libs"
+    lib, g = await open_library(engine, settings, root, message(10, (100, X)),
+                                message(11, (110, X)), message(12, (120, Y)))
+    every = [(p.source, p.title, p.page_url, p.channel_id, p.message_id, p.attachment_id,
+              p.author_id, p.posted_at, g.engine.collection.get([p.item_id])[0].content_hash)
+             for p in g.engine.posts(7)]
+    await lib.close()
+    assert len(every) == 3
+    with contextlib.closing(sqlite3.connect(root / "7" / "meta.sqlite")) as db:
+        db.execute("DROP TABLE posts")
+        db.commit()
+    with contextlib.closing(sqlite3.connect(root / "7" / POSTS_FILE)) as db:
+        db.execute("CREATE TABLE posts (source TEXT PRIMARY KEY, title TEXT NOT NULL, "
+                   "page_url TEXT NOT NULL, channel_id INTEGER NOT NULL, message_id INTEGER "
+                   "NOT NULL, attachment_id INTEGER NOT NULL, author_id INTEGER, posted_at REAL, "
+                   "content_hash TEXT NOT NULL)")
+        db.executemany(f"INSERT INTO posts VALUES ({', '.join('?' * 9)})", every)
+        db.commit()
     lib, g = await open_library(engine, settings, root)
     try:
-        assert len(g.posts.of_channel(1)) == 2
+        assert len(g.engine.posts(7, channel_id=1)) == 3
+        assert not (root / "7" / POSTS_FILE).exists()
+        assert (root / "7" / (POSTS_FILE + ".migrated")).exists()
+        # the repeat came along: the picture moves to it when its holder goes
+        assert await lib.remove_messages(7, 1, [10]) == 0 and holder(g, X) == (1, 11, 110)
         assert await lib.remove_attachments(7, 1, 12, set()) == 1 and holder(g, Y) is None
     finally:
         await lib.close()
@@ -283,6 +311,7 @@ async def test_a_result_edited_away_while_the_bot_was_away_is_removed_when_shown
         assert [c.title for c in first] == ["(deleted since)", "101.png"]
         assert first[1].image_url == "https://cdn/101.png" and "ann" in first[1].credit
         assert holder(g, X) == (1, 11, 110)  # the repeat holds it now
-        assert [c.image_url for c in await show()] == ["https://cdn/101.png", "https://cdn/110.png"]
+        # (re-pointed in place: the same item, so the order of ids is unchanged)
+        assert [c.image_url for c in await show()] == ["https://cdn/110.png", "https://cdn/101.png"]
     finally:
         await lib.close()

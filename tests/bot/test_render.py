@@ -13,7 +13,7 @@ from PIL import Image
 from bot import render
 from bot.core import Core, FindRequest
 from bot.render import AttentionRow
-from bot.reply import Reply
+from bot.reply import Card, Reply
 from index.engine import Hit
 from index.query import parse_query
 from index.store import Item
@@ -149,3 +149,15 @@ def test_a_shown_result_is_not_decoded_again_until_its_file_changes(tmp_path, mo
     changed = render.make_cards(hits, thumbnail_size=96)[0].file.data
     assert changed != first and len(opened) == 2
     assert Image.open(io.BytesIO(changed)).size == (96, 96)
+
+
+def test_clean_drops_bidi_and_invisible_characters_only():
+    tricky = "cat\u202egnp.exe \u2066x\u2069 a\u200bb\ufeff\u00ad\x07"
+    assert render.clean(tricky) == "catgnp.exe x ab"
+    family = "👨\u200d👩\u200d👧 \u0645\u06cc\u200cخواهم"  # joiners carry meaning: kept
+    assert render.clean(family) == family
+    assert render.clean("line 1\nline 2") == "line 1\nline 2"
+    card = Card(1, 0.5, "x\u202eevil", "by \u202eme", None)
+    kw = render.to_discord(Reply("**Results 1–1** for `a\u202eb`", [card]))
+    assert "\u202e" not in kw["content"] and "\u202e" not in kw["embeds"][0].title
+    assert "\u202e" not in kw["embeds"][0].description

@@ -1,7 +1,9 @@
 """Building from URL sources (a local server stands in for the web) and from bad files."""
 
 import io
+import os
 
+import numpy as np
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -108,3 +110,39 @@ async def test_bad_files_are_skipped_and_reported(tmp_path, engine):
     assert any("too large" in why for why in failed.values())
     assert any("not an image" in why for why in failed.values())
     assert len(engine.collection) == 1
+
+
+async def test_a_file_name_that_is_not_utf8_is_indexed_with_its_path_kept(tmp_path, engine):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(png(0))
+    odd = os.fsencode(folder) + b"/b\xe9\xff.png"  # Latin-1 names from an old disk
+    with open(odd, "wb") as f:
+        f.write(png(1))
+    (folder / "c.png").write_bytes(png(2))
+    report = await build(engine.collection, engine.encoder, scan_folder(folder))
+    assert report.added == 3 and report.failed == []
+    item = engine.collection.by_source(os.fsdecode(odd))
+    assert item is not None and os.fsencode(item.source) == odd  # the very same bytes
+    assert open(item.source, "rb").read() == png(1)
+    again = await build(engine.collection, engine.encoder, scan_folder(folder))
+    assert again.added == 0 and again.unchanged == 3  # found again by its source
+
+
+async def test_a_non_finite_vector_fails_its_item_not_its_chunk(tmp_path, engine, monkeypatch):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(4):
+        (folder / f"{i}.png").write_bytes(png(i))
+    real = engine.encoder.encode_pixels
+
+    async def one_nan(pixels, **kw):
+        v = np.array(await real(pixels, **kw))
+        v[2, 0] = np.nan
+        return v
+
+    monkeypatch.setattr(engine.encoder, "encode_pixels", one_nan)
+    report = await build(engine.collection, engine.encoder, scan_folder(folder))
+    assert report.added == 3 and len(engine.collection) == 3
+    [(source, why)] = report.failed
+    assert source.endswith("2.png") and "NaN" in why

@@ -33,13 +33,20 @@ def fails(*args):
     return lines[0]
 
 
-def test_demo_is_deterministic(tmp_path):
-    cli("demo", tmp_path / "a", "--count", 12, "--seed", 3)
+def test_demo_is_deterministic_and_searchable(tmp_path):
+    """`demo` makes the same demo collection as `python -m bot --console --demo`."""
+    out = cli("demo", tmp_path / "a", "--count", 12, "--seed", 3)
+    assert "added 12, unchanged 0" in out.stdout
     cli("demo", tmp_path / "b", "--count", 12, "--seed", 3)
-    header = (tmp_path / "a" / "captions.csv").read_text().splitlines()[0]
+    header = (tmp_path / "a" / "gallery" / "captions.csv").read_text().splitlines()[0]
     assert header == "file,caption,objects"
     for name in ["captions.csv", "shape_00.png", "shape_11.png"]:
-        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+        assert (tmp_path / "a" / "gallery" / name).read_bytes() == \
+            (tmp_path / "b" / "gallery" / name).read_bytes()
+    again = cli("demo", tmp_path / "a", "--count", 12, "--seed", 3)
+    assert "added 0, unchanged 12" in again.stdout
+    found = cli("search", "--index", tmp_path / "a" / "collection", "-k", 1, "red")
+    assert "1  " in found.stdout and "shape_" in found.stdout
 
 
 def test_build_is_incremental_and_reports_bad_files(tmp_path, demo_gallery):
@@ -186,3 +193,62 @@ def test_milvus_store_from_the_cli(tmp_path, demo_gallery):
                  f"http://127.0.0.1:{port}", "red")
     assert f"cannot reach Milvus at http://127.0.0.1:{port}" in line
     assert "not a clipfind" not in line
+
+def test_refused_searches_exit_at_once_with_one_line(demo_collection, tmp_path):
+    """Malformed queries and impossible pages are refused before the model loads: exit 2,
+    one line, never an abort at exit (a model thread still warming up when the process
+    ended made it SIGABRT now and then), never a silently clamped page."""
+    from index.store import Collection
+    # a collection whose model cannot load offline: a refusal must not get that far
+    Collection.create(tmp_path / "far", "ViT-B-32:openai", 512, "auto").close()
+    runs = [(demo_collection, [], "🙂 *inf #999999999999999999999999999999999999999999", "usage"),
+            (demo_collection, [], "#2 cat", "usage"),
+            (tmp_path / "far", [], "cat*abc", "usage"),
+            (demo_collection, ["-k", "-1"], "red", "-k -1"),
+            (demo_collection, ["-k", "0"], "red", "-k 0"),
+            (tmp_path / "far", ["--offset", "-3"], "red", "--offset -3")]
+    procs = [subprocess.Popen([sys.executable, "-m", "index", "search", "--index", str(c), *opts,
+                               "--", q], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for c, opts, q, _ in runs]
+    for p, (_, _, _, fragment) in zip(procs, runs, strict=True):
+        out, err = p.communicate(timeout=240)
+        assert p.returncode == 2, err  # -6: aborted
+        assert len(err.splitlines()) == 1 and err.startswith("error: ") and fragment in err, err
+        assert not out
+
+
+def test_build_names_a_fifo_it_skips(tmp_path, demo_gallery):
+    src = tmp_path / "imgs"
+    src.mkdir()
+    shutil.copy(demo_gallery / "shape_000.png", src)
+    os.mkfifo(src / "pipe.png")
+    out = cli("build", "--index", tmp_path / "c", src)
+    assert "added 1" in out.stdout
+    assert "pipe.png" in out.stderr and "not a regular file" in out.stderr
+
+
+def test_search_shows_credit_and_page(tmp_path, demo_gallery):
+    import asyncio
+
+    from index.engine import Engine
+    from index.store import NewItem
+    engine = Engine.open(tmp_path / "c", model="builtin:tiny-shapes", create=True)
+    try:
+        items = [NewItem(source=f"https://images.unsplash.com/photo-{i}?w=1080", title=f"photo {i}",
+                         credit=f"Photo by Ann Lee{i} (@ann{i}) on Unsplash",
+                         page_url=f"https://unsplash.com/photos/p{i}") for i in range(2)]
+        items.append(NewItem(source=str(demo_gallery / "shape_002.png")))
+        data = [(demo_gallery / f"shape_00{i}.png").read_bytes() for i in range(3)]
+        asyncio.run(engine.add_images(items, data))
+    finally:
+        engine.close()
+    rows = json.loads(cli("search", "--index", tmp_path / "c", "--json", "-k", 3, "red").stdout)["results"]
+    by_source = {r["source"]: r for r in rows}
+    r0 = by_source["https://images.unsplash.com/photo-0?w=1080"]
+    assert r0["credit"] == "Photo by Ann Lee0 (@ann0) on Unsplash"
+    assert r0["page"] == "https://unsplash.com/photos/p0"
+    assert "credit" not in by_source[str(demo_gallery / "shape_002.png")]  # only when known
+    text = cli("search", "--index", tmp_path / "c", "-k", 3, "red").stdout
+    for i in range(2):
+        assert f"Photo by Ann Lee{i} (@ann{i}) on Unsplash" in text
+        assert f"https://unsplash.com/photos/p{i}" in text

@@ -130,3 +130,24 @@ async def test_a_lone_text_gives_the_models_vector_whichever_pass_warm_up_chose(
         encoder._cache.clear()
         got = await encoder.encode_texts(["purple triangle"])
         assert np.abs(got - ref).max() < 1e-5
+
+
+def test_close_during_warm_up_stops_the_model_thread(tiny, monkeypatch):
+    """A process that exits while the model thread runs torch ops aborts (SIGABRT,
+    'terminate called without an active exception'): close() must leave no model thread
+    running, and must not sit out a long warm-up to get there."""
+    started = threading.Event()
+    real_forward = Encoder._forward
+
+    def slow_forward(self, kind, inputs):
+        started.set()
+        time.sleep(0.5)  # a warm-up of ~24 passes: longer than any join timeout
+        return real_forward(self, kind, inputs)
+
+    monkeypatch.setattr(Encoder, "_forward", slow_forward)
+    enc = Encoder(tiny)
+    assert started.wait(30)
+    t0 = time.perf_counter()
+    enc.close()
+    assert not enc._thread.is_alive()
+    assert time.perf_counter() - t0 < 5

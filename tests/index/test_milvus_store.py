@@ -1,4 +1,4 @@
-"""index/milvus_store.py: what only the Milvus store has (the shared tests are test_store.py).
+"""index/store/milvus.py: what only the Milvus store has (the shared tests are test_store.py).
 
 Milvus Lite runs in this process from one file per session (conftest `milvus_uri`); the
 fault tests run a `milvus-lite server` on 127.0.0.1 in a subprocess and stop it by its pid.
@@ -15,10 +15,10 @@ import pytest
 from pymilvus import DataType, MilvusClient
 from twostores import free_port, wait_until_back
 
-from index.store import milvus as milvus_store
 from index.errors import ModelMismatch, StoreError, StoreUnavailable
-from index.store.milvus import UNREACHABLE, MilvusStore, collection_name, item_id, redact
 from index.store import NewItem
+from index.store import milvus as milvus_store
+from index.store.milvus import UNREACHABLE, MilvusStore, collection_name, item_id, redact
 
 DIM = 16
 MODEL = "builtin:tiny-shapes"

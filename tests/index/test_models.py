@@ -87,3 +87,36 @@ def test_cuda_asked_without_gpu_is_a_clear_error(monkeypatch):
 
 def test_random_architecture_loads_for_tests(vitb32):
     assert vitb32.dim == 512 and vitb32.text is not None
+
+
+LEAN_CHECK = r"""
+import sys
+from index.models import _needs_optional_libraries, load_model, open_clip_module, parse_spec
+m = load_model("builtin:tiny-shapes", device="cpu")
+assert m.model.encode_text(m.tokenizer(["red circle"])).shape == (1, m.dim)
+heavy = [x for x in ("transformers", "timm", "sympy", "torch._dynamo") if x in sys.modules]
+assert not heavy, heavy
+assert m.tokenizer is sys.modules["open_clip"].tokenizer._tokenizer  # one vocabulary, not two
+import torch
+assert torch._dynamo.utils.is_compile_supported("cpu") in (True, False)  # the real one loads
+assert "sympy" in sys.modules
+needs = {s: _needs_optional_libraries(parse_spec(s)) for s in
+         ("builtin:tiny-shapes", "ViT-B-32:random", "convnext_tiny:random", "roberta-ViT-B-32:random")}
+assert needs == {"builtin:tiny-shapes": False, "ViT-B-32:random": False,
+                 "convnext_tiny:random": True, "roberta-ViT-B-32:random": True}, needs
+oc = open_clip_module(full=True)
+assert oc.hf_model.transformers is not None and oc.timm_model.timm is not None
+assert open_clip_module() is oc and sys.modules["open_clip"] is oc
+print("ok")
+"""
+
+
+def test_the_bundled_model_loads_without_the_optional_libraries():
+    """Memory at rest: timm, transformers and torch._dynamo (with sympy) stay out of a process
+    whose model does not need them, and come in whole for one that does."""
+    import os
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", LEAN_CHECK], capture_output=True, text=True,
+                         timeout=240, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
