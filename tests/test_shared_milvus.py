@@ -111,6 +111,7 @@ class ConsoleBot:
                 self.proc.wait()
 
 
+@pytest.mark.slow  # four Python processes with torch: ~70 s on the shared 2-core machine
 def test_a_cli_build_a_console_bot_and_a_remove_share_one_milvus(tmp_path, milvus_server):
     uri = milvus_server
     write_gallery(tmp_path / "a", 12, seed=1)
