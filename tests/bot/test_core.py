@@ -206,7 +206,7 @@ async def test_cooldown_is_given_back_when_busy(settings):
     async def search(*a, **k):
         raise Busy()
 
-    busy = SimpleNamespace(encoder=SimpleNamespace(ready=True), collection=[], search=search)
+    busy = SimpleNamespace(ready=True, collection=[], search=search)
     core = Core(replace(settings, cooldown_rate=1, cooldown_per_s=60), busy)
     assert_one_line_error(await find(core, "red circle"), BUSY)
     assert_one_line_error(await find(core, "red circle"), BUSY)  # not "slow down"
