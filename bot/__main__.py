@@ -3,8 +3,9 @@
     python -m bot --config config.toml                 the bot (token: DISCORD_TOKEN or config)
     python -m bot --console [--config F] [--demo] [--out DIR]   commands from standard input
 
-Exit status 2 with one line on standard error for a bad configuration, a missing token or
-a missing collection; 1 when Discord refuses the token or an intent.
+Exit status 2 with one line on standard error for a bad configuration, a missing token,
+a missing collection or an unreachable Milvus (store = "milvus"); 1 when Discord refuses
+the token or an intent.
 """
 
 from __future__ import annotations
@@ -38,6 +39,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("out"),
                    help="console: folder for the pictures the bot would post (default ./out)")
     return p
+
+
+def _collection_found(settings: config.Settings) -> bool | str:
+    """Whether the collection is there; a str: the one line saying why none can be (an
+    unreachable Milvus, named by its URI)."""
+    from index import collection_exists
+    from index.errors import ClipfindError
+
+    try:
+        return collection_exists(settings.collection, **settings.store_options)
+    except ClipfindError as e:
+        return str(e)
 
 
 def _fail(message: str) -> int:
@@ -92,7 +105,10 @@ def main(argv: list[str] | None = None) -> int:
             return 130
     if not settings.token:
         return _fail(NO_TOKEN)
-    if not args.demo and not (settings.collection / "manifest.json").exists():
+    found = True if args.demo else _collection_found(settings)
+    if isinstance(found, str):
+        return _fail(found)
+    if not found:
         return _fail(f"no collection at {settings.collection}: build one with "
                      f"`python -m index build --index {settings.collection} FOLDER` "
                      "(or try `python -m bot --console --demo`)")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -42,6 +43,11 @@ class Settings:
     device: str = "auto"
     threads: int = 0  # 0 = torch's default
     queue_size: int = 512
+    # -- where the vectors live: "faiss" (embedded, in the collection folder) or "milvus" ---------
+    store: str = "faiss"
+    milvus_uri: str = ""  # "" = a Milvus Lite file in the collection folder
+    milvus_token_env: str = ""  # NAME of the environment variable holding the Milvus token
+    milvus_token: str = field(default="", repr=False)  # read from that variable, never a key
     # -- results and paging ------------------------------------------------------------------------
     results_per_page: int = 5
     paging_timeout_s: float = 300.0
@@ -61,10 +67,17 @@ class Settings:
     log_level: str = "INFO"
 
     def redact(self, text: str) -> str:
-        """`text` with the token masked (no-op when there is no token)."""
-        if self.token and self.token in text:
-            return text.replace(self.token, "[token hidden]")
+        """`text` with the tokens masked (no-op when there is none)."""
+        for secret in (self.token, self.milvus_token):
+            if secret and secret in text:
+                text = text.replace(secret, "[token hidden]")
         return text
+
+    @property
+    def store_options(self) -> dict[str, Any]:
+        """Engine.open's store arguments (store, milvus_uri, milvus_token)."""
+        return {"store": self.store, "milvus_uri": self.milvus_uri or None,
+                "milvus_token": self.milvus_token or None}
 
 
 # key -> (kind, low, high); kinds: str, bool, int, float, path, channels, level, device
@@ -79,6 +92,9 @@ _RULES: dict[str, tuple[str, float | None, float | None]] = {
     "device": ("device", None, None),
     "threads": ("int", 0, 256),
     "queue_size": ("int", 1, 1_000_000),
+    "store": ("store", None, None),
+    "milvus_uri": ("uri", None, None),
+    "milvus_token_env": ("envname", None, None),
     "results_per_page": ("int", 1, MAX_RESULTS_PER_PAGE),
     "paging_timeout_s": ("float", 1, 86_400),
     "thumbnail_size": ("int", 64, 2048),
@@ -93,7 +109,7 @@ _RULES: dict[str, tuple[str, float | None, float | None]] = {
     "library_max_bytes": ("int", 1024, 500 * MiB),
     "log_level": ("level", None, None),
 }
-assert set(_RULES) == {f.name for f in fields(Settings)}
+assert set(_RULES) | {"milvus_token"} == {f.name for f in fields(Settings)}
 
 
 def _type_name(v: Any) -> str:
@@ -111,9 +127,24 @@ def _check(key: str, value: Any, base: Path) -> Any:
         if (low is not None and v < low) or (high is not None and v > high):
             raise bad(f"must be between {low:g} and {high:g}, got {v:g}")
 
-    if kind in ("str", "prefix", "device", "level", "path"):
+    if kind in ("str", "prefix", "device", "level", "path", "store", "uri", "envname"):
         if not isinstance(value, str):
             raise bad(f"must be a string, got {_type_name(value)}")
+        if kind == "store":
+            if value.strip().lower() not in ("faiss", "milvus"):
+                raise bad(f"must be faiss or milvus, got {value!r}")
+            return value.strip().lower()
+        if kind == "uri":  # a server URL as is; a Milvus Lite file relative to the config
+            v = value.strip()
+            if not v or "://" in v:
+                return v
+            p = Path(v).expanduser()
+            return str(p if p.is_absolute() else base / p)
+        if kind == "envname":
+            if value and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+                raise bad(f"must be the NAME of an environment variable (the token itself "
+                          f"never goes in the config), got {len(value)} characters")
+            return value
         if kind == "prefix":
             if not value.strip() or value != value.strip() or len(value) > 10:
                 raise bad(f"must be 1 to 10 characters without spaces, got {value!r}")
@@ -171,6 +202,9 @@ def from_mapping(data: dict[str, Any], *, base: Path | None = None,
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
     for key, value in data.items():
+        if key == "milvus_token":
+            raise ConfigError("key 'milvus_token': the token never goes in the config; put it "
+                              "in an environment variable and name that with milvus_token_env")
         if key not in _RULES:
             near = [k for k in _RULES if k.split("_")[0] == key.split("_")[0]]
             hint = f" (did you mean {' or '.join(near)}?)" if near else ""
@@ -185,6 +219,12 @@ def from_mapping(data: dict[str, Any], *, base: Path | None = None,
         values["token"] = token
     else:
         values["token"] = str(values.get("token", "")).strip()
+    name = values.get("milvus_token_env", "")
+    if name:
+        values["milvus_token"] = env.get(name, "").strip()
+        if not values["milvus_token"]:
+            raise ConfigError(f"key 'milvus_token_env': the environment variable {name} "
+                              "is not set (it should hold the Milvus token)")
     return Settings(**values)
 
 

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from index import Engine
+from index import Engine, collection_exists
 from index.errors import ClipfindError
 
 from .config import Settings
@@ -206,11 +206,18 @@ class Console:
 async def run_console(settings: Settings, *, out_dir: Path, demo: bool,
                       demo_root: Path = DEMO_ROOT, stdin: TextIO = sys.stdin,
                       stdout: TextIO = sys.stdout, runtime: Runtime | None = None) -> int:
-    if runtime is None and not demo and not (settings.collection / "manifest.json").exists():
-        print(f"no collection at {settings.collection}: build one with "
-              f"`python -m index build --index {settings.collection} FOLDER`, "
-              "or run the console with --demo", file=sys.stderr)
-        return 2
+    if runtime is None and not demo:
+        try:  # the collection's folder, or its Milvus (unreachable: one line naming it)
+            found = await asyncio.to_thread(collection_exists, settings.collection,
+                                            **settings.store_options)
+        except ClipfindError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if not found:
+            print(f"no collection at {settings.collection}: build one with "
+                  f"`python -m index build --index {settings.collection} FOLDER`, "
+                  "or run the console with --demo", file=sys.stderr)
+            return 2
     try:
         if runtime is None:
             runtime = (await Runtime.demo(settings, demo_root, out=stdout) if demo

@@ -37,7 +37,7 @@ def engine_options(settings: Settings) -> EngineOptions:
 def open_engine(settings: Settings) -> Engine:
     """The configured collection with the model that built it (blocking: run it in a thread)."""
     return Engine.open(settings.collection, model=settings.model or None,
-                       options=engine_options(settings))
+                       options=engine_options(settings), **settings.store_options)
 
 
 class Runtime:
@@ -96,7 +96,8 @@ class Runtime:
         if self.engine is None:
             raise RuntimeError("the engine is not open")
         s = self.settings
-        return Namespaces(s.library_root, self.engine.encoder, engine_options(s))
+        return Namespaces(s.library_root, self.engine.encoder, engine_options(s),
+                          **s.store_options)
 
     async def close(self) -> None:
         if self._task is not None and not self._task.done():

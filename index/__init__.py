@@ -33,6 +33,9 @@ _EXPORTS: dict[str, str] = {
     "NewItem": "store",  # what to store about an image being added
     "Item": "store",
     "Collection": "store",
+    "collection_exists": "engine",  # in its folder, or in its Milvus (store="milvus")
+    "open_store": "engine",  # a collection without a model: the embedded store or Milvus
+
     "Post": "store",  # a Discord post of a stored picture (provenance)
     "Forgotten": "store",  # what forgetting posts changed
     "atomic_write_bytes": "store.files",  # crash-safe small files (the library's state)

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import numpy as np
 from . import DEFAULT_MODEL, DEMO_COUNT, parse_spec
 from .errors import ClipfindError, QueryError, SourceError
 
+MILVUS_TOKEN_ENV = "MILVUS_TOKEN"  # read when set; the token is never an argument
 EPILOG = """query grammar: words run into one phrase; *W weights a term (-10..10, negative pushes
 away); + and - separate terms; "quotes" keep a phrase; #N is the N-th --image.
 examples:  red circle*1 blue square*2 | horse + stripes - brown | --image cat.jpg '#1*0.5 cars'"""
@@ -54,11 +56,27 @@ async def _demo(a) -> int:
     return 0
 
 
+def _store_args(a) -> dict:
+    """--store, --milvus-uri and the token (from the environment variable --milvus-token-env)."""
+    token = os.environ.get(a.milvus_token_env, "").strip() or None
+    if a.store == "milvus" and token is None and a.milvus_token_env != MILVUS_TOKEN_ENV:
+        raise ClipfindError(f"--milvus-token-env: the environment variable {a.milvus_token_env} "
+                            "is not set (it should hold the Milvus token)")
+    return {"store": a.store, "milvus_uri": a.milvus_uri, "milvus_token": token}
+
+
+def _open_collection(a, model: str | None = None, create_dim: int | None = None):
+    from . import open_store
+    return open_store(Path(a.index), model, create_dim=create_dim,
+                      index_type=getattr(a, "index_type", "auto"), **_store_args(a))
+
+
 def _open_engine(a, create: bool = False):
     from . import Engine, EngineOptions
     opts = EngineOptions(device=a.device, threads=a.threads)
     return Engine.open(a.index, model=getattr(a, "model", None), create=create,
-                       index_type=getattr(a, "index_type", "auto"), options=opts)
+                       index_type=getattr(a, "index_type", "auto"), options=opts,
+                       **_store_args(a))
 
 
 async def _build(a) -> int:
@@ -83,10 +101,10 @@ async def _build(a) -> int:
 
 
 async def _import_features(a) -> int:
-    from . import Collection, add_vectors, read_features
+    from . import add_vectors, read_features
     records, vectors = read_features(Path(a.features), Path(a.ids), a.url_template)
     spec = parse_spec(a.model).canonical
-    with Collection.create(Path(a.index), spec, int(vectors.shape[1]), a.index_type) as col:
+    with _open_collection(a, spec, create_dim=int(vectors.shape[1])) as col:
         report = await add_vectors(col, records, vectors)
         print(f"{a.index}: {report.summary()}; {len(col)} items in the collection")
     return 0
@@ -148,10 +166,10 @@ async def _search(a) -> int:
 
 
 def cmd_export(a) -> int:
-    from . import Collection, nonfinite_note
+    from . import nonfinite_note
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    with Collection.open(Path(a.index)) as col:
+    with _open_collection(a) as col:
         ids = col.ids()
         vectors = col.vectors(list(ids)).astype(np.float32)
         bad = ~np.isfinite(vectors).all(axis=1)
@@ -219,8 +237,7 @@ async def _explain(a) -> int:
 
 
 def cmd_info(a) -> int:
-    from . import Collection
-    with Collection.open(Path(a.index)) as col:
+    with _open_collection(a) as col:
         m = col.manifest
         print(f"collection {a.index}\n  model: {m.model}\n  items: {len(col)}\n  dim: {m.dim}\n"
               f"  index: {col.index_description}")
@@ -228,8 +245,7 @@ def cmd_info(a) -> int:
 
 
 def cmd_remove(a) -> int:
-    from . import Collection
-    with Collection.open(Path(a.index)) as col:
+    with _open_collection(a) as col:
         n = col.remove(a.ids)
     print(f"removed {n} of {len(a.ids)} items")
     return 0
@@ -240,8 +256,20 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    def store_opts(sp):
+        sp.add_argument("--store", choices=("faiss", "milvus"), default="faiss",
+                        help="faiss: embedded in the --index folder (default); milvus: in the "
+                             "Milvus at --milvus-uri, named by the last component of --index")
+        sp.add_argument("--milvus-uri", default=None,
+                        help="http://HOST:19530, or a Milvus Lite file ending in .db "
+                             "(default: INDEX/milvus.db)")
+        sp.add_argument("--milvus-token-env", default=MILVUS_TOKEN_ENV, metavar="NAME",
+                        help=f"environment variable holding the Milvus token "
+                             f"(default {MILVUS_TOKEN_ENV}, when set)")
+
     def engine_opts(sp, model_help="model spec (default: the one that built the collection)"):
         sp.add_argument("--index", required=True, help="collection directory")
+        store_opts(sp)
         sp.add_argument("--model", help=model_help)
         sp.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
         sp.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -258,7 +286,8 @@ def parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("build", help="add images from folders, URL lists or Unsplash TSVs")
     engine_opts(b, f"model spec for a new collection (default {DEFAULT_MODEL})")
-    b.add_argument("--index-type", default="auto", help="auto, or a FAISS factory string")
+    b.add_argument("--index-type", default="auto",
+                   help="auto, or a FAISS factory string (--store milvus: FLAT, HNSW, IVF_FLAT)")
     b.add_argument("--batch", type=int, default=64)
     b.add_argument("--max-bytes", type=int, default=20 * 2**20, help="URL download size cap")
     b.add_argument("--timeout", type=float, default=20.0, help="URL download timeout, seconds")
@@ -268,6 +297,7 @@ def parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("import-features", help="import precomputed CLIP features (N x D .npy)")
     f.add_argument("--index", required=True)
+    store_opts(f)
     f.add_argument("--features", required=True)
     f.add_argument("--ids", required=True, help="CSV with header photo_id, row i <-> vector i")
     f.add_argument("--url-template", default="https://unsplash.com/photos/{id}")
@@ -289,6 +319,7 @@ def parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("export", help="write vectors.npy and items.jsonl")
     e.add_argument("--index", required=True)
+    store_opts(e)
     e.add_argument("--out", required=True)
     e.set_defaults(func=cmd_export)
 
@@ -310,10 +341,12 @@ def parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="describe a collection")
     i.add_argument("--index", required=True)
+    store_opts(i)
     i.set_defaults(func=cmd_info)
 
     r = sub.add_parser("remove", help="remove items by id")
     r.add_argument("--index", required=True)
+    store_opts(r)
     r.add_argument("ids", nargs="+", type=int)
     r.set_defaults(func=cmd_remove)
     return p

@@ -94,11 +94,22 @@ class Engine:
     # -- construction ------------------------------------------------------------------------
     @classmethod
     def open(cls, path: str | Path, *, model: str | None = None, create: bool = False,
-             index_type: str = "auto", options: EngineOptions | None = None) -> Engine:
-        """Open a collection with the model that built it (or create it, with `model`)."""
+             index_type: str = "auto", options: EngineOptions | None = None,
+             store: str = "faiss", milvus_uri: str | None = None,
+             milvus_token: str | None = None) -> Engine:
+        """Open a collection with the model that built it (or create it, with `model`).
+
+        store="milvus": the collection lives in the Milvus at `milvus_uri` (a server URL, or
+        a Milvus Lite file; default `path`/milvus.db) under the name `path`'s last component.
+        """
         options = options or EngineOptions()
         path = Path(path)
-        if create and not (path / "manifest.json").exists():
+        if store == "milvus":
+            collection, loaded = _open_milvus(path, model, create, index_type, options,
+                                              milvus_uri, milvus_token)
+        elif store != "faiss":
+            raise ClipfindError(f"unknown store {store!r}: use faiss or milvus")
+        elif create and not (path / "manifest.json").exists():
             loaded = load_model(model or DEFAULT_MODEL, options.device)
             collection = Collection.create(path, loaded.name, loaded.dim, index_type,
                                            background_rebuilds=options.background_rebuilds)
@@ -294,3 +305,63 @@ class Engine:
         keep_attachments=) in one transaction: a picture whose item named one is re-pointed
         at its oldest post left, one without posts left is removed with its vector."""
         return self.collection.forget_posts(guild_id=guild_id, **which)
+
+
+def collection_exists(path: str | Path, *, store: str = "faiss", milvus_uri: str | None = None,
+                      milvus_token: str | None = None) -> bool:
+    """Whether the collection `path` names is there (in the folder, or in the Milvus).
+
+    A Milvus that cannot be reached raises StoreUnavailable naming the URI.
+    """
+    path = Path(path)
+    if store != "milvus":
+        return (path / "manifest.json").exists()
+    from .store.milvus import MilvusStore, collection_name
+    return MilvusStore.exists(_lite_default(path, milvus_uri), collection_name(path),
+                              token=milvus_token)
+
+
+def open_store(path: str | Path, model: str | None = None, *, store: str = "faiss",
+               milvus_uri: str | None = None, milvus_token: str | None = None,
+               create_dim: int | None = None, index_type: str = "auto",
+               background_rebuilds: bool = False):
+    """The collection `path` names, in the embedded store (its folder) or in Milvus (named by
+    the last component of `path`; `milvus_uri` None: a Milvus Lite file in the folder).
+
+    create_dim given: created (as `model`, create_dim-d) when missing. Else opened; `model`,
+    when given, must be the one that built it.
+    """
+    path = Path(path)
+    if store == "milvus":
+        from .store.milvus import MilvusStore, collection_name
+        uri, name = _lite_default(path, milvus_uri), collection_name(path)
+        if create_dim is not None:
+            return MilvusStore.create(uri, name, model, create_dim, index_type, token=milvus_token)
+        return MilvusStore.open(uri, name, model, token=milvus_token)
+    if store != "faiss":
+        raise ClipfindError(f"unknown store {store!r}: use faiss or milvus")
+    if create_dim is not None:
+        return Collection.create(path, model, create_dim, index_type,
+                                 background_rebuilds=background_rebuilds)
+    return Collection.open(path, model, background_rebuilds=background_rebuilds)
+
+
+def _lite_default(path: Path, uri: str | None) -> str:
+    return str(uri) if uri else str(path / "milvus.db")
+
+
+def _open_milvus(path: Path, model: str | None, create: bool, index_type: str,
+                 options: EngineOptions, uri: str | None, token: str | None):
+    """(MilvusStore, loaded model) for the collection `path` names in the Milvus at `uri`."""
+    kw = {"store": "milvus", "milvus_uri": uri, "milvus_token": token}
+    if create and not collection_exists(path, **kw):
+        loaded = load_model(model or DEFAULT_MODEL, options.device)
+        return open_store(path, loaded.name, create_dim=loaded.dim, index_type=index_type,
+                          **kw), loaded
+    wanted = parse_spec(model).canonical if model else None
+    collection = open_store(path, wanted, **kw)
+    try:
+        return collection, load_model(collection.manifest.model, options.device)
+    except BaseException:
+        collection.close()
+        raise

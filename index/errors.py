@@ -54,6 +54,13 @@ class Busy(ClipfindError):
         super().__init__(message)
 
 
+class StoreUnavailable(StoreError):
+    """The vector store (a Milvus server) cannot be reached; the process keeps serving and
+    the store's next call tries again. At start the message names the URI instead."""
+
+    def __init__(self, message: str = "the image store is unreachable right now, try again shortly"):
+        super().__init__(message)
+
 class HeatmapUnavailable(ClipfindError):
     """A heatmap asked of a model whose image tower cannot give one (not an open_clip ViT)."""
 

@@ -1,7 +1,11 @@
 """Many collections that share one model and one encoder worker, one per namespace.
 
 The Discord library gives each server its own namespace, so no search, page or export in
-one server can reach another server's items: they live in different collections on disk.
+one server can reach another server's items. With the embedded store they live in
+different collections on disk. With store="milvus" all namespaces share one Milvus
+collection (named by the root folder's name; a namespace key is the server's guild id)
+and each namespace is that server's view of it, filtered by guild id on every call; the
+namespace's folder under the root then holds only what the library keeps beside its items.
 """
 
 from __future__ import annotations
@@ -17,25 +21,51 @@ from .errors import StoreError
 from .store import Collection
 
 _KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MILVUS_MARKER = "milvus-namespace"  # a namespace folder whose items are in the shared Milvus
 
 
 class Namespaces:
     def __init__(self, root: str | Path, encoder: Encoder, options: EngineOptions | None = None,
-                 index_type: str = "auto"):
+                 index_type: str = "auto", *, store: str = "faiss",
+                 milvus_uri: str | None = None, milvus_token: str | None = None):
         self.root = Path(root)
         self.encoder = encoder
         self.options = options or EngineOptions()
         self.index_type = index_type
+        if store not in ("faiss", "milvus"):
+            raise StoreError(f"unknown store {store!r}: use faiss or milvus")
+        self.store = store
+        self.milvus_uri = str(milvus_uri) if milvus_uri else str(self.root / "milvus.db")
+        self._milvus_token = milvus_token
+        self._shared = None  # the Milvus collection all namespaces share (opened on first use)
         self._open: dict[str, Engine] = {}
         self._lock = threading.Lock()
 
     def _path(self, key: str) -> Path:
         if not _KEY.match(str(key)):
             raise StoreError(f"bad namespace name {key!r}: use letters, digits, _ and - only")
+        if self.store == "milvus" and not str(key).isdigit():
+            raise StoreError(f"bad namespace name {key!r}: with Milvus it is a server's id")
         return self.root / str(key)
 
+    def _marker(self, path: Path) -> Path:
+        return path / ("manifest.json" if self.store == "faiss" else MILVUS_MARKER)
+
     def exists(self, key: str) -> bool:
-        return (self._path(key) / "manifest.json").exists()
+        return self._marker(self._path(key)).exists()
+
+    def _milvus_view(self, key: str, create: bool):
+        """The server's view of the shared Milvus collection (lock held)."""
+        from .store.milvus import MilvusStore, collection_name
+        if self._shared is None:
+            loaded, name = self.encoder.loaded, collection_name(self.root)
+            if create:
+                self._shared = MilvusStore.create(self.milvus_uri, name, loaded.name, loaded.dim,
+                                                  self.index_type, token=self._milvus_token)
+            else:
+                self._shared = MilvusStore.open(self.milvus_uri, name, loaded.name,
+                                                token=self._milvus_token)
+        return self._shared.view(int(key))
 
     def get(self, key: str, create: bool = False) -> Engine | None:
         """The namespace's engine; None when it does not exist and create is False."""
@@ -43,10 +73,17 @@ class Namespaces:
         with self._lock:
             if key in self._open:
                 return self._open[key]
-            if not create and not (path / "manifest.json").exists():
+            if not create and not self._marker(path).exists():
                 return None
             loaded = self.encoder.loaded
-            if (path / "manifest.json").exists():
+            if self.store == "milvus":
+                collection = self._milvus_view(key, create)
+                try:
+                    path.mkdir(parents=True, exist_ok=True)
+                    self._marker(path).touch()
+                except OSError as e:
+                    raise StoreError(f"cannot create namespace folder {path}: {e}") from e
+            elif (path / "manifest.json").exists():
                 collection = Collection.open(path, loaded.name)
             else:
                 collection = Collection.create(path, loaded.name, loaded.dim, self.index_type)
@@ -57,7 +94,7 @@ class Namespaces:
     def keys(self) -> list[str]:
         if not self.root.exists():
             return []
-        return sorted(p.name for p in self.root.iterdir() if (p / "manifest.json").exists())
+        return sorted(p.name for p in self.root.iterdir() if self._marker(p).exists())
 
     def drop(self, key: str) -> bool:
         """Delete a namespace and everything in it (e.g. the bot left the server)."""
@@ -68,6 +105,12 @@ class Namespaces:
                 engine.close()
             if not path.exists():
                 return False
+            if self.store == "milvus":  # its items in the shared collection go first
+                view = self._milvus_view(key, create=False)
+                try:
+                    view.remove_where(guild_id=int(key))
+                finally:
+                    view.close()
             shutil.rmtree(path)
             return True
 
@@ -76,3 +119,6 @@ class Namespaces:
             for engine in self._open.values():
                 engine.close()
             self._open.clear()
+            if self._shared is not None:
+                self._shared.close()
+                self._shared = None

@@ -4,6 +4,7 @@ Rooms (read in this order):
 
     base.py        VectorStore: the interface the engine uses, whatever the store
     collection.py  Collection: the embedded store, coordinating the rooms below
+    milvus.py      MilvusStore: the same interface kept in a Milvus (imported on demand)
     items.py       the item table (meta.sqlite): schema, rows <-> Item/NewItem
     posts.py       provenance: every Discord post of every stored picture (meta.sqlite)
     faissindex.py  the FAISS index: make, load (verified), save (atomic), in-memory state

@@ -59,3 +59,27 @@ def engine(demo):
 def settings(demo) -> Settings:
     return Settings(collection=demo / "collection", results_per_page=5, sync_commands=False,
                     cooldown_rate=0)
+
+
+@pytest.fixture(scope="session")
+def milvus_engine(demo, milvus_uri):
+    """The demo gallery built into the session's Milvus Lite, opened once (read-only)."""
+    from twostores import Stores
+
+    path = Stores("milvus", milvus_uri).at(demo / "milvus_collection")
+    e = Engine.open(path, model=DEFAULT_MODEL, create=True, store="milvus", milvus_uri=milvus_uri)
+    try:
+        report = asyncio.run(build(e.collection, e.encoder, scan_folder(demo / "gallery")))
+        assert report.added == DEMO_COUNT, report.summary()
+        assert e.encoder.wait_ready(60)
+    except BaseException:
+        e.close()
+        raise
+    yield e
+    e.close()
+
+
+@pytest.fixture(params=["faiss", "milvus"])
+def any_engine(request):
+    """The demo engine over each store (the bot must not notice which)."""
+    return request.getfixturevalue("engine" if request.param == "faiss" else "milvus_engine")

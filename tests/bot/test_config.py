@@ -150,3 +150,35 @@ def test_example_config_documents_every_key_with_its_default():
             assert value == getattr(defaults, key), key
     # ... and the file as shipped (all commented) is a valid config.
     assert config.from_mapping(tomllib.loads(text), env={}) == config.from_mapping({}, env={})
+
+
+def test_store_keys(tmp_path):
+    s = config.load(write(tmp_path, ""), env={})
+    assert (s.store, s.milvus_uri, s.milvus_token) == ("faiss", "", "")
+    assert s.store_options == {"store": "faiss", "milvus_uri": None, "milvus_token": None}
+    p = write(tmp_path, 'store = "Milvus"\nmilvus_uri = "http://127.0.0.1:19530"\n'
+                        'milvus_token_env = "MY_MILVUS"\n')
+    s = config.load(p, env={"MY_MILVUS": "root:s3cret"})
+    assert s.store_options == {"store": "milvus", "milvus_uri": "http://127.0.0.1:19530",
+                               "milvus_token": "root:s3cret"}
+    assert "s3cret" not in repr(s) and s.redact("token root:s3cret") == "token [token hidden]"
+    # a Milvus Lite file is a path, relative to the config file
+    lite = config.load(write(tmp_path, 'store = "milvus"\nmilvus_uri = "data/lite.db"\n'), env={})
+    assert lite.milvus_uri == str(tmp_path / "data" / "lite.db")
+
+
+@pytest.mark.parametrize("text, words", [
+    ('store = "redis"', ["key 'store'", "faiss or milvus", "redis"]),
+    ("store = 1", ["key 'store'", "string"]),
+    ('milvus_token_env = "MISSING_VAR"', ["key 'milvus_token_env'", "MISSING_VAR", "not set"]),
+    ('milvus_token_env = "root:hunter2"', ["key 'milvus_token_env'", "NAME", "never"]),
+    ('milvus_token = "hunter2"', ["key 'milvus_token'", "environment variable",
+                                  "milvus_token_env"]),
+])
+def test_bad_store_keys_are_one_line_naming_the_key(tmp_path, text, words):
+    with pytest.raises(ConfigError) as e:
+        config.load(write(tmp_path, text + "\n"), env={})
+    msg = str(e.value)
+    assert "\n" not in msg and "hunter2" not in msg
+    for w in words:
+        assert w in msg, (w, msg)

@@ -227,7 +227,8 @@ def test_cooldown_off_and_sweep():
 # -------------------------------------------------------------------------- results
 
 
-async def test_a_text_query_gives_a_page(core, settings):
+async def test_a_text_query_gives_a_page(settings, any_engine):
+    core = Core(settings, any_engine)
     reply = await find(core, "red circle*1 blue square*2")
     assert not reply.error and reply.is_page
     assert len(reply.cards) == settings.results_per_page
@@ -278,7 +279,8 @@ async def test_image_only_query_has_no_word_weights(core):
     assert reply.attention_text == "" and reply.attention_png is None
 
 
-async def test_paging_forward_back_and_past_the_end(settings, engine):
+async def test_paging_forward_back_and_past_the_end(settings, any_engine):
+    engine = any_engine
     core = Core(replace(settings, results_per_page=10), engine)
     first = await find(core, "green triangle")
     state = first.state

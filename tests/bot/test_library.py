@@ -39,8 +39,22 @@ def pic(colour: str, shape: str, seed: int) -> bytes:
 
 
 @pytest.fixture
-def lib_settings(settings, tmp_path):
-    return replace(settings, library_root=tmp_path / "libs")
+def lib_store(request):
+    """Where the libraries live: 'faiss' (a folder per server) unless a test asks for both."""
+    return getattr(request, "param", "faiss")
+
+
+both_stores = pytest.mark.parametrize("lib_store", ["faiss", "milvus"], indirect=True)
+
+
+@pytest.fixture
+def lib_settings(settings, tmp_path, lib_store, request):
+    if lib_store == "faiss":
+        return replace(settings, library_root=tmp_path / "libs")
+    from twostores import Stores  # every server's library in one shared Milvus collection
+    uri = request.getfixturevalue("milvus_uri")
+    return replace(settings, library_root=Stores("milvus", uri).at(tmp_path / "libs"),
+                   store="milvus", milvus_uri=uri)
 
 
 @pytest.fixture
@@ -127,6 +141,7 @@ async def test_members_without_manage_server_are_refused(world):
     assert group.default_permissions.manage_guild
 
 
+@both_stores
 async def test_backfill_live_posts_results_and_isolation(world):
     w = world
     w.a.tag, w.b.tag = "alpha", "beta"
@@ -207,8 +222,12 @@ async def test_backfill_live_posts_results_and_isolation(world):
                for m in seen for e in m["embeds"])
     status = await say(w, w.a, "!library status")
     assert f"<#{w.a.pics}>: 7 images" in status["content"] and "up to date" in status["content"]
+    if w.settings.store == "milvus":  # both libraries are views of one Milvus collection
+        ca, cb = (w.bot.library.guilds[s.guild].engine.collection for s in (w.a, w.b))
+        assert ca.name == cb.name and (ca.guild_id, cb.guild_id) == (w.a.guild, w.b.guild)
 
 
+@both_stores
 async def test_deletions_remove_items_from_search(world):
     w = world
     w.a.tag = "alpha"
@@ -250,6 +269,7 @@ async def test_deletions_remove_items_from_search(world):
     assert page["embeds"] and not any("discord.com" in e.get("url", "") for e in page["embeds"])
 
 
+@both_stores
 async def test_leaving_a_server_drops_its_library(world):
     w = world
     w.a.tag, w.b.tag = "alpha", "beta"

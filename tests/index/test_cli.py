@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -166,6 +167,32 @@ def test_killed_build_resumes_with_nothing_lost_and_nothing_twice(tmp_path):
         total, distinct = con.execute("select count(*), count(distinct source) from items").fetchone()
     assert total == distinct == 400
 
+
+def test_milvus_store_from_the_cli(tmp_path, demo_gallery):
+    """build, search, info and remove with --store milvus (a Milvus Lite file); a Milvus that
+    cannot be reached is one line naming its URI, exit 2."""
+    src = tmp_path / "imgs"
+    src.mkdir()
+    for f in sorted(demo_gallery.glob("*.png"))[:12]:
+        shutil.copy(f, src / f.name)
+    lite = tmp_path / "m" / "lite.db"
+    store = ["--store", "milvus", "--milvus-uri", lite]
+    out = cli("build", "--index", tmp_path / "photos", *store, src)
+    assert "added 12" in out.stdout and "12 items" in out.stdout
+    assert not (tmp_path / "photos" / "manifest.json").exists()  # nothing in a local folder
+    hits = json.loads(cli("search", "--index", "photos", *store, "--json", "red circle").stdout)
+    assert len(hits["results"]) == 10
+    gone = hits["results"][0]["id"]
+    assert "removed 1 of 1" in cli("remove", "--index", "photos", *store, gone).stdout
+    info = cli("info", "--index", "photos", *store).stdout
+    assert "items: 11" in info and "Milvus HNSW" in info
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    line = fails("search", "--index", "photos", "--store", "milvus", "--milvus-uri",
+                 f"http://127.0.0.1:{port}", "red")
+    assert f"cannot reach Milvus at http://127.0.0.1:{port}" in line
+    assert "not a clipfind" not in line
 
 def test_refused_searches_exit_at_once_with_one_line(demo_collection, tmp_path):
     """Malformed queries and impossible pages are refused before the model loads: exit 2,

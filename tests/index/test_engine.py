@@ -3,13 +3,14 @@ import pytest
 from PIL import Image
 
 from index.engine import Engine
-from index.errors import ModelMismatch, QueryError
+from index.errors import ClipfindError, ModelMismatch, QueryError
 from index.ranking import WeightedVector, compose
 
 
 @pytest.fixture
-async def engine(demo_collection):
-    e = Engine.open(demo_collection)
+def engine(store, demo_of):
+    """The demo collection in each store (FAISS+SQLite, Milvus Lite): the same answers."""
+    e = store.engine(demo_of(store))
     yield e
     e.close()
 
@@ -63,9 +64,15 @@ async def test_bad_query_is_a_query_error(engine):
         await engine.search("dog*-1")
 
 
-def test_opening_with_another_model_is_refused(demo_collection):
-    with pytest.raises(ModelMismatch, match="builtin:tiny-shapes"):
-        Engine.open(demo_collection, model="ViT-B-32:random")
+def test_opening_with_another_model_is_refused(store, demo_of):
+    with pytest.raises(ModelMismatch, match="builtin:tiny-shapes") as e:
+        store.engine(demo_of(store), model="ViT-B-32:random")
+    assert "ViT-B-32" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_unknown_store_is_refused(tmp_path):
+    with pytest.raises(ClipfindError, match="unknown store 'redis'"):
+        Engine.open(tmp_path / "c", store="redis")
 
 
 async def test_real_architecture_goes_through_the_same_path(tmp_path, demo_gallery):

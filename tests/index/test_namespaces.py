@@ -7,9 +7,11 @@ from index.store import NewItem
 
 
 @pytest.fixture
-def spaces(tmp_path, tiny):
+def spaces(tmp_path, tiny, store):
+    """Per-server namespaces: folders of their own (FAISS), or one shared Milvus collection."""
     enc = Encoder(tiny)
-    ns = Namespaces(tmp_path / "libs", enc)
+    extra = {} if store.kind == "faiss" else {"store": "milvus", "milvus_uri": store.milvus_uri}
+    ns = Namespaces(store.at(tmp_path / "libs"), enc, **extra)
     yield ns
     ns.close()
     enc.close()
@@ -57,3 +59,29 @@ def test_namespace_names_cannot_escape_the_root(spaces):
     for bad in ["../x", "a/b", "", "x" * 65]:
         with pytest.raises(StoreError):
             spaces.get(bad, create=True)
+
+
+async def test_with_milvus_servers_share_one_collection_and_drop_only_their_own(
+        tmp_path, tiny, milvus_uri, demo_gallery):
+    from index.store.milvus import MilvusStore
+    enc = Encoder(tiny)
+    root = tmp_path / "shared_libs"
+    ns = Namespaces(root, enc, store="milvus", milvus_uri=milvus_uri)
+    try:
+        a, b = ns.get("1", create=True), ns.get("2", create=True)
+        assert a.collection.name == b.collection.name == "shared_libs"
+        pics = [p.read_bytes() for p in sorted(demo_gallery.glob("*.png"))[:5]]
+        await a.add_images([item(1, i) for i in range(3)], pics[:3])
+        await b.add_images([item(2, i) for i in range(2)], pics[3:5])
+        # the same picture in two servers is stored in each (one never sees the other's)
+        again = await b.add_images([item(2, 9)], pics[:1])
+        assert len(again.ids) == 1 and len(a.collection) == 3 and len(b.collection) == 3
+        with pytest.raises(StoreError, match="server's id"):
+            ns.get("library", create=True)
+        assert ns.drop("1") is True and ns.keys() == ["2"]
+        assert len(b.collection) == 3
+    finally:
+        ns.close()
+        enc.close()
+    with MilvusStore.open(milvus_uri, "shared_libs") as everything:
+        assert len(everything) == 3 and {i.guild_id for i in everything.get(everything.ids())} == {2}

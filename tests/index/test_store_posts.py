@@ -40,9 +40,10 @@ def holder(c: Collection, h: str, guild: int = G) -> tuple[int, int, int] | None
     return None if it is None else (it.channel_id, it.message_id, it.attachment_id)
 
 
-def library(path: Path) -> tuple[Collection, np.ndarray, dict[str, int]]:
-    """Pictures X and Y: X posted in messages 10, 11 (twice), 20 and 21 (channel 2)."""
-    c = Collection.create(path, MODEL, DIM)
+def library(path: Path, store=None) -> tuple[Collection, np.ndarray, dict[str, int]]:
+    """Pictures X and Y: X posted in messages 10, 11 (twice), 20 and 21 (channel 2).
+    `store`: the conftest fixture (both stores); None: the embedded one."""
+    c = Collection.create(path, MODEL, DIM) if store is None else store.create(path, MODEL, DIM)
     vecs = rand_vecs(2, seed=3)
     x, y = c.add([post(1, 10, 100, "hx"), post(1, 12, 120, "hy")], vecs)
     again = [post(1, 11, 110, "hx"), post(1, 11, 111, "hx"), post(2, 20, 200, "hx"),
@@ -51,8 +52,8 @@ def library(path: Path) -> tuple[Collection, np.ndarray, dict[str, int]]:
     return c, vecs, {"x": x, "y": y}
 
 
-def test_a_repeated_picture_moves_to_the_oldest_post_left_and_goes_with_the_last(tmp_path):
-    c, vecs, ids = library(tmp_path / "c")
+def test_a_repeated_picture_moves_to_the_oldest_post_left_and_goes_with_the_last(tmp_path, store):
+    c, vecs, ids = library(tmp_path / "c", store)
     with c:
         x = ids["x"]
         assert len(c) == 2 and holder(c, "hx") == (1, 10, 100)
@@ -81,8 +82,8 @@ def test_a_repeated_picture_moves_to_the_oldest_post_left_and_goes_with_the_last
         assert c.posts(G) == []
 
 
-def test_unrelated_forgets_change_nothing_and_posts_are_recorded_once(tmp_path):
-    c, _, ids = library(tmp_path / "c")
+def test_unrelated_forgets_change_nothing_and_posts_are_recorded_once(tmp_path, store):
+    c, _, ids = library(tmp_path / "c", store)
     with c:
         assert not c.forget_posts(guild_id=G, channel_id=1, message_ids=[12], keep_attachments={120})
         assert not c.forget_posts(guild_id=G, channel_id=1, message_ids=[98, 99])
@@ -100,8 +101,8 @@ def test_unrelated_forgets_change_nothing_and_posts_are_recorded_once(tmp_path):
             c.forget_posts(guild_id=G)
 
 
-def test_forget_by_messages_or_attachments_without_the_channel(tmp_path):
-    c, _, ids = library(tmp_path / "c")
+def test_forget_by_messages_or_attachments_without_the_channel(tmp_path, store):
+    c, _, ids = library(tmp_path / "c", store)
     with c:
         f = c.forget_posts(guild_id=G, message_ids=[10, 20])
         assert f.posts == ["discord:7/1/10/100", "discord:7/2/20/200"]
@@ -110,8 +111,8 @@ def test_forget_by_messages_or_attachments_without_the_channel(tmp_path):
         assert f.removed == [ids["y"]] and holder(c, "hx") == (2, 21, 210)
 
 
-def test_servers_are_kept_apart(tmp_path):
-    with Collection.create(tmp_path / "c", MODEL, DIM) as c:
+def test_servers_are_kept_apart(tmp_path, store):
+    with store.create(tmp_path / "c", MODEL, DIM) as c:
         a, b = c.add([post(1, 10, 100, "hx"), post(1, 10, 100, "hx", guild=8)], rand_vecs(2))
         # the same picture in server 8 is not server 7's to hold
         assert c.add_posts([post(1, 11, 110, "hx", guild=8)]) == [b]
@@ -119,8 +120,8 @@ def test_servers_are_kept_apart(tmp_path):
         assert holder(c, "hx", guild=8) == (1, 10, 100) and len(c.posts(8)) == 2
 
 
-def test_removing_items_takes_their_posts(tmp_path):
-    c, _, ids = library(tmp_path / "c")
+def test_removing_items_takes_their_posts(tmp_path, store):
+    c, _, ids = library(tmp_path / "c", store)
     with c:
         assert c.remove([ids["x"]]) == 1
         assert [p.source for p in c.posts(G)] == ["discord:7/1/12/120"]

@@ -1,0 +1,1123 @@
+"""A collection kept in Milvus: the same interface as the embedded FAISS+SQLite store.
+
+Everything lives in Milvus, nothing only on this machine, so several processes (bot
+shards, a CLI build) that share one Milvus see one collection:
+
+- one Milvus collection per clipfind collection; each row is one item: its vector (the
+  L2-normalised vector, rounded through float16 exactly as the embedded store keeps it, so
+  both stores rank alike) and every field of `Item` (source, title, credit, page_url, the
+  Discord guild/channel/message/attachment/author ids, posted_at, content hash, stamp,
+  added_at);
+- the manifest (model, dim, index type, format version) is a property of that Milvus
+  collection (`clipfind.manifest`, JSON);
+- `guild_id` is the partition key (0 for items from no Discord server), so a server's
+  library is its own partition on a cluster and a filter on it prunes the others.
+
+A store opened with `guild_id=G` is that server's view: every count, get, search and
+delete carries `guild_id == G`, so one server never sees or touches another's items,
+even when all servers' libraries share one Milvus collection. `view(G)` makes such a
+view over an open store's connection.
+
+Ranking is the inner product (metric IP) on L2-normalised vectors, as with FAISS.
+Deletes are Milvus deletes: a deleted item is never returned again.
+
+Connection faults: opening a store that cannot be reached raises `StoreUnavailable`
+naming the URI. A store that becomes unreachable later raises `StoreUnavailable` with
+the fixed line "the image store is unreachable right now, try again shortly" from every
+call; pymilvus reconnects by itself on the next call, and a collection the restarted
+server has not loaded yet is loaded again here, so service resumes with nothing to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+from pymilvus import DataType, MilvusClient
+
+from index.errors import ModelMismatch, StoreError, StoreUnavailable
+
+from .base import VectorStore
+from .items import Item, NewItem
+from .manifest import Manifest
+from .posts import Forgotten, Post
+
+FORMAT_VERSION = 1
+MANIFEST_KEY = "clipfind.manifest"
+UNREACHABLE = StoreUnavailable().args[0]  # the one line every call gives while it lasts
+
+# index_type -> (Milvus index type, build params, search params). "auto" is HNSW: the
+# approximate index Milvus (Lite and server) supports that keeps recall@10 above 0.95
+# with ef=EF_SEARCH (measured: bench/RESULTS.md); FLAT is exact, IVF_FLAT for clusters.
+EF_SEARCH = 128
+INDEX_TYPES: dict[str, tuple[str, dict[str, int], dict[str, int]]] = {
+    "auto": ("HNSW", {"M": 16, "efConstruction": 200}, {"ef": EF_SEARCH}),
+    "HNSW": ("HNSW", {"M": 16, "efConstruction": 200}, {"ef": EF_SEARCH}),
+    "FLAT": ("FLAT", {}, {}),
+    "IVF_FLAT": ("IVF_FLAT", {"nlist": 1024}, {"nprobe": 64}),
+}
+MAX_TOPK = 16384  # Milvus caps offset + limit of one search at this
+CONNECT_TIMEOUT = 10.0  # seconds to reach the server when opening
+CALL_TIMEOUT = 60.0  # seconds for one call that writes or reads many rows
+SEARCH_TIMEOUT = 10.0  # seconds for one search: a member waits on it
+
+_IN_CHUNK = 1000  # ids per `id in [...]` filter
+_ITER_BATCH = 4000  # rows per query-iterator batch
+_TEXT_MAX = 65535  # Milvus VARCHAR max_length (bytes)
+_INT_FIELDS = ("channel_id", "message_id", "attachment_id", "author_id")
+_TEXT_FIELDS = ("source", "title", "credit", "page_url", "content_hash", "stamp")
+_ITEM_FIELDS = ["id", "guild_id", *_INT_FIELDS, "posted_at", *_TEXT_FIELDS, "added_at"]
+_POST_FIELDS = ("source", "guild_id", "channel_id", "message_id", "attachment_id", "author_id",
+                "posted_at", "title", "page_url")  # as index.store.posts.Post, less item_id
+_POST_KEYS = ("guild_id", "channel_id", "message_id", "attachment_id")  # all set: a post
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+_INT64_MAX = 2**63 - 1
+
+log = logging.getLogger(__name__)
+# pymilvus logs every failed RPC with a traceback; an unreachable store is reported by
+# this module in one line instead (the bot keeps serving and says so to the member).
+logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
+
+T = TypeVar("T")
+_DOWN: dict[str, bool] = {}  # URIs whose last call found them unreachable (for the log)
+_LITE_WRITES: dict[str, threading.Lock] = {}  # Milvus Lite: one add (+ flush) at a time
+
+
+def _write_lock(uri: str, lite: bool) -> Any:
+    if not lite:
+        return contextlib.nullcontext()
+    return _LITE_WRITES.setdefault(uri, threading.Lock())
+
+
+def item_id(source: str, salt: int = 0) -> int:
+    """The int64 id of the item with this source (the `salt`-th candidate on a clash).
+
+    Ids are not handed out by a counter (Milvus has none that two writers could share):
+    an item's id is a 63-bit hash of its source. Two processes adding at once therefore
+    never collide on a counter, and two processes adding the same source write the same
+    row (an upsert), never two. Two different sources meeting on one id (about 1 in 10^7
+    at a million items) is seen at add time: the later one takes its next candidate
+    (salt 1, 2, ...), as does a source another server's view already holds. Removing
+    an item and adding the same source again gives back the same id; a different source
+    never gets a removed item's id.
+    """
+    key = source.encode("utf-8") if not salt else f"{salt}\x00{source}".encode()
+    value = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") & _INT64_MAX
+    return value or 1
+
+
+def collection_name(path: str | Path) -> str:
+    """The Milvus collection a collection path names: its last component, as Milvus spells names."""
+    name = re.sub(r"[^A-Za-z0-9_]", "_", Path(path).name) or "clipfind"
+    return ("c_" + name if name[0].isdigit() else name)[:255]
+
+
+def index_kind(index_type: str) -> str:
+    """`index_type` as a key of INDEX_TYPES ('auto', 'FLAT', ...); StoreError if none."""
+    key = "auto" if str(index_type).lower() == "auto" else str(index_type).upper()
+    if key not in INDEX_TYPES:
+        raise StoreError(
+            f"invalid Milvus index type {index_type!r}: give one of {', '.join(INDEX_TYPES)}"
+        )
+    return key
+
+
+def redact(uri: str) -> str:
+    """The URI without any user:password part (a token never reaches a message or log)."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return "<unparseable URI>"
+    if parts.username is None and parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+def is_local(uri: str) -> bool:
+    """Whether `uri` names a Milvus Lite file run in this process (not a server)."""
+    return "://" not in uri and not uri.startswith("unix:")
+
+
+def _unreachable(e: BaseException) -> bool:
+    """Whether a pymilvus/gRPC error means the server cannot be reached (vs. refused us)."""
+    try:
+        import grpc
+    except ImportError:  # pragma: no cover - pymilvus depends on grpc
+        grpc = None
+    if grpc is not None and isinstance(e, grpc.RpcError):
+        code = e.code() if callable(getattr(e, "code", None)) else None
+        return code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    text = str(getattr(e, "message", "") or e).lower()
+    code = getattr(e, "code", None)
+    return code == 2 or any(
+        s in text
+        for s in ("fail connecting", "server unavailable", "connection refused", "deadline")
+    )
+
+
+def _not_loaded(e: BaseException) -> bool:
+    text = str(getattr(e, "message", "") or e).lower()
+    return getattr(e, "code", None) == 101 or "not loaded" in text or "call load()" in text
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(getattr(e, "message", "") or e).strip() or type(e).__name__
+    return text.splitlines()[0]
+
+
+class MilvusStore(VectorStore):
+    """One clipfind collection in Milvus (optionally one guild's view of it). Thread-safe.
+
+    Open with `MilvusStore.create(uri, name, model, dim)` or `MilvusStore.open(uri, name)`;
+    `uri` is a Milvus server (`http://host:19530`, with `token`) or a Milvus Lite file
+    (`/path/file.db`, run in this process).
+    """
+
+    manifest: Manifest
+    uri: str
+    name: str
+    guild_id: int | None
+
+    # -- opening ---------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        uri: str | Path,
+        name: str,
+        model: str,
+        dim: int,
+        index_type: str = "auto",
+        *,
+        token: str | None = None,
+        guild_id: int | None = None,
+    ) -> MilvusStore:
+        """Make collection `name` in the Milvus at `uri`; if it is there, open it (with `model`)."""
+        uri = str(uri)
+        client = _connect(uri, token)
+        try:
+            _check_name(name)
+            if _call(lambda: client.has_collection(name), uri, at_open=True):
+                store = cls(client, uri, name, None, guild_id=guild_id, owns_client=True)
+                have = store.manifest
+                if have.dim != dim or have.model != model:
+                    store._owns_client = False  # released below
+                    store.close()
+                    error = ModelMismatch if have.model != model else StoreError
+                    raise error(
+                        f"{store.location} holds {have.dim}-d vectors of model {have.model}, "
+                        f"not {dim}-d vectors of model {model}; open it with --model "
+                        f"{have.model} or use another collection name"
+                    )
+                return store
+            if not isinstance(model, str) or not model:
+                raise StoreError(f"cannot create Milvus collection {name}: model spec {model!r} is empty")
+            if not isinstance(dim, int) or isinstance(dim, bool) or not 2 <= dim <= 32768:
+                raise StoreError(
+                    f"cannot create Milvus collection {name}: dim {dim!r} is not an integer in 2..32768"
+                )
+            index_type = index_kind(index_type)
+            _call(lambda: _create_collection(client, name, model, dim, index_type), uri, at_open=True)
+            return cls(client, uri, name, model, guild_id=guild_id, owns_client=True)
+        except BaseException:
+            _release(client)
+            raise
+
+    @classmethod
+    def open(
+        cls,
+        uri: str | Path,
+        name: str,
+        model: str | None = None,
+        *,
+        token: str | None = None,
+        guild_id: int | None = None,
+    ) -> MilvusStore:
+        """Open existing collection `name`; `model`, when given, must be the one that built it."""
+        uri = str(uri)
+        client = _connect(uri, token)
+        try:
+            _check_name(name)
+            if not _call(lambda: client.has_collection(name), uri, at_open=True):
+                raise StoreError(
+                    f"Milvus at {redact(uri)} has no collection {name}; build one with: "
+                    f"python -m index build --store milvus --milvus-uri URI --index {name} SOURCE"
+                )
+            return cls(client, uri, name, model, guild_id=guild_id, owns_client=True)
+        except BaseException:
+            _release(client)
+            raise
+
+    @staticmethod
+    def exists(uri: str | Path, name: str, *, token: str | None = None) -> bool:
+        """Whether the Milvus at `uri` holds collection `name`."""
+        uri = str(uri)
+        client = _connect(uri, token)
+        try:
+            _check_name(name)
+            return bool(_call(lambda: client.has_collection(name), uri, at_open=True))
+        finally:
+            _release(client)
+
+    def __init__(
+        self,
+        client: Any,
+        uri: str,
+        name: str,
+        model: str | None,
+        *,
+        guild_id: int | None = None,
+        owns_client: bool = False,
+        manifest: Manifest | None = None,
+    ):
+        """Use create(), open() or view()."""
+        self._client = client
+        self._owns_client = owns_client
+        self._closed = False
+        self._lock = threading.Lock()
+        self.uri, self.name = uri, name
+        self.guild_id = None if guild_id is None else _int64(guild_id, "guild_id")
+        self.background_rebuilds = False  # nothing to rebuild: Milvus indexes by itself
+        self.manifest = manifest if manifest is not None else self._read_manifest(model)
+        self._dim = self.manifest.dim
+        kind, _, search_params = INDEX_TYPES.get(self.manifest.index_type, INDEX_TYPES["auto"])
+        self._kind, self._search_params = kind, dict(search_params)
+        self._load()
+        # Milvus Lite searches its unflushed rows by rebuilding them into a matrix per search:
+        # its writes are flushed at once so searches go through sealed, indexed segments.
+        self._lite = "lite" in str(self._rpc(lambda c: c.get_server_version())).lower()
+        if owns_client:
+            self._ensure_posts()
+
+    def view(self, guild_id: int) -> MilvusStore:
+        """This collection as server `guild_id` sees it (shares this store's connection)."""
+        self._check_open()
+        return MilvusStore(
+            self._client, self.uri, self.name, None, guild_id=guild_id, manifest=self.manifest
+        )
+
+    def __enter__(self) -> MilvusStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        scope = "" if self.guild_id is None else f", guild_id={self.guild_id}"
+        return f"MilvusStore({redact(self.uri)!r}, {self.name!r}, model={self.manifest.model!r}{scope})"
+
+    @property
+    def location(self) -> str:
+        return f"Milvus collection {self.name} at {redact(self.uri)}"
+
+    # -- reading ---------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        rows = self._rpc(
+            lambda c: c.query(
+                self.name, filter=self._where(), output_fields=["count(*)"], timeout=CALL_TIMEOUT
+            )
+        )
+        return int(rows[0]["count(*)"]) if rows else 0
+
+    def get(self, ids: Sequence[int]) -> list[Item]:
+        """Items for `ids` in the given order; ids with no item (in this view) are skipped."""
+        wanted = [int(i) for i in ids]
+        found = {r["id"]: r for r in self._rows_by_id(wanted, _ITEM_FIELDS)}
+        return [_to_item(found[i]) for i in wanted if i in found]
+
+    def by_source(self, source: str) -> Item | None:
+        rows = self._query(f"source == {_quote(source)}", _ITEM_FIELDS)
+        return _to_item(_oldest(rows)) if rows else None
+
+    def stamps(self) -> dict[str, str]:
+        """source -> stamp of every item, for incremental builds."""
+        return {r["source"]: r["stamp"] for r in self._scan(["source", "stamp"])}
+
+    def find_hash(self, content_hash: str, guild_id: int | None = None) -> Item | None:
+        """The oldest item with this content hash (within `guild_id` when given, else any)."""
+        if not content_hash:
+            return None
+        where = f"content_hash == {_quote(content_hash)}"
+        if guild_id is not None:
+            where += f" and guild_id == {int(guild_id)}"
+        rows = self._query(where, _ITEM_FIELDS)
+        return _to_item(_oldest(rows)) if rows else None
+
+    def ids(self) -> np.ndarray:
+        got = sorted(int(r["id"]) for r in self._scan(["id"]))
+        return np.asarray(got, dtype=np.int64).reshape(-1)
+
+    def vectors(self, ids: Sequence[int] | None = None) -> np.ndarray:
+        """float32 (n, dim): the given ids' vectors in that order (all items, id order, if None)."""
+        if ids is None:
+            rows = sorted(self._scan(["id", "vector"]), key=lambda r: r["id"])
+            return self._stack([r["vector"] for r in rows])
+        wanted = [int(i) for i in ids]
+        found = {r["id"]: r["vector"] for r in self._rows_by_id(wanted, ["id", "vector"])}
+        missing = [i for i in wanted if i not in found]
+        if missing:
+            raise StoreError(f"{self.location} has no item with id {missing[0]}")
+        return self._stack([found[i] for i in wanted])
+
+    @property
+    def index_description(self) -> str:
+        knobs = ", ".join(f"{k}={v}" for k, v in sorted(self._search_params.items()))
+        kind = "exact" if self._kind == "FLAT" else f"approximate, {knobs}"
+        return f"Milvus {self._kind} ({kind})"
+
+    @property
+    def rebuilding(self) -> bool:
+        """Milvus builds its indexes by itself: never a rebuild of ours in progress."""
+        return False
+
+    def wait_for_rebuild(self, timeout: float | None = None) -> bool:
+        return True
+
+    # -- search ----------------------------------------------------------------------
+
+    def search(self, query: np.ndarray, k: int, offset: int = 0) -> list[tuple[int, float]]:
+        """(id, inner product), best first, ranks offset .. offset+k-1 (at most MAX_TOPK deep)."""
+        if k <= 0:
+            return []
+        offset = max(0, int(offset))
+        q = np.asarray(query, dtype=np.float32).reshape(-1)
+        if q.shape[0] != self._dim:
+            raise StoreError(
+                f"query vector has {q.shape[0]} dimensions; {self.location} holds {self._dim}"
+            )
+        if not np.all(np.isfinite(q)):
+            raise StoreError("query vector contains NaN or infinity")
+        depth = min(offset + int(k), MAX_TOPK)
+        if offset >= depth:
+            return []
+        params = dict(self._search_params)
+        if "ef" in params:
+            params["ef"] = max(params["ef"], depth)  # HNSW needs ef >= the depth asked
+        res = self._rpc(
+            lambda c: c.search(
+                self.name,
+                data=[q.tolist()],
+                limit=depth,
+                filter=self._where(),
+                output_fields=["id"],
+                search_params={"metric_type": "IP", "params": params},
+                timeout=SEARCH_TIMEOUT,
+            )
+        )
+        hits = [(int(h["id"]), float(h["distance"])) for h in (res[0] if res else [])]
+        return hits[offset:depth]
+
+    # -- writing ---------------------------------------------------------------------
+
+    def add(self, items: Sequence[NewItem], vectors: np.ndarray) -> list[int]:
+        """Store a batch (one upsert); an existing source keeps its id. Returns ids."""
+        items = list(items)
+        vecs = self._prepare_vectors(vectors, len(items))
+        rows = [self._row(it) for it in items]
+        if not items:
+            return []
+        with _write_lock(self.uri, self._lite):
+            return self._add(rows, vecs)
+
+    def _add(self, rows: list[dict[str, Any]], vecs: np.ndarray) -> list[int]:
+        ids = self._assign_ids(rows)
+        now = time.time()
+        existing = {r["id"]: r for r in self._rows_by_id(sorted(set(ids)), ["id", "added_at"])}
+        last: dict[int, int] = {}  # id -> batch position of its final version
+        for pos, i in enumerate(ids):
+            last[i] = pos
+        data = []
+        for i, pos in last.items():
+            row = dict(rows[pos])
+            row["id"] = i
+            row["added_at"] = float(existing[i]["added_at"]) if i in existing else now
+            row["vector"] = vecs[pos].astype(np.float32).tolist()
+            data.append(row)
+        self._rpc(lambda c: c.upsert(self.name, data, timeout=CALL_TIMEOUT))
+        self._record_posts([(row["id"], row) for row in data if _is_post(row)])
+        self._settle(self.name)
+        return ids
+
+    def remove(self, ids: Iterable[int]) -> int:
+        """Delete items by id (in this view); returns how many went."""
+        wanted = sorted({int(i) for i in ids})
+        gone = [r["id"] for r in self._rows_by_id(wanted, ["id"])]
+        self._delete(gone)
+        return len(gone)
+
+    def remove_where(
+        self,
+        *,
+        guild_id: int,
+        channel_id: int | None = None,
+        message_ids: Iterable[int] | None = None,
+    ) -> list[int]:
+        """Delete a guild's items (of one channel, of some messages); returns removed ids."""
+        where = f"guild_id == {_int64(guild_id, 'guild_id')}"
+        if channel_id is not None:
+            where += f" and channel_id == {_int64(channel_id, 'channel_id')}"
+        messages = None if message_ids is None else sorted({int(m) for m in message_ids})
+        if messages is not None and not messages:
+            return []
+        gone: list[int] = []
+        if messages is None:
+            gone = [r["id"] for r in self._scan(["id"], where)]
+        else:
+            for chunk in _chunks(messages):
+                rows = self._query(f"{where} and message_id in {list(chunk)}", ["id"])
+                gone.extend(r["id"] for r in rows)
+        self._delete(gone)
+        return sorted(gone)
+
+    def save(self) -> None:
+        """Nothing to do: every write is in Milvus when the call returns."""
+        self._check_open()
+
+    def close(self) -> None:
+        """Let go of the connection (a view leaves its parent's open). Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self._owns_client:
+            _release(self._client)
+
+    # -- provenance: the Discord posts of the pictures --------------------------------
+    # Kept in the companion collection `<name>_posts` (one row per post, keyed by its source,
+    # guild id as partition key). Milvus has no transaction over two collections: every
+    # change is ordered so that a crash leaves a state the same call, run again, completes.
+
+    def add_posts(self, new_posts: Sequence[NewItem]) -> list[int | None]:
+        """Record more posts of pictures already stored (a picture posted again).
+
+        Each points at the item stored under its source, else the oldest item with its
+        content hash in its guild; None (not recorded) where no such picture is stored."""
+        rows = [self._row(p) for p in new_posts]
+        out: list[int | None] = []
+        found: list[tuple[int, dict[str, Any]]] = []
+        for p, row in zip(new_posts, rows, strict=True):
+            if not _is_post(row):
+                raise StoreError(
+                    f"{p.source} is not a Discord post (guild, channel, message, attachment)"
+                )
+            item = self.by_source(row["source"])
+            if item is None and row["content_hash"]:
+                item = self.find_hash(row["content_hash"], row["guild_id"])
+            out.append(None if item is None else item.id)
+            if item is not None:
+                found.append((item.id, row))
+        self._record_posts(found)
+        return out
+
+    def known(self, sources: Iterable[str]) -> set[str]:
+        """Those of `sources` already stored, as an item or as a post of one."""
+        wanted = sorted({str(s) for s in sources})
+        out: set[str] = set()
+        for chunk in _chunks(wanted):
+            where = f"source in {_quote_list(chunk)}"
+            out.update(r["source"] for r in self._query(where, ["source"]))
+            out.update(r["source"] for r in self._post_rows(where))
+        return out
+
+    def posts(
+        self,
+        guild_id: int,
+        *,
+        channel_id: int | None = None,
+        message_ids: Iterable[int] | None = None,
+        item_ids: Iterable[int] | None = None,
+    ) -> list[Post]:
+        """A guild's posts (of one channel; of some messages or of some items), oldest first."""
+        if message_ids is not None and item_ids is not None:
+            raise StoreError("posts: give message ids or item ids, not both")
+        rows = self._posts_where(guild_id, channel_id, message_ids, item_ids)
+        return sorted((_to_post(r) for r in rows), key=lambda p: (p.message_id, p.attachment_id))
+
+    def forget_posts(
+        self,
+        *,
+        guild_id: int,
+        channel_id: int | None = None,
+        message_ids: Iterable[int] | None = None,
+        attachment_ids: Iterable[int] | None = None,
+        keep_attachments: Iterable[int] | None = None,
+    ) -> Forgotten:
+        """Forget posts; re-point each item that named one at its oldest post left, remove
+        (with its vector) each item left without posts.
+
+        Order: items re-pointed, then orphaned items removed, then the posts forgotten; a
+        crash part-way leaves the posts to forget in place, so the same call completes it."""
+        if channel_id is None and message_ids is None and attachment_ids is None:
+            raise StoreError(
+                "forget_posts needs a channel, message ids or attachment ids; "
+                "to drop a whole server's library, drop its collection"
+            )
+        rows = self._posts_where(guild_id, channel_id, message_ids, None)
+        if attachment_ids is not None:
+            wanted = {int(a) for a in attachment_ids}
+            rows = [r for r in rows if r["attachment_id"] in wanted]
+        if keep_attachments is not None:
+            keep = {int(a) for a in keep_attachments}
+            rows = [r for r in rows if r["attachment_id"] not in keep]
+        out = Forgotten(posts=sorted(r["source"] for r in rows))
+        if not rows:
+            return out
+        gone = set(out.posts)
+        items = sorted({int(r["item_id"]) for r in rows})
+        heirs: dict[int, dict[str, Any]] = {}  # item -> its oldest post left
+        left = [r for r in self._posts_where(guild_id, None, None, items) if r["source"] not in gone]
+        for r in sorted(left, key=lambda r: (r["message_id"], r["attachment_id"])):
+            heirs.setdefault(int(r["item_id"]), r)
+        current = {int(r["id"]): r for r in self._rows_by_id(items, [*_ITEM_FIELDS, "vector"])}
+        orphans = [i for i in items if i not in heirs and i in current]
+        repoint = []
+        for item_id, heir in heirs.items():
+            row = current.get(item_id)
+            if row is None or row["source"] not in gone:
+                continue  # the post it names is still there
+            holder = self.by_source(heir["source"])
+            if holder is not None and holder.id != item_id:  # cannot happen if consistent
+                orphans.append(item_id)
+                continue
+            new = {k: row[k] for k in (*_ITEM_FIELDS, "vector")}
+            for k in _POST_FIELDS:
+                if k != "guild_id":
+                    new[k] = heir[k]
+            repoint.append(new)
+            out.repointed[item_id] = heir["source"]
+        if repoint:
+            self._rpc(lambda c: c.upsert(self.name, repoint, timeout=CALL_TIMEOUT))
+        out.removed = sorted(orphans)
+        self._delete(out.removed)
+        for chunk in _chunks(out.posts):
+            self._rpc(
+                lambda c, chunk=chunk: c.delete(
+                    self.posts_name,
+                    filter=f"guild_id == {int(guild_id)} and source in {_quote_list(chunk)}",
+                    timeout=CALL_TIMEOUT,
+                )
+            )
+        return out
+
+    def _settle(self, name: str) -> None:
+        """Milvus Lite: flush what was written (see __init__); a server needs nothing."""
+        if self._lite:
+            self._rpc(lambda c: c.flush(name, timeout=CALL_TIMEOUT))
+
+    @property
+    def posts_name(self) -> str:
+        return posts_collection(self.name)
+
+    def _record_posts(self, pairs: list[tuple[int, dict[str, Any]]]) -> None:
+        """Upsert post rows (item id, item row describing the post)."""
+        if not pairs:
+            return
+        last = {row["source"]: (i, row) for i, row in pairs}  # one row per post source
+        data = [
+            {**{k: row[k] for k in _POST_FIELDS}, "item_id": int(i), "v": [1.0, 0.0]}
+            for i, row in last.values()
+        ]
+        self._rpc(lambda c: c.upsert(self.posts_name, data, timeout=CALL_TIMEOUT))
+
+    def _post_rows(self, where: str) -> list[dict[str, Any]]:
+        """Post rows matching `where` (within this view's guild)."""
+        return list(
+            self._rpc(
+                lambda c: c.query(
+                    self.posts_name,
+                    filter=self._where(where),
+                    output_fields=[*_POST_FIELDS, "item_id"],
+                    limit=MAX_TOPK,
+                    timeout=CALL_TIMEOUT,
+                )
+            )
+        )
+
+    def _posts_where(
+        self,
+        guild_id: int,
+        channel_id: int | None,
+        message_ids: Iterable[int] | None,
+        item_ids: Iterable[int] | None,
+    ) -> list[dict[str, Any]]:
+        where = f"guild_id == {_int64(guild_id, 'guild_id')}"
+        if channel_id is not None:
+            where += f" and channel_id == {_int64(channel_id, 'channel_id')}"
+        if message_ids is None and item_ids is None:
+            return self._scan_posts(where)
+        column, values = ("message_id", message_ids) if item_ids is None else ("item_id", item_ids)
+        out: list[dict[str, Any]] = []
+        for chunk in _chunks(sorted({int(v) for v in values})):
+            out.extend(self._post_rows(f"{where} and {column} in {list(chunk)}"))
+        return out
+
+    def _scan_posts(self, where: str) -> list[dict[str, Any]]:
+        def run(c: Any) -> list[dict[str, Any]]:
+            it = c.query_iterator(
+                self.posts_name,
+                batch_size=_ITER_BATCH,
+                filter=self._where(where),
+                output_fields=[*_POST_FIELDS, "item_id"],
+                timeout=CALL_TIMEOUT,
+            )
+            rows: list[dict[str, Any]] = []
+            try:
+                while batch := it.next():
+                    rows.extend(batch)
+            finally:
+                it.close()
+            return rows
+
+        return self._rpc(run)
+
+    def _ensure_posts(self) -> None:
+        """The companion posts collection, made (and filled from the items' own posts) when
+        a collection from before it is opened."""
+        if self._rpc(lambda c: c.has_collection(self.posts_name, timeout=CALL_TIMEOUT)):
+            self._rpc(lambda c: c.load_collection(self.posts_name, timeout=CALL_TIMEOUT))
+            return
+        self._rpc(lambda c: _create_posts_collection(c, self.posts_name))
+        rows = [
+            r
+            for r in self._scan(_ITEM_FIELDS, "message_id is not null and attachment_id is not null")
+            if _is_post(r)
+        ]
+        self._record_posts([(int(r["id"]), r) for r in rows])
+
+    # -- internals -------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"{self.location} is closed")
+
+    def _rpc(self, fn: Callable[[Any], T]) -> T:
+        """Run one call; a collection the (restarted) server has not loaded is loaded first."""
+        self._check_open()
+        try:
+            try:
+                result = fn(self._client)
+            except Exception as e:
+                if not _not_loaded(e):
+                    raise
+                self._client.load_collection(self.name, timeout=CALL_TIMEOUT)
+                result = fn(self._client)
+        except StoreError:
+            raise
+        except Exception as e:
+            if _unreachable(e):
+                if not _DOWN.get(self.uri):  # one line when it goes, one when it is back
+                    _DOWN[self.uri] = True
+                    log.warning("%s is unreachable: %s", self.location, _one_line(e))
+                raise StoreUnavailable(UNREACHABLE) from e
+            raise StoreError(f"{self.location}: {_one_line(e)}") from e
+        if _DOWN.pop(self.uri, False):
+            log.warning("%s is reachable again", self.location)
+        return result
+
+    def _load(self) -> None:
+        try:
+            self._rpc(lambda c: c.load_collection(self.name, timeout=CALL_TIMEOUT))
+        except StoreUnavailable as e:
+            raise StoreUnavailable(_unreachable_at_open(self.uri)) from e
+
+    def _where(self, extra: str = "") -> str:
+        parts = [] if self.guild_id is None else [f"guild_id == {self.guild_id}"]
+        if extra:
+            parts.append(f"({extra})")
+        return " and ".join(parts)
+
+    def _query(self, where: str, fields: list[str]) -> list[dict[str, Any]]:
+        return list(
+            self._rpc(
+                lambda c: c.query(
+                    self.name,
+                    filter=self._where(where),
+                    output_fields=fields,
+                    limit=MAX_TOPK,
+                    timeout=CALL_TIMEOUT,
+                )
+            )
+        )
+
+    def _rows_by_id(self, ids: Sequence[int], fields: list[str]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        wanted = sorted({int(i) for i in ids if 0 <= int(i) <= _INT64_MAX})
+        for chunk in _chunks(wanted):
+            out.extend(self._query(f"id in {list(chunk)}", fields))
+        return out
+
+    def _scan(self, fields: list[str], where: str = "") -> list[dict[str, Any]]:
+        """Every row of this view (matching `where`), in batches."""
+
+        def run(c: Any) -> list[dict[str, Any]]:
+            it = c.query_iterator(
+                self.name,
+                batch_size=_ITER_BATCH,
+                filter=self._where(where),
+                output_fields=fields,
+                timeout=CALL_TIMEOUT,
+            )
+            rows: list[dict[str, Any]] = []
+            try:
+                while batch := it.next():
+                    rows.extend(batch)
+            finally:
+                it.close()
+            return rows
+
+        return self._rpc(run)
+
+    def _delete(self, ids: Sequence[int]) -> None:
+        """Delete items (in this view) and then their posts: a crash between the two leaves
+        posts of a gone item, which posts() skips and the next forget or remove clears."""
+        for chunk in _chunks(sorted(ids)):
+            self._rpc(
+                lambda c, chunk=chunk: c.delete(
+                    self.name, filter=self._where(f"id in {list(chunk)}"), timeout=CALL_TIMEOUT
+                )
+            )
+            self._rpc(
+                lambda c, chunk=chunk: c.delete(
+                    self.posts_name, filter=f"item_id in {list(chunk)}", timeout=CALL_TIMEOUT
+                )
+            )
+
+    def _assign_ids(self, rows: list[dict[str, Any]]) -> list[int]:
+        """Each row's id: its source's first free candidate (see item_id)."""
+        ids: list[int | None] = [None] * len(rows)
+        salt = [0] * len(rows)
+        taken: dict[int, tuple[str, int]] = {}  # id -> (source, guild) chosen in this batch
+        stored: dict[str, int] = {}  # source -> id of the item stored under it (this view)
+        for chunk in _chunks(sorted({r["source"] for r in rows})):
+            for r in self._query(f"source in {_quote_list(chunk)}", ["id", "source"]):
+                stored[r["source"]] = min(int(r["id"]), stored.get(r["source"], _INT64_MAX))
+        pending = []
+        for p, row in enumerate(rows):
+            if row["source"] in stored:
+                ids[p] = stored[row["source"]]
+                taken.setdefault(ids[p], (row["source"], row["guild_id"]))
+            else:
+                pending.append(p)
+        while pending:
+            cand = {p: item_id(rows[p]["source"], salt[p]) for p in pending}
+            found = {
+                r["id"]: r
+                for r in self._rows_by_id_all(sorted(set(cand.values())), ["id", "source", "guild_id"])
+            }
+            again = []
+            for p in pending:
+                i, row = cand[p], rows[p]
+                mine = (row["source"], row["guild_id"])
+                other = found.get(i)
+                clash = other is not None and (
+                    other["source"] != row["source"]
+                    or (self.guild_id is not None and other["guild_id"] != self.guild_id)
+                )
+                if not clash and i in taken and taken[i][0] != row["source"]:
+                    clash = True
+                if clash:
+                    salt[p] += 1
+                    if salt[p] > 16:
+                        raise StoreError(f"cannot find a free id for {row['source']}")
+                    again.append(p)
+                else:
+                    ids[p] = i
+                    taken.setdefault(i, mine)
+            pending = again
+        return [int(i) for i in ids if i is not None]
+
+    def _rows_by_id_all(self, ids: Sequence[int], fields: list[str]) -> list[dict[str, Any]]:
+        """Rows by id across all guilds (id assignment must see other views' rows)."""
+        out: list[dict[str, Any]] = []
+        for chunk in _chunks(list(ids)):
+            out.extend(
+                self._rpc(
+                    lambda c, chunk=chunk: c.query(
+                        self.name,
+                        filter=f"id in {list(chunk)}",
+                        output_fields=fields,
+                        limit=MAX_TOPK,
+                        timeout=CALL_TIMEOUT,
+                    )
+                )
+            )
+        return out
+
+    def _stack(self, vecs: list[Any]) -> np.ndarray:
+        if not vecs:
+            return np.zeros((0, self._dim), dtype=np.float32)
+        return np.asarray(vecs, dtype=np.float32).reshape(-1, self._dim)
+
+    def _prepare_vectors(self, vectors: np.ndarray, n: int) -> np.ndarray:
+        v = np.asarray(vectors)
+        if v.ndim != 2 or v.shape != (n, self._dim):
+            raise StoreError(
+                f"expected vectors of shape ({n}, {self._dim}) for {n} items, got {tuple(v.shape)}"
+            )
+        if not np.issubdtype(v.dtype, np.floating):
+            raise StoreError(f"vectors must be floating point, got {v.dtype}")
+        v = v.astype(np.float32)
+        if not np.all(np.isfinite(v)):
+            raise StoreError("vectors contain NaN or infinity")
+        norms = np.linalg.norm(v, axis=1, keepdims=True)
+        if n and float(norms.min()) < 1e-12:
+            raise StoreError(
+                f"vector {int(np.argmin(norms))} has zero length and cannot be normalised"
+            )
+        # rounded through float16 as the embedded store keeps them: both stores rank alike
+        return (v / np.maximum(norms, 1e-12)).astype("<f2").astype(np.float32)
+
+    def _row(self, it: NewItem) -> dict[str, Any]:
+        source = getattr(it, "source", None)
+        if not isinstance(source, str) or not source:
+            raise StoreError(f"item {it!r} has no source")
+        row: dict[str, Any] = {}
+        guild = getattr(it, "guild_id", None)
+        if guild is None:
+            guild = self.guild_id
+        row["guild_id"] = 0 if guild is None else _int64(guild, "guild_id", source)
+        if self.guild_id is not None and row["guild_id"] != self.guild_id:
+            raise StoreError(
+                f"item {source} belongs to guild {row['guild_id']}, not to this store's "
+                f"guild {self.guild_id}"
+            )
+        for f in _INT_FIELDS:
+            v = getattr(it, f, None)
+            row[f] = None if v is None else _int64(v, f, source)
+        posted = getattr(it, "posted_at", None)
+        try:
+            row["posted_at"] = None if posted is None else float(posted)
+        except (TypeError, ValueError) as e:
+            raise StoreError(f"item {source}: posted_at {posted!r} is not a number") from e
+        for f in _TEXT_FIELDS:
+            v = getattr(it, f, None)
+            text = "" if v is None else str(v)
+            if len(text.encode("utf-8")) > _TEXT_MAX:
+                raise StoreError(f"item {source[:80]}: {f} is longer than {_TEXT_MAX} bytes")
+            row[f] = text
+        return row
+
+    def _read_manifest(self, model: str | None) -> Manifest:
+        where = self.location
+        desc = self._rpc(lambda c: c.describe_collection(self.name, timeout=CALL_TIMEOUT))
+        raw = (desc.get("properties") or {}).get(MANIFEST_KEY)
+        if raw is None:
+            raise StoreError(
+                f"{where} is not a clipfind collection (no {MANIFEST_KEY} property); "
+                "use another collection name"
+            )
+        try:
+            m = json.loads(raw)
+            manifest = Manifest(
+                model=str(m["model"]),
+                dim=int(m["dim"]),
+                index_type=str(m["index_type"]),
+                format_version=int(m["format_version"]),
+            )
+        except (ValueError, TypeError, KeyError) as e:
+            raise StoreError(f"{where} has a garbled {MANIFEST_KEY} property ({e})") from e
+        if manifest.format_version > FORMAT_VERSION:
+            raise StoreError(
+                f"{where} has format version {manifest.format_version}, newer than this "
+                f"clipfind reads ({FORMAT_VERSION}); upgrade clipfind"
+            )
+        dims = [
+            f.get("params", {}).get("dim")
+            for f in desc.get("fields", [])
+            if f.get("name") == "vector"
+        ]
+        if not dims or int(dims[0]) != manifest.dim:
+            raise StoreError(
+                f"{where}: its vector field does not hold {manifest.dim}-d vectors as its "
+                "manifest says; use another collection name"
+            )
+        if model is not None and model != manifest.model:
+            raise ModelMismatch(
+                f"{where} was built with model {manifest.model} ({manifest.dim}-d); open it "
+                f"with --model {manifest.model} or use another collection (asked for {model})"
+            )
+        return manifest
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def _connect(uri: str, token: str | None) -> Any:
+    """A MilvusClient for `uri`; StoreUnavailable naming the URI when it cannot be reached."""
+    if not isinstance(uri, str) or not uri.strip():
+        raise StoreError("milvus_uri is empty: give http://HOST:19530 or a Milvus Lite file path")
+    if is_local(uri):
+        if not uri.endswith(".db"):
+            raise StoreError(
+                f"Milvus Lite file {uri} must end in .db (or give a server as http://HOST:PORT)"
+            )
+        try:
+            Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create the folder of Milvus Lite file {uri}: {e}") from e
+    try:
+        return MilvusClient(uri=uri, token=token or "", timeout=CONNECT_TIMEOUT)
+    except Exception as e:
+        raise StoreUnavailable(_unreachable_at_open(uri, e)) from e
+
+
+def _unreachable_at_open(uri: str, e: BaseException | None = None) -> str:
+    why = f" ({_one_line(e)})" if e is not None and str(e).strip() else ""
+    return f"cannot reach Milvus at {redact(uri)}{why}; start it or fix milvus_uri"
+
+
+def _release(client: Any) -> None:
+    try:
+        client.close()
+    except Exception:  # closing a dead connection: nothing left to release
+        pass
+
+
+def _call(fn: Callable[[], T], uri: str, *, at_open: bool = False) -> T:
+    try:
+        return fn()
+    except StoreError:
+        raise
+    except Exception as e:
+        if _unreachable(e):
+            raise StoreUnavailable(_unreachable_at_open(uri, e) if at_open else UNREACHABLE) from e
+        raise StoreError(f"Milvus at {redact(uri)}: {_one_line(e)}") from e
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise StoreError(
+            f"bad Milvus collection name {name!r}: use letters, digits and _ "
+            "(not starting with a digit), at most 255"
+        )
+
+
+def _create_collection(client: Any, name: str, model: str, dim: int, index_type: str) -> None:
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("guild_id", DataType.INT64, is_partition_key=True)
+    for f in _INT_FIELDS:
+        schema.add_field(f, DataType.INT64, nullable=True)
+    schema.add_field("posted_at", DataType.DOUBLE, nullable=True)
+    schema.add_field("added_at", DataType.DOUBLE)
+    for f in _TEXT_FIELDS:
+        schema.add_field(f, DataType.VARCHAR, max_length=_TEXT_MAX)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+    kind, build, _ = INDEX_TYPES[index_type]
+    params = client.prepare_index_params()
+    params.add_index("vector", index_type=kind, metric_type="IP", params=dict(build))
+    for f in ("source", "content_hash", "message_id"):
+        params.add_index(f, index_type="INVERTED")
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "model": model,
+        "dim": dim,
+        "index_type": index_type,
+    }
+    client.create_collection(
+        name,
+        schema=schema,
+        consistency_level="Strong",
+        properties={MANIFEST_KEY: json.dumps(manifest)},
+        timeout=CALL_TIMEOUT,
+    )
+    # sync=False: pymilvus would poll each index's state every 0.5 s; an empty collection's
+    # indexes are there at once, and load_collection (next) waits for what it needs
+    client.create_index(name, params, timeout=CALL_TIMEOUT, sync=False)
+    client.load_collection(name, timeout=CALL_TIMEOUT)
+
+
+def posts_collection(name: str) -> str:
+    """The Milvus collection holding the posts of collection `name`."""
+    return f"{name}_posts"
+
+
+def _create_posts_collection(client: Any, name: str) -> None:
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("source", DataType.VARCHAR, is_primary=True, max_length=4096)
+    schema.add_field("guild_id", DataType.INT64, is_partition_key=True)
+    for f in ("channel_id", "message_id", "attachment_id", "item_id"):
+        schema.add_field(f, DataType.INT64)
+    schema.add_field("author_id", DataType.INT64, nullable=True)
+    schema.add_field("posted_at", DataType.DOUBLE, nullable=True)
+    schema.add_field("title", DataType.VARCHAR, max_length=_TEXT_MAX)
+    schema.add_field("page_url", DataType.VARCHAR, max_length=_TEXT_MAX)
+    schema.add_field("v", DataType.FLOAT_VECTOR, dim=2)  # Milvus wants a vector field
+    client.create_collection(name, schema=schema, consistency_level="Strong",
+                             timeout=CALL_TIMEOUT)
+    params = client.prepare_index_params()
+    params.add_index("v", index_type="FLAT", metric_type="IP")
+    for f in ("item_id", "message_id"):
+        params.add_index(f, index_type="INVERTED")
+    client.create_index(name, params, timeout=CALL_TIMEOUT, sync=False)
+    client.load_collection(name, timeout=CALL_TIMEOUT)
+
+
+def _is_post(row: dict[str, Any]) -> bool:
+    return all(row.get(k) not in (None, 0) for k in _POST_KEYS)
+
+
+def _to_post(r: dict[str, Any]) -> Post:
+    return Post(**{k: r[k] for k in _POST_FIELDS}, item_id=int(r["item_id"]))
+
+
+def _quote_list(values: Iterable[str]) -> str:
+    return "[" + ", ".join(_quote(v) for v in values) + "]"
+
+
+def _chunks(seq: Sequence[Any], size: int = _IN_CHUNK) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(seq), size):
+        yield seq[i : i + size]
+
+
+def _int64(v: Any, field: str, source: str | None = None) -> int:
+    where = f"item {source}: " if source else ""
+    try:
+        i = int(v)
+    except (TypeError, ValueError) as e:
+        raise StoreError(f"{where}{field} {v!r} is not a number") from e
+    if not -(2**63) <= i <= _INT64_MAX:
+        raise StoreError(f"{where}{field} {v!r} does not fit in 64 bits")
+    return i
+
+
+def _quote(text: str) -> str:
+    """A Milvus filter string literal."""
+    return json.dumps(str(text), ensure_ascii=False)
+
+
+def _oldest(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return min(rows, key=lambda r: (r["added_at"], r["id"]))
+
+
+def _to_item(r: dict[str, Any]) -> Item:
+    return Item(
+        id=int(r["id"]),
+        source=r["source"],
+        title=r["title"],
+        credit=r["credit"],
+        page_url=r["page_url"],
+        guild_id=int(r["guild_id"]) or None,
+        channel_id=r["channel_id"],
+        message_id=r["message_id"],
+        attachment_id=r["attachment_id"],
+        author_id=r["author_id"],
+        posted_at=r["posted_at"],
+        content_hash=r["content_hash"],
+        stamp=r["stamp"],
+        added_at=float(r["added_at"]),
+    )
