@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import gc
 import itertools
 import logging
 import platform
@@ -209,6 +210,10 @@ class Encoder:
                  queue_size: int = 512, cache_size: int = 2048, threads: int | None = None,
                  decode_workers: int = 2, company_share: float = 0.0):
         _pin_malloc_thresholds()
+        # The model and its libraries (torch, open_clip) are hundreds of thousands of objects
+        # that live as long as the process: kept out of the cyclic collector's full passes,
+        # which otherwise walk them all and hold the GIL (the event loop) meanwhile.
+        gc.freeze()
         self.loaded = loaded
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
