@@ -202,6 +202,7 @@ class Core:
         self.limits = FetchLimits(max_bytes=settings.url_max_bytes,
                                   timeout_s=settings.url_timeout_s, retries=1, max_redirects=3)
         self._session: aiohttp.ClientSession | None = None
+        self._prefetching: set[asyncio.Task] = set()  # next pages' thumbnails being made
         # the server libraries (bot.library.Library): `scope(guild_id)` -> SearchScope | None
         self.library = None
 
@@ -224,6 +225,9 @@ class Core:
         return None
 
     async def close(self) -> None:
+        for task in list(self._prefetching):
+            task.cancel()
+        await asyncio.gather(*self._prefetching, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -335,8 +339,11 @@ class Core:
             elif state.images:
                 why = " (images almost identical to a query image are left out)"
             return Reply(f"no results for `{shown_query}`{why}")
+        store = getattr(scope.engine, "thumbnails", None)
         cards = await asyncio.to_thread(render.make_cards, result.hits,
-                                        thumbnail_size=s.thumbnail_size)
+                                        thumbnail_size=s.thumbnail_size, thumbnails=store)
+        if result.has_more and store is not None and not state.images:  # (image vectors are not cached)
+            self._prefetch_next_page(scope, state, store)
         if scope.decorate is not None:
             cards = await scope.decorate(cards, result.hits)
         rows = render.attention_rows(result)
@@ -351,6 +358,23 @@ class Core:
         head = f"**Results {first}–{last}** for `{shown_query}`{more}"
         new_state = replace(state, has_more=result.has_more, shown=len(result.hits))
         return Reply(head, cards, att_text, png, state=new_state)
+
+
+    def _prefetch_next_page(self, scope: SearchScope, state: PagingState, store) -> None:
+        """Make the next page's thumbnails in the background, so ▶️ only reads them."""
+        async def run() -> None:
+            try:
+                nxt = await scope.engine.search(state.text, state.images, k=state.k,
+                                                offset=state.offset + state.k, also=scope.also,
+                                                explain=False)
+                await asyncio.to_thread(render.prefetch_thumbnails, nxt.hits, store,
+                                        self.settings.thumbnail_size)
+            except Exception as e:  # Busy, a vanished file: the page turn makes them itself
+                log.debug("next page's thumbnails not prefetched: %r", e)
+
+        task = asyncio.create_task(run())
+        self._prefetching.add(task)
+        task.add_done_callback(self._prefetching.discard)
 
 
 def error(text: str) -> Reply:

@@ -7,6 +7,7 @@ FAISS or SQLite directly.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,6 +24,7 @@ from .models import DEFAULT_MODEL, load_model, parse_spec
 from .query import Query, parse_query
 from .ranking import STRATEGIES, WeightedVector, compose, normalise, zsum_scores
 from .store import Collection, Item, NewItem
+from .thumbnails import ThumbnailStore
 
 NEAR_DUPLICATE = 0.98  # results this close to a query image are the image itself
 ZSUM_CANDIDATES = 1000  # per term, for the z-scored composition
@@ -120,6 +122,11 @@ class Engine:
     @property
     def model_name(self) -> str:
         return self.encoder.loaded.name
+
+    @functools.cached_property
+    def thumbnails(self) -> ThumbnailStore:
+        """Thumbnails of this collection's local images, made once, kept in its folder."""
+        return ThumbnailStore(Path(self.collection.path) / "thumbnails")
 
     # -- queries -------------------------------------------------------------------------------
     def parse(self, text: str, n_images: int = 0) -> Query:
