@@ -11,6 +11,7 @@ onto the words as typed.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 UNAVAILABLE = "word weights are not available for this model's text encoder"
@@ -25,10 +26,10 @@ def words_from_row(tokenizer: Callable, text: str, ids: Sequence[int],
     gave them). None when the words cannot be matched to the tokens (a tokenizer without
     BPE `encode`, or one that does not tokenise word by word)."""
     words = text.split()
-    bpe = getattr(tokenizer, "encode", None)
-    if not words or bpe is None or len(ids) < 2 or len(row) != len(ids):
+    if not words or getattr(tokenizer, "encode", None) is None or len(ids) < 2 \
+            or len(row) != len(ids):
         return None
-    pieces = [bpe(w) for w in words]
+    pieces = [_pieces(tokenizer, w) for w in words]
     inner = list(ids[1:-1])
     if [p for ps in pieces for p in ps][:len(inner)] != inner:
         return None
@@ -41,3 +42,9 @@ def words_from_row(tokenizer: Callable, text: str, ids: Sequence[int],
     if total <= 0:
         return tuple((w, 1.0 / len(words)) for w in words)
     return tuple((w, v / total) for w, v in zip(words, weights, strict=True))
+
+
+@functools.lru_cache(maxsize=8192)
+def _pieces(tokenizer: Callable, word: str) -> tuple[int, ...]:
+    """A word's BPE pieces (words repeat across queries; the tokenizer's cleaning is not free)."""
+    return tuple(tokenizer.encode(word))

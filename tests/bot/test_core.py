@@ -315,6 +315,7 @@ async def test_page_turns_only_read_thumbnails_made_before(settings, engine, tmp
 
     monkeypatch.setitem(engine.__dict__, "thumbnails", ThumbnailStore(tmp_path / "thumbs"))
     core = Core(replace(settings, results_per_page=5), engine)
+    core.prefetch_delay_s = 0.0
     first = await find(core, "orange square*1 small circle*2")
     assert sum(c.file is not None for c in first.cards) == 5
     await asyncio.gather(*core._prefetching)  # the next page's, made in the background
