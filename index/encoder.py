@@ -193,6 +193,34 @@ def _packable(parts: TextParts | None) -> bool:
     return parts is not None and parts.pool_type in ("argmax", "eos") and walkable(parts.blocks)
 
 
+class ThreadChoice:
+    """The torch thread count of lone passes of one kind, kept to the faster under the
+    host's present load. Warm-up measures each count once, at start-up; load changes (other
+    processes on the cores make a multi-threaded pass wait for a second free core), so
+    every `explore`-th pass runs on a count not in use, and averages of recent passes
+    decide from then on."""
+
+    def __init__(self, seconds: dict[int, float], explore: int = 25, keep: float = 0.8):
+        self.avg = dict(seconds)
+        self.explore, self.keep = explore, keep
+        self.passes = 0
+
+    @property
+    def best(self) -> int:
+        return min(self.avg, key=self.avg.__getitem__)
+
+    def pick(self) -> int:
+        self.passes += 1
+        others = [n for n in self.avg if n != self.best]
+        if others and self.passes % self.explore == 0:
+            return others[(self.passes // self.explore) % len(others)]
+        return self.best
+
+    def record(self, threads: int, seconds: float) -> None:
+        if threads in self.avg:
+            self.avg[threads] = self.keep * self.avg[threads] + (1 - self.keep) * seconds
+
+
 _PROBE_TEXTS = ("a dog", "a photo of a small red car parked in front of an old house at night",
                 "tokyo tower", "two cats sleeping on a sofa in the sun", "snow", "a bowl of ramen",
                 "a lighthouse in a storm", "sunflower field")
@@ -222,6 +250,7 @@ class Encoder:
         # and the torch thread count such a pass runs on (the faster at warm-up)
         self.lone_pass: dict[str, float] = {}
         self.lone_threads: dict[str, int] = {}
+        self._lone_choice: dict[str, ThreadChoice] = {}  # revisits lone_threads under load
         self.packed = False  # batches of texts run packed (decided at warm-up)
         self.lone_packed = False  # so does a lone text (decided at warm-up)
         self.batch_threads: dict[str, int] = {}  # threads of a batch pass, where measured
@@ -576,6 +605,7 @@ class Encoder:
                 torch.set_num_threads(threads)
                 n, way = min(best, key=lambda k: best[k])
                 self.lone_threads[kind], self.lone_pass[kind] = n, best[n, way]
+                self._lone_choice[kind] = ThreadChoice({c: best[c, way] for c in choices})
                 if kind == "text":
                     self.lone_packed = way
             self._calibrate_text_batches(choices, threads)
@@ -609,8 +639,11 @@ class Encoder:
                 inputs = torch.cat([r.inputs for r in batch]) if len(batch) > 1 else batch[0].inputs
             count = sum(r.n for r in batch)
             threads = torch.get_num_threads()
-            table = self.lone_threads if count == 1 else self.batch_threads
-            use = table.get(kind, threads)
+            choice = self._lone_choice.get(kind) if count == 1 else None
+            if choice is not None:
+                use = choice.pick()
+            else:
+                use = (self.lone_threads if count == 1 else self.batch_threads).get(kind, threads)
             t0 = time.perf_counter()
             try:
                 if use != threads:
@@ -631,6 +664,9 @@ class Encoder:
             if count == 1:  # keep the cost of a lone pass current (load changes)
                 old = self.lone_pass.get(kind, seconds)
                 self.lone_pass[kind] = 0.8 * old + 0.2 * seconds
+                if choice is not None:
+                    choice.record(use, seconds)
+                    self.lone_threads[kind] = choice.best
             start = 0
             for r in batch:
                 r.done(out[start:start + r.n])

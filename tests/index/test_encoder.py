@@ -130,3 +130,23 @@ async def test_a_lone_text_gives_the_models_vector_whichever_pass_warm_up_chose(
         encoder._cache.clear()
         got = await encoder.encode_texts(["purple triangle"])
         assert np.abs(got - ref).max() < 1e-5
+
+
+def test_lone_pass_threads_follow_the_load():
+    from index.encoder import ThreadChoice
+
+    choice = ThreadChoice({2: 0.010, 1: 0.012}, explore=5)
+    picks = [choice.pick() for _ in range(10)]
+    assert picks.count(1) == 2 and picks.count(2) == 8  # the other count, now and then
+    # the host gets busy: two-thread passes now wait for a second free core
+    for _ in range(30):
+        n = choice.pick()
+        choice.record(n, 0.040 if n == 2 else 0.012)
+    assert choice.best == 1
+    # ... and quiet again: the explored two-thread passes bring it back
+    for _ in range(200):
+        n = choice.pick()
+        choice.record(n, 0.008 if n == 2 else 0.012)
+    assert choice.best == 2
+    alone = ThreadChoice({1: 0.01})
+    assert {alone.pick() for _ in range(50)} == {1}
