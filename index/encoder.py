@@ -194,31 +194,49 @@ def _packable(parts: TextParts | None) -> bool:
 
 
 class ThreadChoice:
-    """The torch thread count of lone passes of one kind, kept to the faster under the
-    host's present load. Warm-up measures each count once, at start-up; load changes (other
-    processes on the cores make a multi-threaded pass wait for a second free core), so
-    every `explore`-th pass runs on a count not in use, and averages of recent passes
-    decide from then on."""
+    """The torch thread count of passes of one sort (lone texts, text batches, ...), kept to
+    the faster under the host's present load.
 
-    def __init__(self, seconds: dict[int, float], explore: int = 25, keep: float = 0.8):
+    Warm-up measures each count once, at start-up, but load changes: where other processes
+    hold the cores, a multi-threaded pass waits at every parallel region for its second
+    thread to get a core (measured here: a 2-text ViT-B-32 pass 10x slower on 2 threads
+    than on 1 under a load of 10). So now and then a pass runs on a count not in use (its
+    time replaces that count's old average), and averages of recent passes (seconds per
+    input) decide. A try that loses doubles the
+    interval to the next (up to `max_explore` passes), so a host that stays busy pays for
+    few slow tries; one that wins resets it."""
+
+    def __init__(self, seconds: dict[int, float], explore: int = 25, keep: float = 0.8,
+                 max_explore: int = 800):
         self.avg = dict(seconds)
-        self.explore, self.keep = explore, keep
-        self.passes = 0
+        self.explore, self.keep, self.max_explore = explore, keep, max_explore
+        self.interval = explore
+        self._until = explore  # passes until the next try
+        self._trying: int | None = None
 
     @property
     def best(self) -> int:
         return min(self.avg, key=self.avg.__getitem__)
 
     def pick(self) -> int:
-        self.passes += 1
         others = [n for n in self.avg if n != self.best]
-        if others and self.passes % self.explore == 0:
-            return others[(self.passes // self.explore) % len(others)]
+        self._until -= 1
+        if others and self._until <= 0:
+            self._trying = others[0] if len(others) == 1 else others[self.interval % len(others)]
+            return self._trying
         return self.best
 
     def record(self, threads: int, seconds: float) -> None:
-        if threads in self.avg:
+        if threads not in self.avg:
+            return
+        if threads == self._trying:  # its average is old: the fresh pass replaces it
+            self.avg[threads] = seconds
+        else:
             self.avg[threads] = self.keep * self.avg[threads] + (1 - self.keep) * seconds
+        if threads == self._trying:
+            won = self.best == threads
+            self.interval = self.explore if won else min(2 * self.interval, self.max_explore)
+            self._until, self._trying = self.interval, None
 
 
 _PROBE_TEXTS = ("a dog", "a photo of a small red car parked in front of an old house at night",
@@ -251,6 +269,7 @@ class Encoder:
         self.lone_pass: dict[str, float] = {}
         self.lone_threads: dict[str, int] = {}
         self._lone_choice: dict[str, ThreadChoice] = {}  # revisits lone_threads under load
+        self._batch_choice: dict[str, ThreadChoice] = {}  # and batch_threads
         self.packed = False  # batches of texts run packed (decided at warm-up)
         self.lone_packed = False  # so does a lone text (decided at warm-up)
         self.batch_threads: dict[str, int] = {}  # threads of a batch pass, where measured
@@ -513,6 +532,8 @@ class Encoder:
             torch.set_num_threads(threads)
         n, way = min(timings, key=lambda k: timings[k])
         self.batch_threads["text"], self.packed = n, way
+        self._batch_choice["text"] = ThreadChoice(
+            {c: timings[c, way] / len(_PROBE_TEXTS) for c in choices})
 
     def _packed_matches(self) -> bool:
         """Whether the packed pass gives the padded pass's vectors within 1e-5, for a batch
@@ -639,7 +660,7 @@ class Encoder:
                 inputs = torch.cat([r.inputs for r in batch]) if len(batch) > 1 else batch[0].inputs
             count = sum(r.n for r in batch)
             threads = torch.get_num_threads()
-            choice = self._lone_choice.get(kind) if count == 1 else None
+            choice = (self._lone_choice if count == 1 else self._batch_choice).get(kind)
             if choice is not None:
                 use = choice.pick()
             else:
@@ -664,9 +685,9 @@ class Encoder:
             if count == 1:  # keep the cost of a lone pass current (load changes)
                 old = self.lone_pass.get(kind, seconds)
                 self.lone_pass[kind] = 0.8 * old + 0.2 * seconds
-                if choice is not None:
-                    choice.record(use, seconds)
-                    self.lone_threads[kind] = choice.best
+            if choice is not None:
+                choice.record(use, seconds / count)
+                (self.lone_threads if count == 1 else self.batch_threads)[kind] = choice.best
             start = 0
             for r in batch:
                 r.done(out[start:start + r.n])
