@@ -308,7 +308,7 @@ def attention_png(rows: Sequence[AttentionRow]) -> bytes:
     info.add_text("Rows", str(len(rows)))
     info.add_text("Lines", ",".join(str(n) for n in row_lines))
     out = io.BytesIO()
-    img.save(out, format="PNG", compress_level=1, pnginfo=info)  # optimize: 3/4 of the time
+    img.save(out, format="PNG", compress_level=1, pnginfo=info)  # (optimize: most of the time)
     return out.getvalue()
 
 

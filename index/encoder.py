@@ -199,10 +199,9 @@ class ThreadChoice:
 
     Warm-up measures each count once, at start-up, but load changes: where other processes
     hold the cores, a multi-threaded pass waits at every parallel region for its second
-    thread to get a core (measured here: a 2-text ViT-B-32 pass 10x slower on 2 threads
-    than on 1 under a load of 10). So now and then a pass runs on a count not in use (its
-    time replaces that count's old average), and averages of recent passes (seconds per
-    input) decide. A try that loses doubles the
+    thread to get a core (bench/RESULTS.md: "the thread count under load"). So now and then
+    a pass runs on a count not in use (its time replaces that count's old average), and
+    averages of recent passes (seconds per input) decide. A try that loses doubles the
     interval to the next (up to `max_explore` passes), so a host that stays busy pays for
     few slow tries; one that wins resets it."""
 
