@@ -33,6 +33,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import ctypes
 import gc
 import itertools
@@ -65,6 +66,7 @@ log = logging.getLogger(__name__)
 MALLOC_MMAP_THRESHOLD = 32 << 20  # glibc's own ceiling for its dynamic thresholds
 MALLOC_TRIM_THRESHOLD = 64 << 20
 _malloc_pinned = False
+_thaw_registered = False
 
 
 def _pin_malloc_thresholds() -> None:
@@ -257,8 +259,13 @@ class Encoder:
         _pin_malloc_thresholds()
         # The model and its libraries (torch, open_clip) are hundreds of thousands of objects
         # that live as long as the process: kept out of the cyclic collector's full passes,
-        # which otherwise walk them all and hold the GIL (the event loop) meanwhile.
+        # which otherwise walk them all and hold the GIL (the event loop) meanwhile. Thawed at
+        # exit, so the interpreter's last collection still finalises them in its usual order.
         gc.freeze()
+        global _thaw_registered
+        if not _thaw_registered:
+            _thaw_registered = True
+            atexit.register(gc.unfreeze)
         self.loaded = loaded
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
