@@ -195,6 +195,10 @@ def _packable(parts: TextParts | None) -> bool:
     return parts is not None and parts.pool_type in ("argmax", "eos") and walkable(parts.blocks)
 
 
+class _Closing(Exception):
+    """The encoder was closed during its warm-up: stop measuring, end the thread."""
+
+
 class ThreadChoice:
     """The torch thread count of passes of one sort (lone texts, text batches, ...), kept to
     the faster under the host's present load.
@@ -528,6 +532,7 @@ class Encoder:
             for n in choices:
                 torch.set_num_threads(n)
                 for way in ways:
+                    self._stop_if_closed()
                     self._text_pass(tokens, way, attend=True)
                     times = []
                     for _ in range(3):
@@ -604,7 +609,14 @@ class Encoder:
         if times["lean"] < times["stock"]:
             self._image_tower = lean
 
+    def _stop_if_closed(self) -> None:
+        """Raise _Closing when close() was called: a process that exits early (a bad query on
+        the command line) must not leave the model thread running torch at exit."""
+        if self._closed:
+            raise _Closing()
+
     def _timed_forward(self, kind: str, inputs: torch.Tensor | list[str]) -> float:
+        self._stop_if_closed()
         t0 = time.perf_counter()
         self._forward(kind, inputs)
         return time.perf_counter() - t0
@@ -620,6 +632,7 @@ class Encoder:
             choices = [threads, 1] if threads > 1 and self.loaded.device.type == "cpu" else [threads]
             self._choose_image_tower(pixels)
             for kind, inputs in (("text", tokens), ("image", pixels)):
+                self._stop_if_closed()
                 ways = [False, True] if kind == "text" and self._packed_matches() else [False]
                 best: dict[tuple[int, bool], float] = {}
                 for n in choices:
@@ -636,6 +649,9 @@ class Encoder:
                 if kind == "text":
                     self.lone_packed = way
             self._calibrate_text_batches(choices, threads)
+        except _Closing:
+            self._ready.set()
+            return
         except Exception:  # a broken model shows up on the first real request too
             log.exception("encoder warm-up failed")
         self._ready.set()

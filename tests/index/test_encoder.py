@@ -160,3 +160,21 @@ def test_pass_threads_follow_the_load():
     assert choice.best == 2
     alone = ThreadChoice({1: 0.01})
     assert {alone.pick() for _ in range(50)} == {1}
+
+
+def test_closing_during_warm_up_ends_the_model_thread_soon(tiny, monkeypatch):
+    """A command-line run that fails early closes the encoder mid warm-up: the model thread
+    must stop at the next pass, not run on (torch still working at exit aborts the process)."""
+    forward = Encoder._forward
+
+    def slow_forward(self, kind, inputs):  # a warm-up of many seconds, as on a busy host
+        time.sleep(0.2)
+        return forward(self, kind, inputs)
+
+    monkeypatch.setattr(Encoder, "_forward", slow_forward)
+    enc = Encoder(tiny)
+    time.sleep(0.1)
+    t0 = time.perf_counter()
+    enc.close()
+    assert time.perf_counter() - t0 < 3.0
+    assert not enc._thread.is_alive()
