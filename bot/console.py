@@ -151,7 +151,7 @@ class Console:
         reply = await self.core.find(FindRequest(text, 0, attachments))
         if reply.is_page:
             self.state = reply.state
-        self.show(reply)
+        await self.show_async(reply)
 
     async def _turn(self, delta: int) -> None:
         if self.state is None:
@@ -160,7 +160,7 @@ class Console:
         reply = await self.core.turn(self.state, delta)
         if reply.is_page:
             self.state = reply.state
-        self.show(reply)
+        await self.show_async(reply)
 
     async def _why(self, text: str) -> None:
         try:
@@ -170,19 +170,32 @@ class Console:
             return
         self.show(await why(self.core, self.state, rank, 0))
 
-    def show(self, reply: Reply) -> None:
-        if reply.error:
-            self.say(f"error: {reply.text}")
+    async def show_async(self, reply: Reply) -> None:
+        """`show`, with the pictures written by a worker thread (not on the event loop)."""
+        if reply.error or not reply.files:
+            self.show(reply)
             return
         self.replies += 1
-        n = self.replies
-        self.say(_plain(reply.text))
+        saved = await asyncio.to_thread(self._save, reply.files, self.replies)
+        self.show(reply, saved)
+
+    def _save(self, files, n: int) -> dict[str, Path]:
         saved: dict[str, Path] = {}
-        for f in reply.files:
+        for f in files:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             path = self.out_dir / f"{n:03d}-{f.name}"
             path.write_bytes(f.data)
             saved[f.name] = path
+        return saved
+
+    def show(self, reply: Reply, saved: dict[str, Path] | None = None) -> None:
+        if reply.error:
+            self.say(f"error: {reply.text}")
+            return
+        if saved is None:
+            self.replies += 1
+            saved = self._save(reply.files, self.replies)
+        self.say(_plain(reply.text))
         for c in reply.cards:
             line = f"{c.rank:>4}. {c.score:.3f}  {c.title}"
             extra = [x for x in (c.credit, c.source) if x]

@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 NOT_READY = "still starting up, try again in a few seconds"
 BUSY = "busy, try again in a moment"
 KEEP_SIDE = 1024  # query images are kept at most this large
+PREFETCH_DELAY_S = 1.0  # the next page's thumbnails are made this long after a reply
 
 # http(s) URLs in the query text; Discord's <url> form (no preview) too.
 _URL_RE = re.compile(r"<?(https?://[^\s<>]+)>?", re.IGNORECASE)
@@ -223,6 +224,8 @@ class Core:
         self.limits = FetchLimits(max_bytes=settings.url_max_bytes,
                                   timeout_s=settings.url_timeout_s, retries=1, max_redirects=3)
         self._session: aiohttp.ClientSession | None = None
+        self._prefetching: set[asyncio.Task] = set()  # next pages' thumbnails being made
+        self.prefetch_delay_s = PREFETCH_DELAY_S
         # the server libraries (bot.library.Library): `scope(guild_id)` -> SearchScope | None
         self.library = None
 
@@ -245,6 +248,9 @@ class Core:
         return None
 
     async def close(self) -> None:
+        for task in list(self._prefetching):
+            task.cancel()
+        await asyncio.gather(*self._prefetching, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -367,16 +373,23 @@ class Core:
             elif state.images:
                 why = " (images almost identical to a query image are left out)"
             return Reply(f"no results for `{shown_query}`{why}")
-        cards = await asyncio.to_thread(render.make_cards, result.hits,
-                                        thumbnail_size=s.thumbnail_size)
-        if scope.decorate is not None:
-            cards = await scope.decorate(cards, result.hits)
+        store = getattr(scope.engine, "thumbnails", None)
         rows = render.attention_rows(result)
         att_text = render.attention_text(rows, result.attention_note)
+        picture = bool(rows) and not result.attention_note
+
+        def draw():  # the page's image work (reading thumbnails, the picture): one hand-off
+            cards = render.make_cards(result.hits, thumbnail_size=s.thumbnail_size, thumbnails=store)
+            return cards, (render.attention_png(rows) if picture else None)
+
+        cards, data = await asyncio.to_thread(draw)
+        if result.has_more and store is not None and not state.images:  # (image vectors are not cached)
+            self._prefetch_next_page(scope, state, store)
+        if scope.decorate is not None:
+            cards = await scope.decorate(cards, result.hits)
         png = None
         n_files = sum(1 for c in cards if c.file is not None)
-        if rows and not result.attention_note and n_files < render.MAX_FILES:
-            data = await asyncio.to_thread(render.attention_png, rows)
+        if data is not None and n_files < render.MAX_FILES:
             png = render.FileOut("word-weights.png", data, "word weights: " + att_text)
         first, last = result.hits[0].rank, result.hits[-1].rank
         more = MORE if result.has_more else " · last page"
@@ -385,6 +398,24 @@ class Core:
                             hits=tuple((h.rank, h.id, h.item.source, c.image_url)
                                        for h, c in zip(result.hits, cards, strict=False)))
         return Reply(head, cards, att_text, png, state=new_state)
+
+    def _prefetch_next_page(self, scope: SearchScope, state: PagingState, store) -> None:
+        """Make the next page's thumbnails in the background, so ▶️ only reads them; after
+        `prefetch_delay_s`, so a burst of searches is answered first."""
+        async def run() -> None:
+            try:
+                await asyncio.sleep(self.prefetch_delay_s)
+                nxt = await scope.engine.search(state.text, state.images, k=state.k,
+                                                offset=state.offset + state.k, also=scope.also,
+                                                explain=False)
+                await asyncio.to_thread(render.prefetch_thumbnails, nxt.hits, store,
+                                        self.settings.thumbnail_size)
+            except Exception as e:  # Busy, a vanished file: the page turn makes them itself
+                log.debug("next page's thumbnails not prefetched: %r", e)
+
+        task = asyncio.create_task(run())
+        self._prefetching.add(task)
+        task.add_done_callback(self._prefetching.discard)
 
 
 def error(text: str) -> Reply:

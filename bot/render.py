@@ -89,9 +89,12 @@ def _clip(s: str, n: int) -> str:
     return s if len(s) <= n else s[: n - 1] + "…"
 
 
-def _thumbnail(path: Path, side: int, quality: int) -> bytes | None:
+def _thumbnail(path: Path, side: int, quality: int, store=None) -> bytes | None:
     """A result's JPEG thumbnail, cached by the file's identity: decoding and re-encoding a
-    photo is most of a page's rendering, and results repeat (page turns, popular queries)."""
+    photo is most of a page's rendering, and results repeat (page turns, popular queries).
+    `store`: the collection's `index.thumbnails.ThumbnailStore` (made once, kept on disk)."""
+    if store is not None:
+        return store.get(path, side, quality)
     try:
         st = path.stat()
     except OSError:  # open_image says what is wrong, in one line
@@ -112,11 +115,25 @@ def _make_thumbnail(path: str, side: int, quality: int) -> bytes | None:
         return None
 
 
+def _local_file(source: str) -> bool:
+    return bool(source) and not _is_url(source) and not source.startswith("discord:")
+
+
+def prefetch_thumbnails(hits: Sequence, store, thumbnail_size: int = 512) -> int:
+    """Make (once, into `store`) the thumbnails a page of `hits` will show, so that turning
+    to it only reads them; returns how many local results it has. Call it in a thread."""
+    paths = [Path(h.item.source) for h in list(hits)[:MAX_FILES] if _local_file(h.item.source or "")]
+    for p in paths:
+        store.get(p, thumbnail_size, 85)
+    return len(paths)
+
+
 def make_cards(hits: Sequence, *, thumbnail_size: int = 512, budget: int = PAGE_BUDGET,
-               max_files: int = MAX_FILES) -> list[Card]:
-    """Cards for a page of hits (engine `Hit`s). Reads and resizes local files: call it in a
-    thread. Thumbnails shrink until the page fits `budget`; past `max_files` a local result
-    is shown without its picture."""
+               max_files: int = MAX_FILES, thumbnails=None) -> list[Card]:
+    """Cards for a page of hits (engine `Hit`s). Reads (and, when not cached, resizes) local
+    files: call it in a thread. Thumbnails shrink until the page fits `budget`; past
+    `max_files` a local result is shown without its picture. `thumbnails`: the store that
+    keeps them (index.thumbnails), else an in-process cache."""
     hits = list(hits)[:MAX_EMBEDS]
     local: dict[int, Path] = {}
     cards: list[Card] = []
@@ -141,7 +158,7 @@ def make_cards(hits: Sequence, *, thumbnail_size: int = 512, budget: int = PAGE_
     side, quality = thumbnail_size, 85
     thumbs: dict[int, bytes | None] = {}
     while local:
-        thumbs = {i: _thumbnail(p, side, quality) for i, p in local.items()}
+        thumbs = {i: _thumbnail(p, side, quality, thumbnails) for i, p in local.items()}
         total = sum(len(t) for t in thumbs.values() if t)
         if total <= budget or side <= 64:
             break
@@ -231,21 +248,37 @@ WORD_SIZE, PCT_SIZE, LABEL_W = 20, 14, 64
 MAX_WIDTH = 1200
 
 
-def _text_w(draw: ImageDraw.ImageDraw, text: str, font) -> int:
-    left, _, right, _ = draw.textbbox((0, 0), text, font=font)
-    return int(right - left)
+@functools.lru_cache(maxsize=4096)
+def _glyphs(text: str, size: int) -> tuple[Image.Image, int, int]:
+    """`text` rendered once as a mask, with its offset from the point it is drawn at: words
+    and percentages repeat across replies, so each is laid out once."""
+    left, top, right, bottom = _font(size).getbbox(text)
+    mask = Image.new("L", (max(1, right - left), max(1, bottom - top)), 0)
+    ImageDraw.Draw(mask).text((-left, -top), text, font=_font(size), fill=255)
+    return mask, left, top
+
+
+def _text_w(text: str, size: int) -> int:
+    mask, _, _ = _glyphs(text, size)
+    return mask.width if text else 0
+
+
+def _draw_text(img: Image.Image, xy: tuple[int, int], text: str, size: int, fill) -> None:
+    """ImageDraw.text from the cached mask (same pixels, no layout)."""
+    if not text:
+        return
+    mask, left, top = _glyphs(text, size)
+    img.paste(fill, (xy[0] + left, xy[1] + top), mask)
 
 
 def attention_png(rows: Sequence[AttentionRow]) -> bytes:
     """The attention picture: one line per text term (long terms wrap)."""
-    wf, pf = _font(WORD_SIZE), _font(PCT_SIZE)
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     box_h = BOX_PAD + WORD_SIZE + 4 + PCT_SIZE + BOX_PAD
     # lay out: a list of lines, each [(x, word, pct, intensity, colour)]
     lines: list[tuple[str, list[tuple[int, int, str, str, float]]]] = []
     row_lines: list[int] = []
     width = 0
-    label_w = max([LABEL_W] + [_text_w(probe, f"×{_fmt_weight(r.weight)}", wf) + 2 * GAP
+    label_w = max([LABEL_W] + [_text_w(f"×{_fmt_weight(r.weight)}", WORD_SIZE) + 2 * GAP
                                for r in rows])
     for r in rows:
         colour = POSITIVE if r.weight > 0 else NEGATIVE
@@ -257,7 +290,7 @@ def attention_png(rows: Sequence[AttentionRow]) -> bytes:
         n = 0
         for word, p in items:
             pct = _pct(p) if p >= 0 else ""
-            w = max(_text_w(probe, word, wf), _text_w(probe, pct, pf)) + 2 * BOX_PAD
+            w = max(_text_w(word, WORD_SIZE), _text_w(pct, PCT_SIZE)) + 2 * BOX_PAD
             if cur and x + w > MAX_WIDTH - PAD:
                 lines.append((f"×{_fmt_weight(r.weight)}" if first else "", cur))
                 first, cur, x = False, [], PAD + label_w
@@ -274,15 +307,15 @@ def attention_png(rows: Sequence[AttentionRow]) -> bytes:
     y = PAD
     for label, cur in lines:
         if label:
-            draw.text((PAD, y + BOX_PAD), label, font=wf, fill=DIM)
+            _draw_text(img, (PAD, y + BOX_PAD), label, WORD_SIZE, DIM)
         for x, w, word, pct, intensity, colour in cur:
             fill = tuple(round(b + (c - b) * (0.15 + 0.85 * intensity)) for b, c in zip(BG, colour, strict=True))
             draw.rounded_rectangle((x, y, x + w, y + box_h), radius=6, fill=fill)
             dark = 0.299 * fill[0] + 0.587 * fill[1] + 0.114 * fill[2] > 120  # luma
-            draw.text((x + BOX_PAD, y + BOX_PAD), word, font=wf, fill=(20, 20, 20) if dark else FG)
+            _draw_text(img, (x + BOX_PAD, y + BOX_PAD), word, WORD_SIZE, (20, 20, 20) if dark else FG)
             if pct:
-                draw.text((x + BOX_PAD, y + BOX_PAD + WORD_SIZE + 4), pct, font=pf,
-                          fill=(50, 50, 50) if dark else DIM)
+                _draw_text(img, (x + BOX_PAD, y + BOX_PAD + WORD_SIZE + 4), pct, PCT_SIZE,
+                           (50, 50, 50) if dark else DIM)
         y += box_h + GAP
     info = PngInfo()
     info.add_text("Title", "clipfind word weights")
@@ -290,7 +323,7 @@ def attention_png(rows: Sequence[AttentionRow]) -> bytes:
     info.add_text("Rows", str(len(rows)))
     info.add_text("Lines", ",".join(str(n) for n in row_lines))
     out = io.BytesIO()
-    img.save(out, format="PNG", optimize=True, pnginfo=info)
+    img.save(out, format="PNG", compress_level=1, pnginfo=info)  # (optimize: most of the time)
     return out.getvalue()
 
 

@@ -23,13 +23,19 @@
 - Lower `priority` goes first, so a search is served before queued bulk indexing.
 - The queue is bounded in inputs: past `queue_size` a caller gets `Busy` at once.
 - Image decoding and preprocessing run in a thread pool, off the model thread.
-- Text vectors are cached (LRU): queries repeat.
+- Text vectors are cached (LRU), with their word weights: queries repeat. The word
+  weights (attention.py) are captured in the pass that computes the vector, and texts are
+  tokenised on the model thread, not on the event loop.
+- `reserve` holds queue room for several requests at once (a search's texts and images),
+  so a search let in is not refused halfway.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import ctypes
+import gc
 import itertools
 import logging
 import platform
@@ -47,6 +53,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .attention import WordWeights, words_from_row
 from .errors import Busy
 from .images import open_image
 from .lean import block_forward, lean_visual, onednn_linear, walkable
@@ -59,6 +66,7 @@ log = logging.getLogger(__name__)
 MALLOC_MMAP_THRESHOLD = 32 << 20  # glibc's own ceiling for its dynamic thresholds
 MALLOC_TRIM_THRESHOLD = 64 << 20
 _malloc_pinned = False
+_thaw_registered = False
 
 
 def _pin_malloc_thresholds() -> None:
@@ -87,10 +95,6 @@ def _pin_malloc_thresholds() -> None:
         pass
 
 
-class _Closed(Exception):
-    """The encoder was closed while it was warming up."""
-
-
 SEARCH = 0  # priority of interactive requests
 BULK = 10  # priority of indexing
 
@@ -99,15 +103,48 @@ BULK = 10  # priority of indexing
 class _Request:
     priority: int
     seq: int
-    kind: str = field(compare=False)  # "text" | "image"
-    inputs: torch.Tensor = field(compare=False)
-    done: object = field(compare=False)  # callable(result: np.ndarray | BaseException)
+    kind: str = field(compare=False)  # "text" | "image" | "call"
+    inputs: torch.Tensor | list[str] = field(compare=False)  # texts: the strings
+    n: int = field(compare=False)  # inputs counted against the queue
+    done: object = field(compare=False)  # callable(result | BaseException)
     fn: object = field(compare=False, default=None)  # kind "call": run alone on the model thread
 
 
+@dataclass(frozen=True)
+class TextCode:
+    """What the encoder knows of a text: its vector and which words it attended to."""
+
+    vector: np.ndarray  # L2-normalised float32
+    words: WordWeights | None  # None: this tower cannot say (see attention.py)
+
+
+class Reservation:
+    """Queue room held for requests still to be made (see `Encoder.reserve`)."""
+
+    def __init__(self, encoder: Encoder, n: int):
+        self.encoder, self.left = encoder, n
+
+    def take(self, n: int) -> int:
+        """Up to n of the held inputs; returns how many it had."""
+        got = min(n, self.left)
+        self.left -= got
+        return got
+
+    def release(self) -> None:
+        self.encoder._release(self)
+
+    def __enter__(self) -> Reservation:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
 def encode_text_packed(parts: TextParts, tokens: torch.Tensor,
-                       linear: Callable = F.linear) -> torch.Tensor:
-    """Normalised text vectors from all texts' real tokens packed into one sequence.
+                       linear: Callable = F.linear, attend: bool = False):
+    """Normalised text vectors from all texts' real tokens packed into one sequence; with
+    `attend`, (vectors, rows): each text's end-of-text attention row in the last block
+    (head-averaged, over its own tokens), from the same pass.
 
     Same arithmetic as the padded (trimmed) pass, minus the padding: each block runs its
     linear layers on the packed tokens, and attention uses a block-diagonal causal mask,
@@ -133,20 +170,78 @@ def encode_text_packed(parts: TextParts, tokens: torch.Tensor,
         allowed = (seq[:, None] == seq[None, :]) & (idx[:, None] >= idx[None, :])
         mask = torch.zeros(total, total, dtype=dtype, device=device).masked_fill_(
             ~allowed, float("-inf"))
-    for block in parts.blocks:
-        x = block_forward(block, x, linear, mask, causal=mask is None)
+    ends = torch.cumsum(torch.tensor(lengths, device=device), 0) - 1
+    rows = None
+    for i, block in enumerate(parts.blocks):
+        if attend and i == len(parts.blocks) - 1:
+            x, rows = block_forward(block, x, linear, mask, causal=mask is None, attend_from=ends)
+        else:
+            x = block_forward(block, x, linear, mask, causal=mask is None)
     x = parts.ln_final(x)
-    pooled = x[torch.cumsum(torch.tensor(lengths, device=device), 0) - 1]
+    pooled = x[ends]
     proj = parts.projection
     if isinstance(proj, torch.nn.Module):
         pooled = proj(pooled)
     elif proj is not None:
         pooled = pooled @ proj
-    return F.normalize(pooled, dim=-1)
+    vectors = F.normalize(pooled, dim=-1)
+    if not attend:
+        return vectors
+    starts = (ends + 1 - torch.tensor(lengths, device=device)).tolist()
+    return vectors, [rows[i, a:a + n] for i, (a, n) in enumerate(zip(starts, lengths, strict=True))]
 
 
 def _packable(parts: TextParts | None) -> bool:
     return parts is not None and parts.pool_type in ("argmax", "eos") and walkable(parts.blocks)
+
+
+class _Closing(Exception):
+    """The encoder was closed during its warm-up: stop measuring, end the thread."""
+
+
+class ThreadChoice:
+    """The torch thread count of passes of one sort (lone texts, text batches, ...), kept to
+    the faster under the host's present load.
+
+    Warm-up measures each count once, at start-up, but load changes: where other processes
+    hold the cores, a multi-threaded pass waits at every parallel region for its second
+    thread to get a core (bench/RESULTS.md: "the thread count under load"). So now and then
+    a pass runs on a count not in use (its time replaces that count's old average), and
+    averages of recent passes (seconds per input) decide. A try that loses doubles the
+    interval to the next (up to `max_explore` passes), so a host that stays busy pays for
+    few slow tries; one that wins resets it."""
+
+    def __init__(self, seconds: dict[int, float], explore: int = 25, keep: float = 0.8,
+                 max_explore: int = 800):
+        self.avg = dict(seconds)
+        self.explore, self.keep, self.max_explore = explore, keep, max_explore
+        self.interval = explore
+        self._until = explore  # passes until the next try
+        self._trying: int | None = None
+
+    @property
+    def best(self) -> int:
+        return min(self.avg, key=self.avg.__getitem__)
+
+    def pick(self) -> int:
+        others = [n for n in self.avg if n != self.best]
+        self._until -= 1
+        if others and self._until <= 0:
+            self._trying = others[0] if len(others) == 1 else others[self.interval % len(others)]
+            return self._trying
+        return self.best
+
+    def record(self, threads: int, seconds: float) -> None:
+        if threads not in self.avg:
+            return
+        if threads == self._trying:  # its average is old: the fresh pass replaces it
+            self.avg[threads] = seconds
+        else:
+            self.avg[threads] = self.keep * self.avg[threads] + (1 - self.keep) * seconds
+        if threads == self._trying:
+            won = self.best == threads
+            self.interval = self.explore if won else min(2 * self.interval, self.max_explore)
+            self._until, self._trying = self.interval, None
 
 
 _PROBE_TEXTS = ("a dog", "a photo of a small red car parked in front of an old house at night",
@@ -166,6 +261,15 @@ class Encoder:
                  queue_size: int = 512, cache_size: int = 2048, threads: int | None = None,
                  decode_workers: int = 2, company_share: float = 0.0):
         _pin_malloc_thresholds()
+        # The model and its libraries (torch, open_clip) are hundreds of thousands of objects
+        # that live as long as the process: kept out of the cyclic collector's full passes,
+        # which otherwise walk them all and hold the GIL (the event loop) meanwhile. Thawed at
+        # exit, so the interpreter's last collection still finalises them in its usual order.
+        gc.freeze()
+        global _thaw_registered
+        if not _thaw_registered:
+            _thaw_registered = True
+            atexit.register(gc.unfreeze)
         self.loaded = loaded
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
@@ -174,6 +278,8 @@ class Encoder:
         # and the torch thread count such a pass runs on (the faster at warm-up)
         self.lone_pass: dict[str, float] = {}
         self.lone_threads: dict[str, int] = {}
+        self._lone_choice: dict[str, ThreadChoice] = {}  # revisits lone_threads under load
+        self._batch_choice: dict[str, ThreadChoice] = {}  # and batch_threads
         self.packed = False  # batches of texts run packed (decided at warm-up)
         self.lone_packed = False  # so does a lone text (decided at warm-up)
         self.batch_threads: dict[str, int] = {}  # threads of a batch pass, where measured
@@ -181,7 +287,7 @@ class Encoder:
         self.threads = threads
         self._model_threads = threads or torch.get_num_threads()
         self.stats = EncoderStats()
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache: OrderedDict[str, TextCode] = OrderedDict()
         self._cache_size = cache_size
         self._cond = threading.Condition()
         self._pending: list[_Request] = []
@@ -215,24 +321,50 @@ class Encoder:
 
     async def encode_texts(self, texts: list[str], priority: int = SEARCH) -> np.ndarray:
         """L2-normalised float32 vectors, one row per text."""
-        out: list[np.ndarray | None] = [self._cache_get(t) for t in texts]
+        codes = await self.encode_text_codes(texts, priority)
+        return np.stack([c.vector for c in codes]) if codes else np.zeros((0, self.dim), np.float32)
+
+    async def encode_text_codes(self, texts: list[str], priority: int = SEARCH,
+                                reservation: Reservation | None = None) -> list[TextCode]:
+        """A `TextCode` (vector and word weights, one pass) per text; texts not cached are
+        tokenised and encoded on the model thread."""
+        out: list[TextCode | None] = [self._cache_get(t) for t in texts]
         missing = sorted({t for t, v in zip(texts, out, strict=True) if v is None})
         if missing:
-            tokens = self.loaded.tokenizer(missing)
-            vecs = await self._submit("text", tokens, priority)
-            for t, v in zip(missing, vecs, strict=True):
-                self._cache_put(t, v)
-            found = dict(zip(missing, vecs, strict=True))
-            out = [v if v is not None else found[t] for t, v in zip(texts, out, strict=True)]
-        return np.stack(out) if out else np.zeros((0, self.dim), np.float32)
+            codes = await self._submit("text", missing, priority, reservation=reservation)
+            for t, c in zip(missing, codes, strict=True):
+                self._cache_put(t, c)
+            found = dict(zip(missing, codes, strict=True))
+            out = [c if c is not None else found[t] for t, c in zip(texts, out, strict=True)]
+        return out
+
+    def uncached(self, texts: list[str]) -> int:
+        """How many distinct texts of `texts` an encoding would have to compute now."""
+        return len({t for t in texts if t not in self._cache})
+
+    def reserve(self, n: int) -> Reservation:
+        """Hold queue room for n inputs of requests to be made (Busy when it is not there),
+        so that a caller making several requests is refused before the first or never;
+        release it (or use it as a context manager) once they are made."""
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("encoder closed")
+            if n and self._pending_inputs and self._pending_inputs + n > self.queue_size:
+                raise Busy()
+            self._pending_inputs += n
+        return Reservation(self, n)
+
+    def _release(self, reservation: Reservation) -> None:
+        with self._cond:
+            self._pending_inputs -= reservation.take(reservation.left)
 
     async def encode_images(self, images: list[Image.Image | bytes | Path],
-                            priority: int = SEARCH) -> np.ndarray:
+                            priority: int = SEARCH, reservation: Reservation | None = None) -> np.ndarray:
         """L2-normalised float32 vectors; bytes and paths are decoded safely (ImageError)."""
         if not images:
             return np.zeros((0, self.dim), np.float32)
         pixels = await self.preprocess(images)
-        return await self.encode_pixels(pixels, priority)
+        return await self._submit("image", pixels, priority, reservation=reservation)
 
     async def preprocess(self, images: list[Image.Image | bytes | Path]) -> torch.Tensor:
         loop = asyncio.get_running_loop()
@@ -244,7 +376,7 @@ class Encoder:
     async def call(self, fn, *args, priority: int = SEARCH):
         """Run fn(*args) on the model thread (for work that needs the model but is no batch,
         such as the attention read-out), queued like any request."""
-        return await self._submit("call", torch.empty(1), priority, fn=lambda: fn(*args))
+        return await self._submit("call", [], priority, fn=lambda: fn(*args))
 
     def close(self) -> None:
         with self._cond:
@@ -269,19 +401,20 @@ class Encoder:
             decoded.append(im.convert("RGB"))
         return preprocess_images(self.loaded.preprocess, decoded)
 
-    def _cache_get(self, text: str) -> np.ndarray | None:
+    def _cache_get(self, text: str) -> TextCode | None:
         v = self._cache.get(text)
         if v is not None:
             self._cache.move_to_end(text)
         return v
 
-    def _cache_put(self, text: str, v: np.ndarray) -> None:
+    def _cache_put(self, text: str, v: TextCode) -> None:
         self._cache[text] = v
         self._cache.move_to_end(text)
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
 
-    async def _submit(self, kind: str, inputs: torch.Tensor, priority: int, fn=None):
+    async def _submit(self, kind: str, inputs: torch.Tensor | list[str], priority: int, fn=None,
+                      reservation: Reservation | None = None):
         loop = asyncio.get_running_loop()
         fut: asyncio.Future = loop.create_future()
 
@@ -295,15 +428,19 @@ class Encoder:
                     fut.set_result(result)
             loop.call_soon_threadsafe(settle)
 
-        n = int(inputs.shape[0])
+        n = 1 if kind == "call" else len(inputs)
         with self._cond:
             if self._closed:
                 raise RuntimeError("encoder closed")
+            held = reservation.take(n) if reservation is not None else 0
+            extra = n - held  # inputs not covered by a reservation
             # A request larger than the whole queue is still let in when the queue is empty.
-            if self._pending_inputs and self._pending_inputs + n > self.queue_size:
+            if extra and self._pending_inputs and self._pending_inputs + extra > self.queue_size:
+                if reservation is not None:
+                    reservation.left += held
                 raise Busy()
-            self._pending.append(_Request(priority, next(self._seq), kind, inputs, done, fn))
-            self._pending_inputs += n
+            self._pending.append(_Request(priority, next(self._seq), kind, inputs, n, done, fn))
+            self._pending_inputs += extra
         # Wake the model thread after this tick of the loop, so that the requests made in
         # the same tick (asyncio.gather of several queries) are in the queue when it looks.
         loop.call_soon(self._wake)
@@ -330,37 +467,60 @@ class Encoder:
                 same = sorted(r for r in self._pending if r.kind == first.kind)
                 batch, size = [], 0
                 for r in same:
-                    if batch and size + r.inputs.shape[0] > self.max_batch:
+                    if batch and size + r.n > self.max_batch:
                         break
                     batch.append(r)
-                    size += r.inputs.shape[0]
+                    size += r.n
                 left = start + wait - time.monotonic()
                 if size >= self.max_batch or left <= 0 or self._closed:
                     break
                 self._cond.wait(left)
             for r in batch:
                 self._pending.remove(r)
-                self._pending_inputs -= int(r.inputs.shape[0])
+                self._pending_inputs -= r.n
             return batch
 
-    def _forward(self, kind: str, inputs: torch.Tensor) -> np.ndarray:
+    def _forward(self, kind: str, inputs: torch.Tensor | list[str]) -> np.ndarray | list[TextCode]:
         m = self.loaded
+        if kind == "text":
+            return self._text_codes(inputs)
         with torch.inference_mode():
-            if kind == "text":
-                tokens = inputs.to(m.device)
-                if m.text is not None:
-                    v = self._text_pass(tokens, self.packed if len(tokens) > 1 else self.lone_packed)
-                else:
-                    v = F.normalize(m.model.encode_text(tokens), dim=-1)
-            else:
-                tower = self._image_tower or m.model.encode_image
-                v = F.normalize(tower(inputs.to(m.device, m.dtype)), dim=-1)
+            tower = self._image_tower or m.model.encode_image
+            v = F.normalize(tower(inputs.to(m.device, m.dtype)), dim=-1)
         return v.float().cpu().numpy()
 
-    def _text_pass(self, tokens: torch.Tensor, packed: bool) -> torch.Tensor:
+    def _text_codes(self, texts: list[str]) -> list[TextCode]:
+        """Tokenise and encode texts in one pass, capturing each one's word weights."""
+        m = self.loaded
+        tokens = m.tokenizer(texts).to(m.device)
+        rows = None
+        with torch.inference_mode():
+            if m.text is not None:
+                packed = self.packed if len(texts) > 1 else self.lone_packed
+                v, rows = self._text_pass(tokens, packed, attend=True)
+            else:
+                v = F.normalize(m.model.encode_text(tokens), dim=-1)
+        vectors = v.float().cpu().numpy()
+        if rows is None:
+            return [TextCode(vec, None) for vec in vectors]
+        codes = []
+        for i, (text, vec, row) in enumerate(zip(texts, vectors, rows, strict=True)):
+            ids = tokens[i, :len(row)].tolist()
+            codes.append(TextCode(vec, words_from_row(m.tokenizer, text, ids, row.tolist())))
+        return codes
+
+    def _text_pass(self, tokens: torch.Tensor, packed: bool, attend: bool = False):
+        """Vectors, or with `attend` (vectors, rows): each text's end-of-text attention row
+        over its tokens (None where the tower cannot give it)."""
         if packed:
-            return encode_text_packed(self.loaded.text, tokens, self._linear)
-        return encode_text_trimmed(self.loaded.text, tokens)
+            return encode_text_packed(self.loaded.text, tokens, self._linear, attend=attend)
+        if not attend:
+            return encode_text_trimmed(self.loaded.text, tokens)
+        vectors, rows = encode_text_trimmed(self.loaded.text, tokens, attend=True)
+        if rows is None:
+            return vectors, None
+        ends = eot_positions(tokens, self.loaded.text).tolist()
+        return vectors, [rows[i, :e + 1] for i, e in enumerate(ends)]
 
     def _calibrate_text_batches(self, choices: list[int], threads: int) -> None:
         """How batches of texts run: packed or padded, on how many threads (the fastest on
@@ -375,18 +535,19 @@ class Encoder:
             for n in choices:
                 torch.set_num_threads(n)
                 for way in ways:
-                    if self._closed:
-                        raise _Closed
-                    self._text_pass(tokens, way)
+                    self._stop_if_closed()
+                    self._text_pass(tokens, way, attend=True)
                     times = []
                     for _ in range(3):
                         t0 = time.perf_counter()
-                        self._text_pass(tokens, way)
+                        self._text_pass(tokens, way, attend=True)
                         times.append(time.perf_counter() - t0)
                     timings[(n, way)] = min(times)
             torch.set_num_threads(threads)
         n, way = min(timings, key=lambda k: timings[k])
         self.batch_threads["text"], self.packed = n, way
+        self._batch_choice["text"] = ThreadChoice(
+            {c: timings[c, way] / len(_PROBE_TEXTS) for c in choices})
 
     def _packed_matches(self) -> bool:
         """Whether the packed pass gives the padded pass's vectors within 1e-5, for a batch
@@ -398,15 +559,21 @@ class Encoder:
                 tokens = m.tokenizer(list(_PROBE_TEXTS)).to(m.device)
                 fast = onednn_linear() if m.device.type == "cpu" else None
                 with torch.inference_mode():
-                    padded = encode_text_trimmed(m.text, tokens)
+                    padded, padded_rows = self._text_pass(tokens, False, attend=True)
                 for linear in ([fast] if fast else []) + [F.linear]:
                     try:
                         with torch.inference_mode():
-                            batch = encode_text_packed(m.text, tokens, linear)
-                            alone = torch.cat([encode_text_packed(m.text, t[None], linear)
-                                               for t in tokens])
+                            batch, rows = encode_text_packed(m.text, tokens, linear, attend=True)
+                            alone = [encode_text_packed(m.text, t[None], linear, attend=True)
+                                     for t in tokens]
+                        rows_alone = [r for _, (r,) in alone]
+                        alone = torch.cat([v for v, _ in alone])
                         ok = max(float((padded - batch).abs().max()),
                                  float((padded - alone).abs().max())) <= 1e-5
+                        if ok and padded_rows is not None:  # the word weights agree too
+                            ok = all(float((a - x).abs().max()) <= 1e-5
+                                     for a, b, c in zip(padded_rows, rows, rows_alone, strict=True)
+                                     for x in (b, c))
                     except Exception:  # an unusual tower or torch build: try the next
                         log.debug("packed text pass with %s failed", linear, exc_info=True)
                         ok = False
@@ -445,9 +612,14 @@ class Encoder:
         if times["lean"] < times["stock"]:
             self._image_tower = lean
 
-    def _timed_forward(self, kind: str, inputs: torch.Tensor) -> float:
-        if self._closed:  # closed during warm-up: stop measuring, let close() return
-            raise _Closed
+    def _stop_if_closed(self) -> None:
+        """Raise _Closing when close() was called: a process that exits early (a bad query on
+        the command line) must not leave the model thread running torch at exit."""
+        if self._closed:
+            raise _Closing()
+
+    def _timed_forward(self, kind: str, inputs: torch.Tensor | list[str]) -> float:
+        self._stop_if_closed()
         t0 = time.perf_counter()
         self._forward(kind, inputs)
         return time.perf_counter() - t0
@@ -457,12 +629,13 @@ class Encoder:
         # default, which any other thread's set_num_threads changes.
         torch.set_num_threads(self._model_threads)
         try:
-            tokens = self.loaded.tokenizer(["a photo of a dog"])
+            tokens = ["a photo of a dog"]
             pixels = self.loaded.preprocess(Image.new("RGB", (32, 32))).unsqueeze(0)
             threads = torch.get_num_threads()
             choices = [threads, 1] if threads > 1 and self.loaded.device.type == "cpu" else [threads]
             self._choose_image_tower(pixels)
             for kind, inputs in (("text", tokens), ("image", pixels)):
+                self._stop_if_closed()
                 ways = [False, True] if kind == "text" and self._packed_matches() else [False]
                 best: dict[tuple[int, bool], float] = {}
                 for n in choices:
@@ -475,11 +648,13 @@ class Encoder:
                 torch.set_num_threads(threads)
                 n, way = min(best, key=lambda k: best[k])
                 self.lone_threads[kind], self.lone_pass[kind] = n, best[n, way]
+                self._lone_choice[kind] = ThreadChoice({c: best[c, way] for c in choices})
                 if kind == "text":
                     self.lone_packed = way
             self._calibrate_text_batches(choices, threads)
-        except _Closed:
-            pass
+        except _Closing:
+            self._ready.set()
+            return
         except Exception:  # a broken model shows up on the first real request too
             log.exception("encoder warm-up failed")
         self._ready.set()
@@ -503,11 +678,18 @@ class Encoder:
                         torch.set_num_threads(threads)
                 batch[0].done(result)
                 continue
-            inputs = torch.cat([r.inputs for r in batch]) if len(batch) > 1 else batch[0].inputs
             kind = batch[0].kind
+            if kind == "text":
+                inputs = [t for r in batch for t in r.inputs]
+            else:
+                inputs = torch.cat([r.inputs for r in batch]) if len(batch) > 1 else batch[0].inputs
+            count = sum(r.n for r in batch)
             threads = torch.get_num_threads()
-            table = self.lone_threads if inputs.shape[0] == 1 else self.batch_threads
-            use = table.get(kind, threads)
+            choice = (self._lone_choice if count == 1 else self._batch_choice).get(kind)
+            if choice is not None:
+                use = choice.pick()
+            else:
+                use = (self.lone_threads if count == 1 else self.batch_threads).get(kind, threads)
             t0 = time.perf_counter()
             try:
                 if use != threads:
@@ -523,13 +705,15 @@ class Encoder:
                     torch.set_num_threads(threads)
             seconds = time.perf_counter() - t0
             self.stats.batches += 1
-            self.stats.inputs += int(inputs.shape[0])
+            self.stats.inputs += count
             self.stats.model_seconds += seconds
-            if inputs.shape[0] == 1:  # keep the cost of a lone pass current (load changes)
+            if count == 1:  # keep the cost of a lone pass current (load changes)
                 old = self.lone_pass.get(kind, seconds)
                 self.lone_pass[kind] = 0.8 * old + 0.2 * seconds
+            if choice is not None:
+                choice.record(use, seconds / count)
+                (self.lone_threads if count == 1 else self.batch_threads)[kind] = choice.best
             start = 0
             for r in batch:
-                n = int(r.inputs.shape[0])
-                r.done(out[start:start + n])
-                start += n
+                r.done(out[start:start + r.n])
+                start += r.n

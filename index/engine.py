@@ -7,6 +7,7 @@ FAISS or SQLite directly.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -14,14 +15,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .attention import UNAVAILABLE, word_weights
+from .attention import UNAVAILABLE
 from .build import Upload, build
-from .encoder import BULK, SEARCH, Encoder
+from .encoder import BULK, SEARCH, Encoder, TextCode
 from .errors import ClipfindError, QueryError
 from .models import DEFAULT_MODEL, load_model, parse_spec
 from .query import Query, parse_query
 from .ranking import STRATEGIES, WeightedVector, compose, normalise, zsum_scores
 from .store import Collection, Forgotten, Item, NewItem, Post
+from .thumbnails import ThumbnailStore
 
 NEAR_DUPLICATE = 0.98  # results this close to a query image are the image itself
 ZSUM_CANDIDATES = 1000  # per term, for the z-scored composition
@@ -143,20 +145,32 @@ class Engine:
         """Block until ready (or `timeout` seconds); True when ready."""
         return self.encoder.wait_ready(timeout)
 
+    @functools.cached_property
+    def thumbnails(self) -> ThumbnailStore:
+        """Thumbnails of this collection's local images, made once, kept in its folder."""
+        return ThumbnailStore(Path(self.collection.path) / "thumbnails")
+
     # -- queries -------------------------------------------------------------------------------
     def parse(self, text: str, n_images: int = 0) -> Query:
         return parse_query(text, n_images)
 
     async def term_vectors(self, query: Query, images: list) -> list[WeightedVector]:
+        return (await self._encode_terms(query, images))[0]
+
+    async def _encode_terms(self, query: Query, images: list
+                            ) -> tuple[list[WeightedVector], dict[str, TextCode]]:
+        """The terms' vectors, and each text's code (its word weights come with it). Queue
+        room for all of them is taken at once: Busy before any work, or never."""
         texts = [t.text for t in query.text_terms]
         used = sorted({t.image for t in query.image_terms})
-        text_vecs, image_vecs = await asyncio.gather(
-            self.encoder.encode_texts(texts, SEARCH),
-            self.encoder.encode_images([images[i] for i in used], SEARCH))
-        by_text = dict(zip(texts, text_vecs, strict=True))
+        with self.encoder.reserve(self.encoder.uncached(texts) + len(used)) as room:
+            codes, image_vecs = await asyncio.gather(
+                self.encoder.encode_text_codes(texts, SEARCH, room),
+                self.encoder.encode_images([images[i] for i in used], SEARCH, room))
+        by_text = dict(zip(texts, codes, strict=True))
         by_image = dict(zip(used, image_vecs, strict=True))
-        return [WeightedVector(by_text[t.text] if t.kind == "text" else by_image[t.image], t.weight, t.kind)
-                for t in query.terms]
+        return [WeightedVector(by_text[t.text].vector if t.kind == "text" else by_image[t.image],
+                               t.weight, t.kind) for t in query.terms], by_text
 
     async def search(self, text: str | Query, images: list[Image.Image | bytes | Path] = (), *,
                      k: int = 10, offset: int = 0, explain: bool = True,
@@ -170,37 +184,41 @@ class Engine:
         if k < 1 or offset < 0:  # a silent clamp would answer a question that was not asked
             raise QueryError(f"k must be 1 or more and offset 0 or more (got k={k}, offset={offset})")
         t0 = time.perf_counter()
-        # the explanation is queued with the encoding (same priority, same tick), so a
-        # search waits for bulk work in flight once, not once per step
-        explaining = asyncio.ensure_future(self.explain_terms(query)) if explain else None
-        try:
-            terms = await self.term_vectors(query, images)
-            if self.options.image_scale != 1.0:
-                terms = [replace(t, weight=t.weight * self.options.image_scale) if t.kind == "image"
-                         else t for t in terms]
-            t1 = time.perf_counter()
-            q = compose(terms)
-            avoid = [normalise(t.vector) for t in terms
-                     if t.kind == "image" and not keep_near_duplicates]
-            zterms = terms if bool(query.image_terms) and self.options.image_composition == "zsum" else None
-            ranked = await asyncio.to_thread(self._ranked, q, zterms, offset + k + 1, avoid)
-            for other in also:
-                ranked += await asyncio.to_thread(other._ranked, q, zterms, offset + k + 1, avoid)
-            if also:
-                ranked = sorted(ranked, key=lambda pair: -pair[1])[:offset + k + 1]
-            t2 = time.perf_counter()
-            attention, note = ([], None)
-            if explaining is not None:
-                attention, note = await explaining
-        except BaseException:
-            if explaining is not None:
-                explaining.cancel()  # a no-op when it is done
-                await asyncio.gather(explaining, return_exceptions=True)
-            raise
+        # the word weights come with the text vectors (one pass, see encoder.TextCode)
+        terms, codes = await self._encode_terms(query, images)
+        if self.options.image_scale != 1.0:
+            terms = [replace(t, weight=t.weight * self.options.image_scale) if t.kind == "image"
+                     else t for t in terms]
+        t1 = time.perf_counter()
+        zterms = terms if bool(query.image_terms) and self.options.image_composition == "zsum" else None
+        ranked = await asyncio.to_thread(self._rank_all, terms, zterms, offset + k + 1,
+                                         keep_near_duplicates, also)
+        t2 = time.perf_counter()
+        attention, note = self._explained(query, codes) if explain else ([], None)
         hits = [Hit(offset + i + 1, s, item) for i, (item, s) in enumerate(ranked[offset:offset + k])]
-        t3 = time.perf_counter()
         return SearchResult(query, hits, offset, k, len(ranked) > offset + k, attention, note,
-                            {"encode": t1 - t0, "search": t2 - t1, "explain": t3 - t2})
+                            {"encode": t1 - t0, "search": t2 - t1})
+
+    def _rank_all(self, terms: list[WeightedVector], zterms, n: int, keep_near_duplicates: bool,
+                  also: list[Engine]) -> list[tuple[Item, float]]:
+        """Compose and rank over this collection and `also` (in a worker thread)."""
+        q = compose(terms)
+        avoid = [normalise(t.vector) for t in terms if t.kind == "image" and not keep_near_duplicates]
+        ranked = self._ranked(q, zterms, n, avoid)
+        for other in also:
+            ranked += other._ranked(q, zterms, n, avoid)
+        if also:
+            ranked = sorted(ranked, key=lambda pair: -pair[1])[:n]
+        return ranked
+
+    @staticmethod
+    def _explained(query: Query, codes: dict[str, TextCode]) -> tuple[list, str | None]:
+        """The word weights of each text term (None for a term without), and a note when
+        the model gives none at all."""
+        weights = [None if codes[t.text].words is None else list(codes[t.text].words)
+                   for t in query.text_terms]
+        note = UNAVAILABLE if query.text_terms and all(w is None for w in weights) else None
+        return weights, note
 
     def _candidates(self, q: np.ndarray, zterms: list[WeightedVector] | None, want: int):
         """(id, cosine with q) best first: by cosine, or by z-scored sum over each term's top."""
@@ -242,13 +260,9 @@ class Engine:
         return [(items[i], float(s)) for i, s in found if i in items]
 
     async def explain(self, text: str) -> list[tuple[str, float]] | None:
-        return await self.encoder.call(word_weights, self.encoder.loaded, text,
-                                       self.encoder.text_linear)
-
-    async def explain_terms(self, query: Query) -> tuple[list, str | None]:
-        weights = list(await asyncio.gather(*(self.explain(t.text) for t in query.text_terms)))
-        note = UNAVAILABLE if query.text_terms and all(w is None for w in weights) else None
-        return weights, note
+        """The word weights of one text (encoded, or from the text cache)."""
+        words = (await self.encoder.encode_text_codes([text]))[0].words
+        return None if words is None else list(words)
 
     async def explain_image(self, item_id: int, query: str | Query, images: list = (), *,
                             picture: bytes | Image.Image | None = None, public_only: bool = True):

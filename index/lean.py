@@ -52,9 +52,39 @@ def _mlp(block, h: torch.Tensor, linear: Callable) -> torch.Tensor:
     return linear(h, mlp.c_proj.weight, mlp.c_proj.bias)
 
 
+def attention_rows(q: torch.Tensor, k: torch.Tensor, rows: torch.Tensor,
+                   mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The attention probabilities of the query positions `rows`, averaged over heads, as
+    `nn.MultiheadAttention(need_weights=True)` computes them (keys after a row are masked:
+    causal, unless `mask` is given).
+
+    q, k: (heads, tokens, head width) with `rows` (n,) indices into tokens -> (n, tokens);
+    or (batch, heads, tokens, head width) with `rows` (batch,), one row per text ->
+    (batch, tokens)."""
+    scale = q.shape[-1] ** -0.5
+    positions = torch.arange(k.shape[-2], device=k.device)
+    if q.dim() == 3:
+        scores = (q[:, rows] * scale) @ k.transpose(-1, -2)  # (heads, n, tokens)
+        head_axis = 0
+    else:
+        picked = q[torch.arange(q.shape[0], device=q.device), :, rows]  # (batch, heads, hw)
+        scores = ((picked * scale).unsqueeze(-2) @ k.transpose(-1, -2)).squeeze(-2)
+        head_axis = 1  # scores: (batch, heads, tokens)
+    if mask is not None:
+        scores = scores + (mask[rows] if head_axis == 0 else mask[rows][:, None])
+    else:
+        later = positions[None, :] > rows[:, None]  # (n, tokens)
+        scores = scores.masked_fill(later if head_axis == 0 else later[:, None], float("-inf"))
+    return torch.softmax(scores.float(), dim=-1).mean(head_axis)
+
+
 def block_forward(block, x: torch.Tensor, linear: Callable = F.linear,
-                  mask: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
-    """One residual block on x of shape (tokens, width) or (batch, tokens, width)."""
+                  mask: torch.Tensor | None = None, causal: bool = False,
+                  attend_from: torch.Tensor | None = None):
+    """One residual block on x of shape (tokens, width) or (batch, tokens, width).
+
+    `attend_from` (token positions; for a batch, one per text): also return the head-
+    averaged attention rows of those positions (see `attention_rows`), as (x, rows)."""
     attn = block.attn
     heads, width = attn.num_heads, x.shape[-1]
     lead = x.shape[:-1]
@@ -68,7 +98,9 @@ def block_forward(block, x: torch.Tensor, linear: Callable = F.linear,
     o = linear(o, attn.out_proj.weight, attn.out_proj.bias)
     flat = flat + block.ls_1(o)
     flat = flat + block.ls_2(_mlp(block, block.ln_2(flat), linear))
-    return flat.view(x.shape)
+    if attend_from is None:
+        return flat.view(x.shape)
+    return flat.view(x.shape), attention_rows(qkv[0], qkv[1], attend_from, mask)
 
 
 class _Walk(torch.nn.Module):

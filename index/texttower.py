@@ -4,9 +4,9 @@ The stock `encode_text` runs all 77 padded positions. Under the causal mask, pos
 after the end-of-text token cannot change the pooled (end-of-text) vector, so trimming
 the batch to its longest text gives the same vectors for a fraction of the work.
 
-The same walk also yields the last layer's input, from which `attention.py` recomputes
-the end-of-text token's attention row through `nn.MultiheadAttention`'s public API
-instead of depending on open_clip internals.
+The same walk also yields the last layer's attention row of each end-of-text token (the
+word weights of `attention.py`), computed beside the pass from the last block's own
+queries and keys.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .lean import block_forward, walkable
+from .lean import attention_rows, block_forward, walkable
 
 
 @dataclass
@@ -67,8 +67,11 @@ def causal_mask(length: int, device, dtype) -> torch.Tensor:
 
 
 def run_blocks(parts: TextParts, tokens: torch.Tensor, stop_before_last: bool = False,
-               linear=None):
-    """Embed and run the blocks on tokens trimmed to the longest text. Returns (x, eot, mask).
+               linear=None, attend: bool = False):
+    """Embed and run the blocks on tokens trimmed to the longest text. Returns (x, eot, mask),
+    and with `attend` (x, eot, mask, rows): the last block's head-averaged attention row of
+    each text's end-of-text token, (texts, trimmed length), zero after the token; None
+    where the last block is not an `nn.MultiheadAttention` with packed input weights.
 
     `linear`: walk the blocks with `lean.block_forward` and this linear layer (one the
     encoder checked at warm-up) instead of calling them as modules, where their layout
@@ -80,17 +83,45 @@ def run_blocks(parts: TextParts, tokens: torch.Tensor, stop_before_last: bool = 
     x = parts.token_embedding(tokens).to(dtype) + parts.positional_embedding[:length].to(dtype)
     mask = causal_mask(length, x.device, x.dtype)
     blocks = parts.blocks[:-1] if stop_before_last else parts.blocks
+    rows = None
     if linear is not None and walkable(blocks):  # batch first, whatever the tower's layout
+        for i, block in enumerate(blocks):
+            if attend and i == len(blocks) - 1:
+                x, rows = block_forward(block, x, linear, causal=True, attend_from=eot)
+            else:
+                x = block_forward(block, x, linear, causal=True)
+        return (x, eot, mask, rows) if attend else (x, eot, mask)
+    if not parts.batch_first:
+        x = x.transpose(0, 1)
+    seen: list[torch.Tensor] = []
+    hook = None
+    last_attn = getattr(blocks[-1], "attn", None) if blocks else None
+    if attend and isinstance(last_attn, torch.nn.MultiheadAttention) \
+            and last_attn.in_proj_weight is not None:
+        hook = last_attn.register_forward_hook(
+            lambda _m, args, kwargs, _out: seen.append(args[0] if args else kwargs["query"]),
+            with_kwargs=True)
+    try:
         for block in blocks:
-            x = block_forward(block, x, linear, causal=True)
-        return x, eot, mask
+            x = block(x, attn_mask=mask)
+    finally:
+        if hook is not None:
+            hook.remove()
     if not parts.batch_first:
         x = x.transpose(0, 1)
-    for block in blocks:
-        x = block(x, attn_mask=mask)
-    if not parts.batch_first:
-        x = x.transpose(0, 1)
-    return x, eot, mask
+    if seen:  # the last attention's input, batch first: recompute its rows from it
+        h = seen[-1] if parts.batch_first else seen[-1].transpose(0, 1)
+        rows = _mha_rows(last_attn, h, eot)
+    return (x, eot, mask, rows) if attend else (x, eot, mask)
+
+
+def _mha_rows(attn: torch.nn.MultiheadAttention, h: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
+    """The head-averaged attention rows of the eot positions of `attn` on input h (batch first)."""
+    batch, length, width = h.shape
+    heads = attn.num_heads
+    qkv = F.linear(h, attn.in_proj_weight, attn.in_proj_bias)
+    qkv = qkv.view(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+    return attention_rows(qkv[0], qkv[1], eot)
 
 
 def pool_and_project(parts: TextParts, x: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
@@ -104,7 +135,10 @@ def pool_and_project(parts: TextParts, x: torch.Tensor, eot: torch.Tensor) -> to
     return pooled @ proj
 
 
-def encode_text_trimmed(parts: TextParts, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-    x, eot, _ = run_blocks(parts, tokens)
+def encode_text_trimmed(parts: TextParts, tokens: torch.Tensor, normalize: bool = True,
+                        attend: bool = False):
+    """Text vectors; with `attend`, (vectors, rows): rows as `run_blocks` gives them."""
+    x, eot, _, rows = run_blocks(parts, tokens, attend=True) if attend else (*run_blocks(parts, tokens), None)
     out = pool_and_project(parts, x, eot)
-    return F.normalize(out, dim=-1) if normalize else out
+    out = F.normalize(out, dim=-1) if normalize else out
+    return (out, rows) if attend else out

@@ -206,7 +206,7 @@ async def test_cooldown_is_given_back_when_busy(settings):
     async def search(*a, **k):
         raise Busy()
 
-    busy = SimpleNamespace(encoder=SimpleNamespace(ready=True), collection=[], search=search)
+    busy = SimpleNamespace(ready=True, collection=[], search=search)
     core = Core(replace(settings, cooldown_rate=1, cooldown_per_s=60), busy)
     assert_one_line_error(await find(core, "red circle"), BUSY)
     assert_one_line_error(await find(core, "red circle"), BUSY)  # not "slow down"
@@ -359,3 +359,28 @@ def test_help_mentions_both_forms(core):
     text = core.help("?").text
     assert "`?find red circle*1 blue square*2`" in text and "/find query:" in text
     assert "#1*0.5" in text and "◀️" in text and len(text) < 2000
+
+
+async def test_page_turns_only_read_thumbnails_made_before(settings, engine, tmp_path, monkeypatch):
+    import asyncio
+
+    import index.images
+    from index.thumbnails import ThumbnailStore
+
+    monkeypatch.setitem(engine.__dict__, "thumbnails", ThumbnailStore(tmp_path / "thumbs"))
+    core = Core(replace(settings, results_per_page=5), engine)
+    core.prefetch_delay_s = 0.0
+    first = await find(core, "orange square*1 small circle*2")
+    assert sum(c.file is not None for c in first.cards) == 5
+    await asyncio.gather(*core._prefetching)  # the next page's, made in the background
+    made = len(list((tmp_path / "thumbs").glob("*/*.jpg")))
+    assert made == 10
+
+    def refuse(*a, **kw):
+        raise AssertionError("an image was decoded while a member waited")
+    monkeypatch.setattr(index.images, "_open_header", refuse)
+    second = await core.turn(first.state, 1)
+    assert second.is_page and sum(c.file is not None for c in second.cards) == 5
+    again = await core.turn(second.state, -1)  # back: read, not made again
+    assert [c.file.data for c in again.cards] == [c.file.data for c in first.cards]
+    await core.close()

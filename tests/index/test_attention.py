@@ -1,11 +1,19 @@
+"""Word weights: captured in the encoding pass, equal to the separate read-out they replace."""
+
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from index.attention import word_weights
+from index.attention import words_from_row
+from index.encoder import Encoder
 from index.texttower import run_blocks
+from tests.index.attention_reference import word_weights
+
+TEXTS = ["a big red circle, next to Tokyo-tower!", "two purple triangles beside a white square",
+         "snow", "the old wooden bridge over a misty lake at dawn"]
 
 
 def independent_attention(loaded, text):
@@ -31,10 +39,58 @@ def independent_attention(loaded, text):
         return torch.stack(rows).mean(0).numpy(), tokens[0, : eot + 1].tolist()
 
 
+def paths(enc: Encoder) -> list[bool]:
+    """The text passes this encoder can take: padded (module walk), and packed (lean walk)
+    where warm-up found it equal."""
+    return [False, True] if enc._packed_matches() else [False]
+
+
+@pytest.fixture(params=["tiny", "vitb32"])
+def model_encoder(request):
+    loaded = request.getfixturevalue(request.param)
+    enc = Encoder(loaded, threads=1, max_wait_ms=0)
+    assert enc.wait_ready(120)
+    yield loaded, enc
+    enc.close()
+
+
+async def test_captured_weights_equal_the_separate_read_out(model_encoder):
+    loaded, enc = model_encoder
+    reference = {t: word_weights(loaded, t) for t in TEXTS}
+    taken = paths(enc)
+    if loaded.name.startswith("ViT-B-32"):
+        assert taken == [False, True]  # both the stock walk and the lean one are checked
+    for packed in taken:
+        enc.packed = enc.lone_packed = packed
+        for how in ("batch", "alone"):
+            enc._cache.clear()
+            if how == "batch":
+                codes = await enc.encode_text_codes(TEXTS)
+            else:
+                codes = [(await enc.encode_text_codes([t]))[0] for t in TEXTS]
+            for text, code in zip(TEXTS, codes, strict=True):
+                ref = reference[text]
+                assert code.words is not None
+                assert [w for w, _ in code.words] == [w for w, _ in ref] == text.split()
+                worst = max(abs(a - b) for (_, a), (_, b) in zip(code.words, ref, strict=True))
+                assert worst <= 1e-5, (packed, how, text, worst)
+                assert abs(sum(v for _, v in code.words) - 1) < 1e-6
+
+
+async def test_one_pass_per_batch_and_the_cache_keeps_the_weights(model_encoder):
+    _, enc = model_encoder
+    before = enc.stats.batches
+    codes = await enc.encode_text_codes(TEXTS)
+    assert enc.stats.batches - before == 1  # vectors and weights of all four: one pass
+    again = await enc.encode_text_codes(TEXTS[:2])
+    assert enc.stats.batches - before == 1
+    assert again[0].words == codes[0].words and np.array_equal(again[0].vector, codes[0].vector)
+
+
 @pytest.mark.parametrize("model", ["tiny", "vitb32"])
-def test_word_weights_match_an_independent_computation(model, request):
+def test_reference_read_out_matches_an_independent_computation(model, request):
     loaded = request.getfixturevalue(model)
-    text = "a big red circle, next to Tokyo-tower!"
+    text = TEXTS[0]
     got = word_weights(loaded, text)
     row, ids = independent_attention(loaded, text)
     # the same tokens as the tokenizer gives for the whole text
@@ -47,27 +103,19 @@ def test_word_weights_match_an_independent_computation(model, request):
     expected = np.array(expected) / np.sum(expected)
     assert [w for w, _ in got] == text.split()
     assert np.allclose([v for _, v in got], expected, atol=1e-4)
-    assert abs(sum(v for _, v in got) - 1) < 1e-6
+    # and the mapping the encoder uses gives the same from the same row
+    mapped = words_from_row(loaded.tokenizer, text, ids, row.tolist())
+    assert np.allclose([v for _, v in mapped], expected, atol=1e-6)
 
 
-def test_no_weights_for_a_tower_that_cannot_say(tiny):
-    from dataclasses import replace
-    assert word_weights(replace(tiny, text=None), "red circle") is None
-    assert word_weights(tiny, "   ") is None
-
-
-@pytest.mark.parametrize("model", ["tiny", "vitb32"])
-def test_word_weights_through_the_lean_walk_equal_the_module_walk(model, request):
-    import torch.nn.functional as F
-
-    from index.lean import onednn_linear
-
-    loaded = request.getfixturevalue(model)
-    text = "two purple triangles beside a white square"
-    stock = word_weights(loaded, text)
-    for linear in (F.linear, onednn_linear()):
-        if linear is None:
-            continue
-        lean = word_weights(loaded, text, linear)
-        assert [w for w, _ in lean] == [w for w, _ in stock]
-        assert max(abs(a - b) for (_, a), (_, b) in zip(lean, stock, strict=True)) < 1e-5
+async def test_no_weights_for_a_tower_that_cannot_say(tiny):
+    enc = Encoder(replace(tiny, text=None), threads=1)
+    try:
+        assert enc.wait_ready(30)
+        (code,) = await enc.encode_text_codes(["red circle"])
+        assert code.words is None and code.vector.shape == (tiny.dim,)
+    finally:
+        enc.close()
+    assert words_from_row(tiny.tokenizer, "   ", [1, 2], [0.5, 0.5]) is None
+    # words that are not the tokens the row is about: no guess
+    assert words_from_row(tiny.tokenizer, "red circle", [49406, 1, 2, 49407], [0.1] * 4) is None

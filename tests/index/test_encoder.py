@@ -151,3 +151,51 @@ def test_close_during_warm_up_stops_the_model_thread(tiny, monkeypatch):
     enc.close()
     assert not enc._thread.is_alive()
     assert time.perf_counter() - t0 < 5
+
+
+def test_pass_threads_follow_the_load():
+    from index.encoder import ThreadChoice
+
+    choice = ThreadChoice({2: 0.010, 1: 0.012}, explore=5)
+    picks = []
+    for _ in range(10):
+        picks.append(n := choice.pick())
+        choice.record(n, 0.010 if n == 2 else 0.012)
+    assert picks == [2, 2, 2, 2, 1, 2, 2, 2, 2, 2]  # the other count, now and then
+    # the host gets busy: two-thread passes now wait for a second free core
+    for _ in range(30):
+        n = choice.pick()
+        choice.record(n, 0.100 if n == 2 else 0.012)
+    assert choice.best == 1
+    # it stays busy: tries of two threads grow rare (each lost try doubles the interval)
+    tries = 0
+    for _ in range(1000):
+        n = choice.pick()
+        tries += n == 2
+        choice.record(n, 0.100 if n == 2 else 0.012)
+    assert choice.best == 1 and tries <= 8
+    # ... and quiet again: a try wins, and two threads are back
+    for _ in range(2000):
+        n = choice.pick()
+        choice.record(n, 0.008 if n == 2 else 0.012)
+    assert choice.best == 2
+    alone = ThreadChoice({1: 0.01})
+    assert {alone.pick() for _ in range(50)} == {1}
+
+
+def test_closing_during_warm_up_ends_the_model_thread_soon(tiny, monkeypatch):
+    """A command-line run that fails early closes the encoder mid warm-up: the model thread
+    must stop at the next pass, not run on (torch still working at exit aborts the process)."""
+    forward = Encoder._forward
+
+    def slow_forward(self, kind, inputs):  # a warm-up of many seconds, as on a busy host
+        time.sleep(0.2)
+        return forward(self, kind, inputs)
+
+    monkeypatch.setattr(Encoder, "_forward", slow_forward)
+    enc = Encoder(tiny)
+    time.sleep(0.1)
+    t0 = time.perf_counter()
+    enc.close()
+    assert time.perf_counter() - t0 < 3.0
+    assert not enc._thread.is_alive()
