@@ -13,6 +13,7 @@ from types import TracebackType
 
 import numpy as np
 
+from ..errors import StoreError
 from .items import Item, NewItem
 from .manifest import Manifest
 from .posts import Forgotten, Post
@@ -144,3 +145,13 @@ class VectorStore(abc.ABC):
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def checked_query(query: np.ndarray, dim: int, where: str) -> np.ndarray:
+    """A query vector as float32 (dim,); StoreError for another size or NaN/infinity."""
+    q = np.asarray(query, dtype=np.float32).reshape(-1)
+    if q.shape[0] != dim:
+        raise StoreError(f"query vector has {q.shape[0]} dimensions; {where} holds {dim}")
+    if not np.all(np.isfinite(q)):
+        raise StoreError("query vector contains NaN or infinity")
+    return q

@@ -30,7 +30,7 @@ import numpy as np
 from index.errors import ModelMismatch, StoreError
 
 from . import posts, tuning
-from .base import VectorStore
+from .base import VectorStore, checked_query
 from .faissindex import (
     VECTORS,
     Built,
@@ -223,13 +223,7 @@ class Collection(VectorStore):
         if k <= 0:
             return []
         offset = max(0, int(offset))
-        q = np.asarray(query, dtype=np.float32).reshape(-1)
-        if q.shape[0] != self._dim:
-            raise StoreError(
-                f"query vector has {q.shape[0]} dimensions; collection {self.path} holds {self._dim}"
-            )
-        if not np.all(np.isfinite(q)):
-            raise StoreError("query vector contains NaN or infinity")
+        q = checked_query(query, self._dim, f"collection {self.path}")
         with self._lock:
             self._db()
             self._refresh()

@@ -47,7 +47,7 @@ from pymilvus import DataType, MilvusClient
 
 from index.errors import ModelMismatch, StoreError, StoreUnavailable
 
-from .base import VectorStore
+from .base import VectorStore, checked_query
 from .items import Item, NewItem
 from .manifest import Manifest
 from .posts import Forgotten, Post
@@ -394,13 +394,7 @@ class MilvusStore(VectorStore):
         if k <= 0:
             return []
         offset = max(0, int(offset))
-        q = np.asarray(query, dtype=np.float32).reshape(-1)
-        if q.shape[0] != self._dim:
-            raise StoreError(
-                f"query vector has {q.shape[0]} dimensions; {self.location} holds {self._dim}"
-            )
-        if not np.all(np.isfinite(q)):
-            raise StoreError("query vector contains NaN or infinity")
+        q = checked_query(query, self._dim, self.location)
         depth = min(offset + int(k), MAX_TOPK)
         if offset >= depth:
             return []
@@ -666,12 +660,17 @@ class MilvusStore(VectorStore):
         return out
 
     def _scan_posts(self, where: str) -> list[dict[str, Any]]:
+        return self._iterate(self.posts_name, [*_POST_FIELDS, "item_id"], where)
+
+    def _iterate(self, collection: str, fields: list[str], where: str) -> list[dict[str, Any]]:
+        """Every row of `collection` in this view matching `where`, read in batches."""
+
         def run(c: Any) -> list[dict[str, Any]]:
             it = c.query_iterator(
-                self.posts_name,
+                collection,
                 batch_size=_ITER_BATCH,
                 filter=self._where(where),
-                output_fields=[*_POST_FIELDS, "item_id"],
+                output_fields=fields,
                 timeout=CALL_TIMEOUT,
             )
             rows: list[dict[str, Any]] = []
@@ -718,7 +717,9 @@ class MilvusStore(VectorStore):
         except StoreError:
             raise
         except Exception as e:
-            if _unreachable(e):
+            # while a store that went away is coming back (a restarted server still loading
+            # its segments answers odd errors for a moment), a failure still means "not back"
+            if _unreachable(e) or _DOWN.get(self.uri):
                 if not _DOWN.get(self.uri):  # one line when it goes, one when it is back
                     _DOWN[self.uri] = True
                     log.warning("%s is unreachable: %s", self.location, _one_line(e))
@@ -763,23 +764,7 @@ class MilvusStore(VectorStore):
     def _scan(self, fields: list[str], where: str = "") -> list[dict[str, Any]]:
         """Every row of this view (matching `where`), in batches."""
 
-        def run(c: Any) -> list[dict[str, Any]]:
-            it = c.query_iterator(
-                self.name,
-                batch_size=_ITER_BATCH,
-                filter=self._where(where),
-                output_fields=fields,
-                timeout=CALL_TIMEOUT,
-            )
-            rows: list[dict[str, Any]] = []
-            try:
-                while batch := it.next():
-                    rows.extend(batch)
-            finally:
-                it.close()
-            return rows
-
-        return self._rpc(run)
+        return self._iterate(self.name, fields, where)
 
     def _delete(self, ids: Sequence[int]) -> None:
         """Delete items (in this view) and then their posts: a crash between the two leaves
