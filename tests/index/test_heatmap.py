@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from index.errors import HeatmapUnavailable
-from index.heatmap import relevance_maps, relevance_stages, vit_tower
+from index.heatmap import Heatmaps, peak_point, relevance_maps, relevance_stages, vit_tower
 from index.heatmap_quality import Scores, crowded
 from index.synthetic import render
 
@@ -161,3 +161,50 @@ def test_block_by_block_and_whole_pass_agree(tiny_vit, monkeypatch):
     monkeypatch.setattr(heatmap, "_walkable", lambda visual: False)
     assert len(relevance_stages(tiny_vit, pixels, targets, "legrad")) == 1 + 2 + 1
     np.testing.assert_allclose(relevance_maps(tiny_vit, pixels, targets, "legrad"), stepwise, atol=1e-6)
+
+
+def grid(hot: dict, rows: int = 8, cols: int = 8) -> np.ndarray:
+    heat = np.zeros((rows, cols), np.float32)
+    for (r, c), v in hot.items():
+        heat[r, c] = v
+    return heat
+
+
+def test_peak_point_is_the_hot_patch_centre_when_alone():
+    assert peak_point(grid({(2, 5): 1.0})) == pytest.approx((5.5 / 8, 2.5 / 8))
+
+
+def test_peak_point_leans_towards_the_hot_neighbours():
+    # two equally hot patches side by side: the point is on the edge they share
+    assert peak_point(grid({(2, 3): 1.0, (2, 4): 1.0})) == pytest.approx((4 / 8, 2.5 / 8))
+    # a weaker neighbour below pulls it part of the way, by its share of the relevance
+    x, y = peak_point(grid({(2, 3): 1.0, (3, 3): 0.5}))
+    assert x == pytest.approx(3.5 / 8) and y == pytest.approx((2.5 + 0.5 / 1.5) / 8)
+
+
+def test_peak_point_ignores_relevance_beyond_the_neighbours():
+    far = grid({(2, 3): 1.0, (2, 5): 0.9, (7, 7): 0.95})
+    assert peak_point(far) == pytest.approx((3.5 / 8, 2.5 / 8))
+
+
+def test_peak_point_at_the_edge_and_on_an_empty_map():
+    x, y = peak_point(grid({(0, 7): 1.0, (0, 6): 1.0}))
+    assert (x, y) == pytest.approx((7 / 8, 0.5 / 8))
+    assert peak_point(np.zeros((4, 4), np.float32)) == pytest.approx((0.5 / 4, 0.5 / 4))
+
+
+def test_pointing_counts_an_object_straddling_two_patches():
+    """The object spans x 0.45-0.70: its hottest patch's centre (0.4375) lies just outside,
+    but the patch beside it, nearly as hot, places the peak inside."""
+    heat = grid({(3, 3): 1.0, (3, 4): 0.9})
+    s = Scores()
+    s.add(heat, (0.45, 0.30, 0.70, 0.55))
+    assert s.pointing == [True]
+    assert s.argmax == [False]  # the upsampled map's hottest pixel is the left patch's
+
+
+def test_json_carries_each_maps_peak_point():
+    heat = Heatmaps(["query"], grid({(1, 1): 1.0, (1, 2): 1.0})[None], "legrad", "m")
+    got = heat.as_json()["maps"][0]
+    assert got["peak"] == [pytest.approx(2 / 8), pytest.approx(1.5 / 8)]
+    assert np.array_equal(np.array(got["relevance"]), heat.maps[0])
