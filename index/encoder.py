@@ -557,7 +557,7 @@ class Encoder:
             m, ok = self.loaded, False
             if m.text is not None and _packable(m.text):
                 tokens = m.tokenizer(list(_PROBE_TEXTS)).to(m.device)
-                fast = onednn_linear() if m.device.type == "cpu" else None
+                fast = onednn_linear(bucket=True) if m.device.type == "cpu" else None
                 with torch.inference_mode():
                     padded, padded_rows = self._text_pass(tokens, False, attend=True)
                 for linear in ([fast] if fast else []) + [F.linear]:

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from index.lean import lean_visual, onednn_linear
+from index.lean import bucket_rows, lean_visual, onednn_linear
 
 
 @pytest.mark.parametrize("model", ["tiny", "vitb32"])
@@ -29,3 +29,26 @@ def test_a_tower_of_another_shape_is_not_walked():
             self.visual = torch.nn.Linear(4, 4)
 
     assert lean_visual(NotClip(), F.linear) is None
+
+
+def test_text_token_counts_reach_onednn_as_a_few_shapes():
+    # oneDNN keeps a primitive per input shape for good: every token count of a lone text
+    # (1..77) must map onto a handful of row counts, each at least the real one
+    counts = {bucket_rows(n) for n in range(1, 78)}
+    assert len(counts) <= 5
+    assert all(bucket_rows(n) >= n for n in range(1, 5000))
+    assert all(bucket_rows(n) <= n * 9 / 8 for n in range(128, 5000))  # little padding work
+
+
+def test_bucketed_onednn_linear_gives_the_plain_rows():
+    linear = onednn_linear(bucket=True)
+    if linear is None:
+        pytest.skip("this torch build has no oneDNN linear")
+    gen = torch.Generator().manual_seed(2)
+    weight, bias = torch.randn(24, 16, generator=gen), torch.randn(24, generator=gen)
+    for rows in (1, 5, 16, 17, 77, 130):
+        x = torch.randn(rows, 16, generator=gen)
+        with torch.inference_mode():
+            got = linear(x, weight, bias)
+        assert got.shape == (rows, 24)
+        assert (got - F.linear(x, weight, bias)).abs().max().item() < 1e-5
