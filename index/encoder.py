@@ -162,10 +162,15 @@ def encode_text_packed(parts: TextParts, tokens: torch.Tensor,
     pos = torch.cat([torch.arange(n, device=device) for n in lengths])
     dtype = parts.positional_embedding.dtype
     x = parts.token_embedding(ids).to(dtype) + parts.positional_embedding[pos].to(dtype)
+    rounded = getattr(linear, "bucket_rows", None)  # pad to a few shapes (lean.bucket_rows)
+    pad = rounded(total) - total if rounded else 0
+    if pad:  # trailing rows: causal attention keeps them out of every real row
+        x = F.pad(x, (0, 0, 0, pad))
     mask = None  # one text: plain causal attention, no mask to build or read
     if len(lengths) > 1:
-        seq = torch.repeat_interleave(torch.arange(len(lengths), device=device),
-                                      torch.tensor(lengths, device=device))
+        seq = torch.repeat_interleave(torch.arange(len(lengths) + 1, device=device),
+                                      torch.tensor(lengths + [pad], device=device))
+        total += pad
         idx = torch.arange(total, device=device)
         allowed = (seq[:, None] == seq[None, :]) & (idx[:, None] >= idx[None, :])
         mask = torch.zeros(total, total, dtype=dtype, device=device).masked_fill_(

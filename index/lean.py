@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 def onednn_linear(bucket: bool = False) -> Callable | None:
     """`F.linear` through oneDNN, or None where this torch build lacks the op; with
-    `bucket`, on inputs of `bucket_rows` rows (for texts, whose token counts vary).
+    `bucket`, marked (`linear.bucket_rows`) for callers that pad their inputs to
+    `bucket_rows` rows (the packed text pass, whose token counts vary).
 
     The op is the one torch's own compiler emits for CPU linear layers; it is not public
     API, hence the checks at warm-up."""
@@ -29,22 +30,20 @@ def onednn_linear(bucket: bool = False) -> Callable | None:
         return None
 
     def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        rows = x.shape[0]
-        padded = bucket_rows(rows) if bucket and x.dim() == 2 else rows
-        if padded == rows:
-            return op(x, weight, bias, "none", [], "")
-        return op(F.pad(x, (0, 0, 0, padded - rows)), weight, bias, "none", [], "")[:rows]
+        return op(x, weight, bias, "none", [], "")
 
+    if bucket:
+        linear.bucket_rows = bucket_rows
     return linear
 
 
 def bucket_rows(rows: int) -> int:
-    """The row count a oneDNN linear layer runs on: `rows` rounded up to a few sizes.
+    """The row count a oneDNN linear layer should see: `rows` rounded up to a few sizes.
 
     oneDNN builds and caches a primitive (with JIT code) for every input shape it sees and
-    keeps it for the life of the process, so each new token count of a text (or batch
-    size of images) left a few MiB behind for good. Rounded up, rows are independent in a
-    matrix product, so the real rows' results are unchanged and at most an eighth more rows run (the warm-up still checks them
+    keeps it for the life of the process, so each new token count of a text left a few MiB
+    behind for good. Rounded up (padding rows that only attend to themselves and later
+    padding), the real rows' results are unchanged and at most an eighth more rows run (the warm-up still checks them
     within 1e-5) while the cache holds a few dozen shapes at most."""
     step = max(16, 1 << max(rows.bit_length() - 4, 0))  # at most 1/8 more rows
     return -(-rows // step) * step

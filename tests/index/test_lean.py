@@ -40,15 +40,25 @@ def test_text_token_counts_reach_onednn_as_a_few_shapes():
     assert all(bucket_rows(n) <= n * 9 / 8 for n in range(128, 5000))  # little padding work
 
 
-def test_bucketed_onednn_linear_gives_the_plain_rows():
-    linear = onednn_linear(bucket=True)
-    if linear is None:
-        pytest.skip("this torch build has no oneDNN linear")
-    gen = torch.Generator().manual_seed(2)
-    weight, bias = torch.randn(24, 16, generator=gen), torch.randn(24, generator=gen)
-    for rows in (1, 5, 16, 17, 77, 130):
-        x = torch.randn(rows, 16, generator=gen)
-        with torch.inference_mode():
-            got = linear(x, weight, bias)
-        assert got.shape == (rows, 24)
-        assert (got - F.linear(x, weight, bias)).abs().max().item() < 1e-5
+def test_packed_text_pass_pads_to_buckets_and_gives_the_same_vectors(tiny):
+    from index.encoder import encode_text_packed
+
+    exact = onednn_linear() or F.linear
+    seen = []
+
+    def recording(x, weight, bias):
+        seen.append(x.shape[0])
+        return exact(x, weight, bias)
+
+    recording.bucket_rows = bucket_rows
+    texts = [" ".join(["red square"] * k) for k in range(1, 30)]
+    with torch.inference_mode():
+        for batch in [[t] for t in texts] + [texts[:5], texts[3:20]]:
+            tokens = tiny.tokenizer(batch)
+            want, want_rows = encode_text_packed(tiny.text, tokens, exact, attend=True)
+            got, got_rows = encode_text_packed(tiny.text, tokens, recording, attend=True)
+            assert (got - want).abs().max().item() < 1e-5
+            for a, b in zip(got_rows, want_rows, strict=True):
+                assert a.shape == b.shape and (a - b).abs().max().item() < 1e-5
+    lone_counts = {n for n in seen if n <= 80}
+    assert len(lone_counts) <= 5, lone_counts  # not one shape per token count
