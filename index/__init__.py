@@ -51,6 +51,9 @@ _EXPORTS: dict[str, str] = {
     "add_vectors": "build",
     "BuildReport": "build",
     "make_demo": "demo",
+    "migrate_collection": "migrate:migrate",  # folder <-> Milvus, resumable (python -m index migrate)
+    "MigrateEndpoint": "migrate:Endpoint",
+    "milvus_name": "migrate",
     "DEMO_COUNT": "synthetic",
     # models
     "DEFAULT_MODEL": "models",

@@ -1,4 +1,4 @@
-"""The engine's command line: python -m index {demo,build,import-features,search,export,embed,explain,info,remove}."""
+"""The engine's command line: python -m index {demo,build,import-features,search,export,embed,explain,info,remove,migrate}."""
 
 from __future__ import annotations
 
@@ -251,6 +251,28 @@ def cmd_remove(a) -> int:
     return 0
 
 
+def cmd_migrate(a) -> int:
+    from . import MigrateEndpoint as Endpoint
+    from . import migrate_collection as migrate
+    from . import milvus_name
+    token = os.environ.get(a.milvus_token_env, "").strip() or None
+    if token is None and a.milvus_token_env != MILVUS_TOKEN_ENV:
+        raise ClipfindError(f"--milvus-token-env: the environment variable {a.milvus_token_env} "
+                            "is not set (it should hold the Milvus token)")
+    src, dst = Endpoint(a.source, token=token), Endpoint(a.destination, token=token)
+    src.name = dst.name = milvus_name(src, dst, a.name)
+    tty = sys.stderr.isatty()
+
+    def progress(done: int, total: int) -> None:
+        end = "\n" if done == total or not tty else "\r"
+        print(f"migrate: {done} of {total} items", end=end, file=sys.stderr, flush=True)
+
+    report = migrate(src, dst, index_type=a.index_type, chunk=a.chunk, sample=a.sample,
+                     progress=progress)
+    print(report.summary())
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m index", description="clipfind's search engine",
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
@@ -349,6 +371,21 @@ def parser() -> argparse.ArgumentParser:
     store_opts(r)
     r.add_argument("ids", nargs="+", type=int)
     r.set_defaults(func=cmd_remove)
+
+    g = sub.add_parser("migrate", help="copy a collection between a folder and Milvus (resumable)",
+                       description="FROM and TO are each a collection folder or a Milvus URI "
+                       "(http://HOST:19530, or a Milvus Lite file ending in .db). Run the same "
+                       "command again to resume a stopped migration; nothing is copied twice.")
+    g.add_argument("--from", dest="source", required=True, metavar="FROM")
+    g.add_argument("--to", dest="destination", required=True, metavar="TO")
+    g.add_argument("--name", help="Milvus collection name (default: the folder's name)")
+    g.add_argument("--index-type", default="auto", help="index type of a new destination")
+    g.add_argument("--chunk", type=int, default=1000, help="items per write")
+    g.add_argument("--sample", type=int, default=100, help="vectors compared at the end")
+    g.add_argument("--milvus-token-env", default=MILVUS_TOKEN_ENV, metavar="NAME",
+                   help=f"environment variable holding the Milvus token (default {MILVUS_TOKEN_ENV}, "
+                        "when set)")
+    g.set_defaults(func=cmd_migrate)
     return p
 
 

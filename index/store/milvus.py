@@ -956,6 +956,12 @@ class MilvusStore(VectorStore):
 # ---------------------------------------------------------------------------------------
 
 
+# pymilvus pings every 10 s even with no call in flight; gRPC servers (milvus-lite's among
+# them) answer pings more often than every 5 minutes with GOAWAY "too_many_pings", and the
+# next connect to that address then fails. Ping only while calls are in flight, rarely.
+GRPC_OPTIONS = {"grpc.keepalive_time_ms": 300_000, "grpc.keepalive_permit_without_calls": 0}
+
+
 def _connect(uri: str, token: str | None) -> Any:
     """A MilvusClient for `uri`; StoreUnavailable naming the URI when it cannot be reached."""
     if not isinstance(uri, str) or not uri.strip():
@@ -969,10 +975,16 @@ def _connect(uri: str, token: str | None) -> Any:
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise StoreError(f"cannot create the folder of Milvus Lite file {uri}: {e}") from e
-    try:
-        return MilvusClient(uri=uri, token=token or "", timeout=CONNECT_TIMEOUT)
-    except Exception as e:
-        raise StoreUnavailable(_unreachable_at_open(uri, e)) from e
+    for attempt in range(2):
+        try:
+            return MilvusClient(uri=uri, token=token or "", timeout=CONNECT_TIMEOUT,
+                                grpc_options=GRPC_OPTIONS)
+        except Exception as e:
+            if attempt == 0 and is_local(uri):  # Lite's server may still be (re)starting
+                time.sleep(0.5)
+                continue
+            raise StoreUnavailable(_unreachable_at_open(uri, e)) from e
+    raise AssertionError("unreachable")
 
 
 def _unreachable_at_open(uri: str, e: BaseException | None = None) -> str:
