@@ -2,6 +2,7 @@
 
     python -m bench.memory                       # 1M items, ViT-B-32 (random weights), 512-d
     python -m bench.memory --n 200000 --keep /tmp/coll1m   # keep the collection for reruns
+    python -m bench.memory --at-rest             # only the memory-at-rest rows (issue 13)
 
 Builds a collection of --n items through Collection.add (vectors from bench/vectors.py,
 `auto` index saved to vectors.faiss), then starts fresh processes and reads their peak
@@ -117,6 +118,37 @@ def config(folder: Path, collection: Path, threads: int) -> Path:
     return cfg
 
 
+def at_rest(threads: int, argv: list[str] | None) -> int:
+    """The idle bot with the bundled model against a bare `import torch` process."""
+    from index.models import DEFAULT_MODEL, load_model
+    from index.store import Collection
+
+    print(header("Memory at rest: the bot with the bundled model against bare torch", argv))
+    print(machine() + "\n")
+    work = Path(tempfile.mkdtemp(prefix="clipfind-bench-mem-work-"))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    try:
+        mem, took, _ = measure([sys.executable, "-c", _BARE_TORCH], "ready", env=env)
+        bare = mem["VmRSS"]
+        rows = [["bare `import torch` process", f"{mem['VmHWM']:,.0f}", f"{bare:,.0f}",
+                 f"{took:.1f}"]]
+        tiny = work / "tiny"
+        Collection.create(tiny, DEFAULT_MODEL, load_model(DEFAULT_MODEL, "cpu").dim).close()
+        bot = [sys.executable, "-m", "bot", "--console", "--out", str(work / "out"), "--config",
+               str(config(work, tiny, threads))]
+        mem, took, _ = measure(bot, "collection ", env=env)
+        rows.append([f"bot, bundled model ({DEFAULT_MODEL}), empty collection",
+                     f"{mem['VmHWM']:,.0f}", f"{mem['VmRSS']:,.0f}", f"{took:.1f}"])
+        print(table(("process", "peak RSS MiB (VmHWM)", "idle RSS MiB (VmRSS)", "start-up s"), rows))
+        extra = mem["VmRSS"] - bare
+        verdict = "met" if extra <= TINY_GOAL_MB * 1e6 / 2**20 else "NOT met"
+        print(f"\nThe idle bot with the bundled model holds {extra:,.0f} MiB more than a bare "
+              f"`import torch` process (goal: at most {TINY_GOAL_MB} MB more): {verdict}.\n")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.memory", description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1_000_000)
@@ -124,7 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--keep", type=Path, default=None,
                     help="build the collection here (or reuse it) and keep it")
+    ap.add_argument("--at-rest", action="store_true",
+                    help="only the bare `import torch` and bundled-model rows")
     args = ap.parse_args(argv)
+    if args.at_rest:
+        return at_rest(args.threads, argv)
 
     from index.models import DEFAULT_MODEL, load_model
     from index.store import Collection

@@ -162,10 +162,15 @@ def encode_text_packed(parts: TextParts, tokens: torch.Tensor,
     pos = torch.cat([torch.arange(n, device=device) for n in lengths])
     dtype = parts.positional_embedding.dtype
     x = parts.token_embedding(ids).to(dtype) + parts.positional_embedding[pos].to(dtype)
+    rounded = getattr(linear, "bucket_rows", None)  # pad to a few shapes (lean.bucket_rows)
+    pad = rounded(total) - total if rounded else 0
+    if pad:  # trailing rows: causal attention keeps them out of every real row
+        x = F.pad(x, (0, 0, 0, pad))
     mask = None  # one text: plain causal attention, no mask to build or read
     if len(lengths) > 1:
-        seq = torch.repeat_interleave(torch.arange(len(lengths), device=device),
-                                      torch.tensor(lengths, device=device))
+        seq = torch.repeat_interleave(torch.arange(len(lengths) + 1, device=device),
+                                      torch.tensor(lengths + [pad], device=device))
+        total += pad
         idx = torch.arange(total, device=device)
         allowed = (seq[:, None] == seq[None, :]) & (idx[:, None] >= idx[None, :])
         mask = torch.zeros(total, total, dtype=dtype, device=device).masked_fill_(
@@ -557,7 +562,7 @@ class Encoder:
             m, ok = self.loaded, False
             if m.text is not None and _packable(m.text):
                 tokens = m.tokenizer(list(_PROBE_TEXTS)).to(m.device)
-                fast = onednn_linear() if m.device.type == "cpu" else None
+                fast = onednn_linear(bucket=True) if m.device.type == "cpu" else None
                 with torch.inference_mode():
                     padded, padded_rows = self._text_pass(tokens, False, attend=True)
                 for linear in ([fast] if fast else []) + [F.linear]:

@@ -17,8 +17,10 @@ import torch
 import torch.nn.functional as F
 
 
-def onednn_linear() -> Callable | None:
-    """`F.linear` through oneDNN, or None where this torch build lacks the op.
+def onednn_linear(bucket: bool = False) -> Callable | None:
+    """`F.linear` through oneDNN, or None where this torch build lacks the op; with
+    `bucket`, marked (`linear.bucket_rows`) for callers that pad their inputs to
+    `bucket_rows` rows (the packed text pass, whose token counts vary).
 
     The op is the one torch's own compiler emits for CPU linear layers; it is not public
     API, hence the checks at warm-up."""
@@ -30,7 +32,22 @@ def onednn_linear() -> Callable | None:
     def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return op(x, weight, bias, "none", [], "")
 
+    if bucket:
+        linear.bucket_rows = bucket_rows
     return linear
+
+
+def bucket_rows(rows: int) -> int:
+    """The row count a oneDNN linear layer should see: `rows` rounded up to a few sizes
+    (a multiple of 16 below 256, at most an eighth more above).
+
+    oneDNN builds and caches a primitive (with JIT code) for every input shape it sees and
+    keeps it for the life of the process, so each new token count of a text left a few MiB
+    behind for good. Padded with rows that only attend to themselves and later padding,
+    the real rows' results do not change (the warm-up still checks them within 1e-5), and
+    the cache holds a few dozen shapes at most."""
+    step = max(16, 1 << max(rows.bit_length() - 4, 0))  # at most 1/8 more rows
+    return -(-rows // step) * step
 
 
 def walkable(blocks) -> bool:
