@@ -126,10 +126,7 @@ class Engine:
 
     def close(self) -> None:
         if self.owns_encoder:
-            # an encoder closed during its warm-up can outlast its close and abort the
-            # interpreter at exit (a CLI run with nothing to encode closes at once)
-            self.encoder.wait_ready(120)
-            self.encoder.close()
+            self.encoder.close()  # stops a warm-up in progress and joins the model thread
         self.collection.close()
 
     @property
