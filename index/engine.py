@@ -90,6 +90,7 @@ class Engine:
             raise ClipfindError(f"unknown image_composition {self.options.image_composition!r}; "
                                 f"use one of: {', '.join(STRATEGIES)}")
         self._sample: tuple[int, np.ndarray] | None = None
+        self._image_explainer = None  # made on the first explain_image (see explain_image.py)
         if self.options.background_rebuilds:  # also for collections opened by the caller
             collection.background_rebuilds = True
 
@@ -267,7 +268,7 @@ class Engine:
         an `explain_image.ImageExplanation`. `picture`: the item's bytes, when the caller
         has them (e.g. a Discord attachment); else its file or URL is read again."""
         from .explain_image import ImageExplainer
-        if getattr(self, "_image_explainer", None) is None:
+        if self._image_explainer is None:
             self._image_explainer = ImageExplainer(self)
         return await self._image_explainer.explain(item_id, query, images, picture=picture,
                                                    public_only=public_only)
