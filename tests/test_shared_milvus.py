@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from twostores import LiteServer
 
 from index.store import NewItem
 from index.store.milvus import MilvusStore
@@ -32,35 +32,15 @@ MODEL, DIM = "builtin:tiny-shapes", 128  # the bundled model and its embedding s
 END = "hello there"  # an unknown command: its error line marks the end of a batch of replies
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def milvus_server(tmp_path):
     """`milvus-lite server` on a free loopback port; stopped by its pid at the end."""
-    port = free_port()
-    exe = Path(sys.executable).with_name("milvus-lite")
-    log = open(tmp_path / "milvus.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen([str(exe), "server", "--data-dir", str(tmp_path / "milvus-data"),
-                             "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
+    server = LiteServer(tmp_path / "milvus-data")
+    server.start()
     try:
-        deadline = time.time() + 60
-        while True:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            assert proc.poll() is None, (tmp_path / "milvus.log").read_text()
-            assert time.time() < deadline, "milvus-lite server did not start"
-            time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
+        yield server.uri
     finally:
-        proc.kill()
-        proc.wait()
-        log.close()
+        server.stop()
 
 
 def cli(*args) -> subprocess.CompletedProcess:
