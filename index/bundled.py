@@ -48,7 +48,14 @@ def load_bundled(folder: Path, device: torch.device,
     model.to(device=device)
     if precision == "fp16":  # open_clip's mixed precision: layer norms stay float32
         model_mod.convert_weights_to_lp(model, dtype=torch.float16)
-    model.load_state_dict(load_file(str(folder / WEIGHTS), device="cpu"), strict=True)
+    state = load_file(str(folder / WEIGHTS), device="cpu")
+    model.load_state_dict(state, strict=True)
+    table = state.get("token_embedding.weight")
+    if table is not None and table.dtype.itemsize < model.token_embedding.weight.dtype.itemsize:
+        # The text tower's token table (most of a small model's weights) is only looked up,
+        # and every lookup is cast to the tower's dtype: kept in the stored precision, the
+        # same vectors come out, from half the memory.
+        model.token_embedding.to(table.dtype)
     preprocess_cfg = transform.merge_preprocess_dict(transform.PreprocessCfg(),
                                                      cfg.get("preprocess_cfg", {}))
     preprocess_cfg["size"] = model.visual.image_size
