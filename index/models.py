@@ -1,7 +1,8 @@
 """One place that resolves a model spec and loads it through open_clip.
 
 Specs:
-  builtin:tiny-shapes            the bundled model (index/models/tiny-shapes, open_clip local-dir layout)
+  builtin:tiny-shapes            the bundled model (index/models/tiny-shapes, open_clip local-dir
+                                 layout), built from open_clip's towers alone (index/bundled.py)
   local-dir:/path                an open_clip local-dir (open_clip_config.json + weights), offline
   hf-hub:org/repo                an open_clip model on the Hugging Face hub (downloaded on first use)
   NAME:TAG                       an open_clip architecture with a pretrained tag, e.g.
