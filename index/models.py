@@ -1,7 +1,8 @@
 """One place that resolves a model spec and loads it through open_clip.
 
 Specs:
-  builtin:tiny-shapes            the bundled model (index/models/tiny-shapes, open_clip local-dir layout)
+  builtin:tiny-shapes            the bundled model (index/models/tiny-shapes, open_clip local-dir
+                                 layout), built from open_clip's towers alone (index/bundled.py)
   local-dir:/path                an open_clip local-dir (open_clip_config.json + weights), offline
   hf-hub:org/repo                an open_clip model on the Hugging Face hub (downloaded on first use)
   NAME:TAG                       an open_clip architecture with a pretrained tag, e.g.
@@ -11,6 +12,7 @@ Specs:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import importlib
@@ -28,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from . import lazypkg
 from .errors import ModelError
 from .texttower import TextParts, text_parts
 
@@ -54,7 +57,7 @@ class ModelSpec:
 # open_clip needs for its transforms, imports torch._dynamo (and with it sympy and
 # torch.distributed) at import time for one helper of an op we never call.
 OPTIONAL_LIBRARIES = ("timm", "transformers")
-_open_clip_lock = threading.Lock()
+_open_clip_lock = threading.RLock()
 _lean_open_clip: types.ModuleType | None = None  # the open_clip imported lean, if it was
 
 
@@ -73,8 +76,10 @@ def _is_compile_supported(device_type):  # torchvision's only use of torch._dyna
     return is_compile_supported(device_type)
 
 
-def _import_lean() -> types.ModuleType:
-    """open_clip without timm, transformers and torch._dynamo (see OPTIONAL_LIBRARIES)."""
+@contextlib.contextmanager
+def _lean_imports():
+    """While inside, OPTIONAL_LIBRARIES look not installed and torch._dynamo is a stub
+    (torchvision imports it for one helper); the real one loads on first use after."""
     stubs = {"torch._dynamo": types.ModuleType("torch._dynamo"),
              "torch._dynamo.utils": types.ModuleType("torch._dynamo.utils")}
     stubs["torch._dynamo"].__path__ = []
@@ -85,7 +90,7 @@ def _import_lean() -> types.ModuleType:
     if lean:
         sys.modules.update(stubs)
     try:
-        return importlib.import_module("open_clip")
+        yield
     finally:
         sys.meta_path.remove(finder)
         if lean:
@@ -96,12 +101,43 @@ def _import_lean() -> types.ModuleType:
                 del torch._dynamo  # the real one loads on first use (torch.__getattr__)
 
 
+def _import_lean() -> types.ModuleType:
+    """open_clip without timm, transformers and torch._dynamo (see OPTIONAL_LIBRARIES)."""
+    with _lean_imports():
+        return importlib.import_module("open_clip")
+
+
+def _complete_lean(module: types.ModuleType) -> None:
+    with _lean_imports():
+        lazypkg.run_init(module)
+
+
+def open_clip_parts() -> tuple[types.ModuleType, types.ModuleType, types.ModuleType]:
+    """open_clip's `model`, `transform` and `tokenizer` modules, imported lean; where
+    open_clip was not imported yet, without the rest of open_clip and of torchvision
+    (index.lazypkg: the packages complete themselves on first use beyond these)."""
+    with _open_clip_lock, _lean_imports():
+        lazypkg.import_parts("torchvision", ("transforms", "ops.misc"), complete=_complete_lean)
+        return tuple(lazypkg.import_parts("open_clip", ("model", "transform", "tokenizer"),
+                                          complete=lambda _: open_clip_module()))
+
+
 def open_clip_module(full: bool = False) -> types.ModuleType:
     """open_clip, imported lean the first time (see OPTIONAL_LIBRARIES); `full`: with timm
     and transformers, re-imported that way if it was imported lean."""
     global _lean_open_clip
     with _open_clip_lock:
         found = sys.modules.get("open_clip")
+        if lazypkg.is_partial(found):  # only the bundled model's parts (open_clip_parts)
+            if not full:
+                try:
+                    _complete_lean(found)
+                    _lean_open_clip = found
+                    return found
+                except Exception:
+                    log.debug("completing open_clip failed; importing it whole", exc_info=True)
+            _forget_open_clip()
+            found = None
         if found is not None and (not full or found is not _lean_open_clip):
             return found
         if found is not None:  # lean, and a model needs more: import it afresh
@@ -117,8 +153,7 @@ def open_clip_module(full: bool = False) -> types.ModuleType:
 
 
 def _forget_open_clip() -> None:
-    for name in [m for m in sys.modules if m == "open_clip" or m.startswith("open_clip.")]:
-        del sys.modules[name]
+    lazypkg.forget("open_clip")
 
 
 def _needs_optional_libraries(parsed: ModelSpec) -> bool:
@@ -141,8 +176,6 @@ def _needs_optional_libraries(parsed: ModelSpec) -> bool:
 
 
 def parse_spec(spec: str) -> ModelSpec:
-    open_clip = open_clip_module()
-
     spec = (spec or "").strip()
     if not spec:
         raise ModelError(f"no model given; use e.g. {DEFAULT_MODEL} or ViT-B-32:laion2b_s34b_b79k")
@@ -162,6 +195,7 @@ def parse_spec(spec: str) -> ModelSpec:
         if "/" not in spec.removeprefix("hf-hub:"):
             raise ModelError(f"{spec}: an hf-hub spec names a repository, e.g. hf-hub:org/repo")
         return ModelSpec(spec, spec, downloads=True)
+    open_clip = open_clip_module()  # only named models need its registry
     name, _, tag = spec.partition(":")
     if name not in open_clip.list_models():
         raise ModelError(f"unknown model {name!r}; use {DEFAULT_MODEL}, local-dir:/path, "
@@ -253,13 +287,19 @@ def _shared_tokenizer(open_clip, tokenizer):
 
 def _load_model(spec: str | ModelSpec, device: str) -> LoadedModel:
     parsed = spec if isinstance(spec, ModelSpec) else parse_spec(spec)
-    open_clip = open_clip_module(full=_needs_optional_libraries(parsed))
     dev, dtype = pick_device(device)
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            parsed.open_clip_name, pretrained=parsed.pretrained, device=dev,
-            precision="fp16" if dtype == torch.float16 else "fp32")
-        tokenizer = _shared_tokenizer(open_clip, open_clip.get_tokenizer(parsed.open_clip_name))
+        if parsed.canonical.startswith("builtin:"):  # open_clip's towers, not all of it
+            from .bundled import load_bundled
+
+            folder = Path(parsed.open_clip_name.removeprefix("local-dir:"))
+            model, preprocess, tokenizer = load_bundled(folder, dev, dtype)
+        else:
+            open_clip = open_clip_module(full=_needs_optional_libraries(parsed))
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                parsed.open_clip_name, pretrained=parsed.pretrained, device=dev,
+                precision="fp16" if dtype == torch.float16 else "fp32")
+            tokenizer = _shared_tokenizer(open_clip, open_clip.get_tokenizer(parsed.open_clip_name))
     except ModelError:
         raise
     except Exception as e:  # open_clip and the hub raise many types; all mean "could not load"

@@ -16,11 +16,30 @@ def test_builtin_is_a_local_dir_under_25_mb():
     assert weights.stat().st_size < 25 * 2**20
 
 
-def test_builtin_and_its_local_dir_load_the_same_weights(tiny):
+def test_builtin_and_its_local_dir_load_the_same_model(tiny):
+    """The bundled model is built from open_clip's parts (index/bundled.py), its local-dir
+    through open_clip's factory: the same classes, weights, preprocess and tokenizer."""
+    from PIL import Image
+
     same = load_model(f"local-dir:{BUILTINS['tiny-shapes']}", device="cpu")
-    tokens = tiny.tokenizer(["red circle"])
+    assert type(tiny.model) is type(same.model) is open_clip.CLIP
+    theirs = same.model.state_dict()
+    assert tiny.model.state_dict().keys() == theirs.keys()
+    # the same weights (the token table in the float16 it is stored in: lossless)
+    assert all(torch.equal(v.float(), theirs[k]) for k, v in tiny.model.state_dict().items())
+    assert tiny.model.token_embedding.weight.dtype == torch.float16
+    assert tiny.model.visual.preprocess_cfg == same.model.visual.preprocess_cfg
+    assert repr(tiny.preprocess) == repr(same.preprocess)
+    photo = Image.new("RGB", (90, 50), (200, 30, 40))
+    photo.paste((10, 20, 250), (30, 5, 60, 45))
+    pixels = tiny.preprocess(photo)[None]
+    assert torch.equal(pixels, same.preprocess(photo)[None])
+    tokens = tiny.tokenizer(["red circle", "a blue square"])
+    assert torch.equal(tokens, same.tokenizer(["red circle", "a blue square"]))
     with torch.inference_mode():
-        assert torch.allclose(tiny.model.encode_text(tokens), same.model.encode_text(tokens))
+        assert torch.equal(tiny.model.encode_text(tokens), same.model.encode_text(tokens))
+        assert torch.equal(tiny.model.encode_image(pixels), same.model.encode_image(pixels))
+    assert not tiny.model.training
     assert tiny.dim == same.dim == 128
 
 
@@ -89,17 +108,31 @@ def test_random_architecture_loads_for_tests(vitb32):
     assert vitb32.dim == 512 and vitb32.text is not None
 
 
-LEAN_CHECK = r"""
+IDLE_BOT = r"""
 import sys
-from index.models import _needs_optional_libraries, load_model, open_clip_module, parse_spec
-m = load_model("builtin:tiny-shapes", device="cpu")
-assert m.model.encode_text(m.tokenizer(["red circle"])).shape == (1, m.dim)
+import bot.console  # the bot's command logic and what it imports (bot.app adds discord)
+from index import Engine
+engine = Engine.open(sys.argv[1], model="builtin:tiny-shapes", create=True)  # model loaded
+unused = ["open_clip.factory", "open_clip.pretrained", "open_clip.coca_model", "huggingface_hub",
+          "torchvision.models", "torchvision.datasets", "torchvision.io", "pymilvus", "grpc",
+          "timm", "transformers", "torch._dynamo", "sympy"]
+held = [m for m in unused if m in sys.modules]
+assert not held, held
+m = engine.encoder.loaded
+assert m.tokenizer is sys.modules["open_clip.tokenizer"]._tokenizer  # one vocabulary, not two
+engine.close()  # (its warm-up imports nothing: bench.memory --at-rest measures after it)
+# the rest comes on first use, around the classes already in use
+import open_clip, torchvision
+from index.heatmap import vit_tower
+assert type(m.model) is open_clip.CLIP and "open_clip.factory" in sys.modules
+assert vit_tower(m.model) is m.model.visual
+assert torchvision.get_image_backend() == "PIL" and "torchvision.models" in sys.modules
 heavy = [x for x in ("transformers", "timm", "sympy", "torch._dynamo") if x in sys.modules]
 assert not heavy, heavy
-assert m.tokenizer is sys.modules["open_clip"].tokenizer._tokenizer  # one vocabulary, not two
 import torch
 assert torch._dynamo.utils.is_compile_supported("cpu") in (True, False)  # the real one loads
 assert "sympy" in sys.modules
+from index.models import _needs_optional_libraries, open_clip_module, parse_spec
 needs = {s: _needs_optional_libraries(parse_spec(s)) for s in
          ("builtin:tiny-shapes", "ViT-B-32:random", "convnext_tiny:random", "roberta-ViT-B-32:random")}
 assert needs == {"builtin:tiny-shapes": False, "ViT-B-32:random": False,
@@ -111,12 +144,16 @@ print("ok")
 """
 
 
-def test_the_bundled_model_loads_without_the_optional_libraries():
-    """Memory at rest: timm, transformers and torch._dynamo (with sympy) stay out of a process
-    whose model does not need them, and come in whole for one that does."""
+def test_the_idle_bot_imports_only_what_its_model_uses(tmp_path):
+    """Memory at rest (issue 13). The bot serving the bundled model holds open_clip's towers,
+    transform and tokenizer, not its registry, hub client or CoCa; not torchvision's models,
+    datasets or video I/O; not timm, transformers, torch._dynamo (with sympy) or Milvus's
+    client. A later use of open_clip or torchvision completes them in place (the same
+    classes: heatmaps still recognise the model's tower), and a model that needs timm or
+    transformers gets them."""
     import os
     import subprocess
     import sys
-    out = subprocess.run([sys.executable, "-c", LEAN_CHECK], capture_output=True, text=True,
-                         timeout=240, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    out = subprocess.run([sys.executable, "-c", IDLE_BOT, str(tmp_path / "c")], capture_output=True,
+                         text=True, timeout=240, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
