@@ -17,10 +17,11 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @asynccontextmanager
-async def served(encoder, limits: Limits | None = None, token: str = TOKEN):
-    """(service, base URL) while the block runs."""
+async def served(encoder, limits: Limits | None = None, token: str = TOKEN,
+                 port: int | None = None):
+    """(service, base URL) while the block runs (on `port`, or a free one)."""
     service = EncoderService(encoder, token, limits)
-    server = TestServer(service.app, host="127.0.0.1")
+    server = TestServer(service.app, host="127.0.0.1", port=port)
     await server.start_server()
     try:
         yield service, str(server.make_url("")).rstrip("/")
