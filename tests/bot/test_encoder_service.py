@@ -18,6 +18,7 @@ import pytest
 from servicekit import TOKEN, served
 
 from bot import __main__ as bot_main
+from bot import config
 from bot.config import ConfigError, from_mapping
 from bot.core import Core, FindRequest
 from bot.runtime import Runtime, engine_options
@@ -126,3 +127,10 @@ async def test_the_bot_serves_through_an_outage_of_the_service_and_recovers(sett
     finally:
         await runtime.close()
         await asyncio.to_thread(_stop, service)
+
+
+def test_the_compose_setup_runs_the_encoder_service_for_the_bot():
+    s = config.load(ROOT / "deploy" / "config.toml", env={"CLIPFIND_ENCODER_TOKEN": "t"})
+    assert s.encoder_url == "http://encoder:8765" and s.encoder_token == "t"
+    compose = (ROOT / "deploy" / "compose.yaml").read_text()
+    assert '"index", "serve"' in compose and "encoder:\n        condition: service_healthy" in compose
