@@ -271,6 +271,9 @@ def main() -> None:
           f"at end {end_load}; {os.cpu_count()} CPUs")
     print(table(["configuration", "searches", "searches/s", "p50 ms", "p99 ms",
                  "sum RSS MiB", "sum PSS MiB", "lone text p50 ms"], rows))
+    print("\nper round (searches/s, p50 ms, sum RSS MiB): " + "; ".join(
+        f"{'shared' if sh else 'own'} r{i + 1}: {x['throughput']:.1f}, {x['p50'] * 1000:.0f}, "
+        f"{x['rss']:,.0f}" for sh in (False, True) for i, x in enumerate(runs[sh])))
     t_own, t_sh = median([x["throughput"] for x in own]), median([x["throughput"] for x in shared])
     m_own, m_sh = median([x["rss"] for x in own]), median([x["rss"] for x in shared])
     p_own, p_sh = median([x["pss"] for x in own]), median([x["pss"] for x in shared])
