@@ -13,6 +13,9 @@ all start their burst together: --queries each, --in-flight at a time. Reported:
 
 - throughput: all searches / the burst's wall time (first start to last answer);
 - p50 / p99 of one search's latency across all processes;
+- CPU ms per search: the CPU time (user + system, all threads) the bot processes and the
+  service used during the burst, per search: the work, whatever share of a busy machine
+  each configuration got;
 - memory: the sum of VmRSS (and of Pss, which counts shared library pages once) of the bot
   processes, plus the service process where there is one, read after the burst;
 - lone text: one process, texts encoded one after another (engine.encoder.encode_texts),
@@ -125,6 +128,13 @@ def _memory(pid: int) -> tuple[float, float]:
     return rss, pss
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _env(token: str) -> dict:
     return {**os.environ, "PYTHONPATH": str(REPO), TOKEN_ENV: token}
 
@@ -177,10 +187,13 @@ def _run_config(a, collection: Path, shared: bool, token: str, salt: str) -> dic
             answer = json.loads(p.stdout.readline() or '{"error": "worker died"}')
             if "error" in answer:
                 raise SystemExit(f"worker failed: {answer['error']}")
+        pids = [p.pid for p in procs] + ([service.pid] if service else [])
+        cpu0 = sum(_cpu_seconds(pid) for pid in pids)
         for p in procs:
             p.stdin.write("burst\n")
             p.stdin.flush()
         bursts = [json.loads(p.stdout.readline()) for p in procs]
+        cpu = sum(_cpu_seconds(pid) for pid in pids) - cpu0
         mem = [_memory(p.pid) for p in procs]
         service_mem = _memory(service.pid) if service else (0.0, 0.0)
         procs[0].stdin.write("lone\n")
@@ -203,7 +216,8 @@ def _run_config(a, collection: Path, shared: bool, token: str, salt: str) -> dic
     return {"throughput": len(lat) / wall, "p50": median(lat), "p99": pct(lat, 99),
             "rss": sum(m[0] for m in mem) + service_mem[0],
             "pss": sum(m[1] for m in mem) + service_mem[1],
-            "service_rss": service_mem[0], "lone": median(lone[3:]), "n": len(lat)}
+            "service_rss": service_mem[0], "lone": median(lone[3:]), "n": len(lat),
+            "cpu": cpu / len(lat)}
 
 
 def _collection(a, root: Path) -> Path:
@@ -265,12 +279,13 @@ def main() -> None:
                      f"{median([x['p99'] for x in rs]) * 1000:.1f}",
                      f"{median([x['rss'] for x in rs]):,.0f}",
                      f"{median([x['pss'] for x in rs]):,.0f}",
-                     f"{median([x['lone'] for x in rs]) * 1000:.2f}"])
+                     f"{median([x['lone'] for x in rs]) * 1000:.2f}",
+                     f"{median([x['cpu'] for x in rs]) * 1000:.1f}"])
     print(f"model {a.model}; {a.processes} processes x {a.queries} searches, {a.in_flight} in "
           f"flight each; {a.rounds} round(s); load average (1/5/15 min) at start {load}, "
           f"at end {end_load}; {os.cpu_count()} CPUs")
     print(table(["configuration", "searches", "searches/s", "p50 ms", "p99 ms",
-                 "sum RSS MiB", "sum PSS MiB", "lone text p50 ms"], rows))
+                 "sum RSS MiB", "sum PSS MiB", "lone text p50 ms", "CPU ms per search"], rows))
     print("\nper round (searches/s, p50 ms, sum RSS MiB): " + "; ".join(
         f"{'shared' if sh else 'own'} r{i + 1}: {x['throughput']:.1f}, {x['p50'] * 1000:.0f}, "
         f"{x['rss']:,.0f}" for sh in (False, True) for i, x in enumerate(runs[sh])))

@@ -47,7 +47,8 @@ async def _serve(service: EncoderService, host: str, port: int) -> None:
                                 "pick another --port") from e
         bound = runner.addresses[0][1]
         name = service.encoder.loaded.name
-        print(f"encoder service: {name} on http://{host}:{bound}", flush=True)
+        shown = f"[{host}]" if ":" in host else host  # an IPv6 address, as URLs write it
+        print(f"encoder service: {name} on http://{shown}:{bound}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
