@@ -20,9 +20,10 @@ from .synthetic import DEMO_COUNT, DEMO_SEED, write_gallery
 
 
 async def make_demo(root: Path, options: EngineOptions | None = None, *, count: int = DEMO_COUNT,
-                    seed: int = DEMO_SEED, size: int = 128, out: TextIO = sys.stdout) -> Engine:
+                    seed: int = DEMO_SEED, size: int = 128, out: TextIO | None = None) -> Engine:
     """The demo collection under `root`, written, built or completed; the caller closes the
-    engine it returns. Progress lines go to `out`."""
+    engine it returns. Progress lines go to `out` (default: sys.stdout as it is at the call)."""
+    out = sys.stdout if out is None else out
     root = Path(root)
     gallery, collection = root / "gallery", root / "collection"
     if not (gallery / "captions.csv").exists():

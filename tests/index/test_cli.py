@@ -1,6 +1,12 @@
-"""The CLI as a user runs it: a subprocess, its exit code, its output, never a traceback."""
+"""The CLI as a user runs it: its exit code, its output, never a traceback.
 
+Most calls run `python -m index`'s main() in this process (a subprocess per call spent
+seconds importing torch, most of this file's time); what needs a process of its own (a
+kill -9, how the interpreter exits) still runs as a subprocess."""
+
+import io
 import json
+import logging
 import os
 import shutil
 import signal
@@ -9,19 +15,45 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import redirect_stderr, redirect_stdout
 
 import numpy as np
 import pytest
 
+from index.__main__ import main
+
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
 
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
 def cli(*args, check=True):
-    p = subprocess.run([sys.executable, "-m", "index", *map(str, args)], capture_output=True,
-                       text=True, env=ENV, timeout=240)
+    """main(args) as `python -m index ARGS` would run it: exit code, stdout, stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    log = logging.StreamHandler(err)  # what main's logging.basicConfig gives a real process
+    logging.getLogger().addHandler(log)
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            code = main([str(a) for a in args])
+    except SystemExit as e:  # argparse's usage errors
+        code = e.code if isinstance(e.code, int) else 2
+    finally:
+        logging.getLogger().removeHandler(log)
+    p = subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
     assert "Traceback" not in p.stderr, p.stderr
     if check:
         assert p.returncode == 0, p.stderr
+    return p
+
+
+def cli_process(*args):
+    """`python -m index ARGS` in a process of its own."""
+    p = subprocess.run([sys.executable, "-m", "index", *map(str, args)], capture_output=True,
+                       text=True, env=ENV, timeout=240)
+    assert "Traceback" not in p.stderr and p.returncode == 0, p.stderr
     return p
 
 
@@ -35,7 +67,7 @@ def fails(*args):
 
 def test_demo_is_deterministic_and_searchable(tmp_path):
     """`demo` makes the same demo collection as `python -m bot --console --demo`."""
-    out = cli("demo", tmp_path / "a", "--count", 12, "--seed", 3)
+    out = cli_process("demo", tmp_path / "a", "--count", 12, "--seed", 3)  # one real process
     assert "added 12, unchanged 0" in out.stdout
     cli("demo", tmp_path / "b", "--count", 12, "--seed", 3)
     header = (tmp_path / "a" / "gallery" / "captions.csv").read_text().splitlines()[0]
