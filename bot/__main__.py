@@ -53,6 +53,21 @@ def _collection_found(settings: config.Settings) -> bool | str:
         return str(e)
 
 
+def _encoder_problem(settings: config.Settings) -> str | None:
+    """With encoder_url: None when the encoder service answers and takes the token, else
+    the one line saying why not (the token refused names encoder_token)."""
+    if not settings.encoder_url:
+        return None
+    from index import RemoteEncoder
+    from index.errors import ClipfindError
+
+    try:
+        RemoteEncoder.connect(settings.encoder_url, settings.encoder_token or None).close()
+    except ClipfindError as e:
+        return str(e)
+    return None
+
+
 def _fail(message: str) -> int:
     print(f"clipfind: {message}", file=sys.stderr)
     return 2
@@ -112,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"no collection at {settings.collection}: build one with "
                      f"`python -m index build --index {settings.collection} FOLDER` "
                      "(or try `python -m bot --console --demo`)")
+    if (problem := _encoder_problem(settings)) is not None:
+        return _fail(problem)
     from .app import setup_logging
 
     setup_logging(settings)

@@ -48,6 +48,10 @@ class Settings:
     milvus_uri: str = ""  # "" = a Milvus Lite file in the collection folder
     milvus_token_env: str = ""  # NAME of the environment variable holding the Milvus token
     milvus_token: str = field(default="", repr=False)  # read from that variable, never a key
+    # -- the encoder service (python -m index serve): "" = load the model in this process ------
+    encoder_url: str = ""
+    encoder_token_env: str = "CLIPFIND_ENCODER_TOKEN"  # NAME of the variable holding its token
+    encoder_token: str = field(default="", repr=False)  # read from that variable, never a key
     # -- results and paging ------------------------------------------------------------------------
     results_per_page: int = 5
     paging_timeout_s: float = 300.0
@@ -68,7 +72,7 @@ class Settings:
 
     def redact(self, text: str) -> str:
         """`text` with the tokens masked (no-op when there is none)."""
-        for secret in (self.token, self.milvus_token):
+        for secret in (self.token, self.milvus_token, self.encoder_token):
             if secret and secret in text:
                 text = text.replace(secret, "[token hidden]")
         return text
@@ -95,6 +99,8 @@ _RULES: dict[str, tuple[str, float | None, float | None]] = {
     "store": ("store", None, None),
     "milvus_uri": ("uri", None, None),
     "milvus_token_env": ("envname", None, None),
+    "encoder_url": ("http", None, None),
+    "encoder_token_env": ("envname", None, None),
     "results_per_page": ("int", 1, MAX_RESULTS_PER_PAGE),
     "paging_timeout_s": ("float", 1, 86_400),
     "thumbnail_size": ("int", 64, 2048),
@@ -109,7 +115,8 @@ _RULES: dict[str, tuple[str, float | None, float | None]] = {
     "library_max_bytes": ("int", 1024, 500 * MiB),
     "log_level": ("level", None, None),
 }
-assert set(_RULES) | {"milvus_token"} == {f.name for f in fields(Settings)}
+_FROM_ENV = {"milvus_token", "encoder_token"}  # secrets: read from variables the config names
+assert set(_RULES) | _FROM_ENV == {f.name for f in fields(Settings)}
 
 
 def _type_name(v: Any) -> str:
@@ -127,7 +134,7 @@ def _check(key: str, value: Any, base: Path) -> Any:
         if (low is not None and v < low) or (high is not None and v > high):
             raise bad(f"must be between {low:g} and {high:g}, got {v:g}")
 
-    if kind in ("str", "prefix", "device", "level", "path", "store", "uri", "envname"):
+    if kind in ("str", "prefix", "device", "level", "path", "store", "uri", "envname", "http"):
         if not isinstance(value, str):
             raise bad(f"must be a string, got {_type_name(value)}")
         if kind == "store":
@@ -140,6 +147,11 @@ def _check(key: str, value: Any, base: Path) -> Any:
                 return v
             p = Path(v).expanduser()
             return str(p if p.is_absolute() else base / p)
+        if kind == "http":
+            v = value.strip()
+            if v and not re.fullmatch(r"https?://[^\s/?#]+/?", v):
+                raise bad(f"must be http://HOST:PORT (or https://), got {value!r}")
+            return v
         if kind == "envname":
             if value and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
                 raise bad(f"must be the NAME of an environment variable (the token itself "
@@ -202,9 +214,9 @@ def from_mapping(data: dict[str, Any], *, base: Path | None = None,
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
     for key, value in data.items():
-        if key == "milvus_token":
-            raise ConfigError("key 'milvus_token': the token never goes in the config; put it "
-                              "in an environment variable and name that with milvus_token_env")
+        if key in _FROM_ENV:
+            raise ConfigError(f"key '{key}': the token never goes in the config; put it "
+                              f"in an environment variable and name that with {key}_env")
         if key not in _RULES:
             near = [k for k in _RULES if k.split("_")[0] == key.split("_")[0]]
             hint = f" (did you mean {' or '.join(near)}?)" if near else ""
@@ -225,6 +237,9 @@ def from_mapping(data: dict[str, Any], *, base: Path | None = None,
         if not values["milvus_token"]:
             raise ConfigError(f"key 'milvus_token_env': the environment variable {name} "
                               "is not set (it should hold the Milvus token)")
+    if values.get("encoder_url"):  # missing: the service answers 401, named at start
+        values["encoder_token"] = env.get(values.get("encoder_token_env")
+                                          or Settings.encoder_token_env, "").strip()
     return Settings(**values)
 
 

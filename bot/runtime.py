@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
-from index import Engine, EngineOptions, Namespaces, make_demo
+from index import Engine, EngineOptions, Namespaces
 from index.errors import ClipfindError
 
 from .config import Settings
@@ -31,7 +31,9 @@ def engine_options(settings: Settings) -> EngineOptions:
     # A long-lived process: retraining the approximate index as the collection grows
     # runs beside the searches instead of freezing them (see Collection.open).
     return EngineOptions(device=settings.device, threads=settings.threads or None,
-                         queue_size=settings.queue_size, background_rebuilds=True)
+                         queue_size=settings.queue_size, background_rebuilds=True,
+                         encoder_url=settings.encoder_url or None,
+                         encoder_token=settings.encoder_token or None)
 
 
 def open_engine(settings: Settings) -> Engine:
@@ -58,6 +60,8 @@ class Runtime:
     async def demo(cls, settings: Settings, root: Path = DEMO_ROOT, *,
                    out: TextIO = sys.stdout) -> Runtime:
         """The demo collection under `root` (made or completed first, see index.demo)."""
+        from index import make_demo  # here: it loads the model (torch), which a process
+        # that encodes through the encoder service never needs
         engine = await make_demo(root, engine_options(settings), out=out)
         return cls(replace(settings, collection=Path(root) / "collection"), engine=engine,
                    owns_engine=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from index import overlay_png
 from index.errors import Busy, ClipfindError, FetchError
 
 from .core import BUSY, Core, PagingState, error
@@ -59,7 +58,8 @@ async def why(core: Core, state: PagingState | None, rank: int, author_id: int) 
                 return error(f"the picture of result #{rank} is gone from Discord (deleted since)")
             picture = await _download(core, url, rank)
         x = await engine.explain_image(item_id, state.text, state.images, picture=picture)
-        png = await asyncio.to_thread(overlay_png, x)
+        from index import overlay_png  # here: torch, which a process using the encoder
+        png = await asyncio.to_thread(overlay_png, x)  # service loads only for a heatmap
     except Busy:
         return error(BUSY)
     except ClipfindError as e:

@@ -22,8 +22,12 @@ _EXPORTS: dict[str, str] = {
     "Hit": "engine",
     "AddReport": "engine",
     "Namespaces": "namespaces",  # many collections on one encoder (the server libraries)
-    "BULK": "encoder",  # the priority of background work (a search goes first)
-    "SEARCH": "encoder",
+    "BULK": "codes",  # the priority of background work (a search goes first)
+    "SEARCH": "codes",
+    # the encoder as a service (python -m index serve) and its client
+    "serve_encoder": "service.run:serve",
+    "RemoteEncoder": "service.client",
+    "ENCODER_TOKEN_ENV": "service.protocol:TOKEN_ENV",  # where the token is read by default
     # the query grammar
     "Query": "query",
     "Term": "query",

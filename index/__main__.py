@@ -1,4 +1,4 @@
-"""The engine's command line: python -m index {demo,build,import-features,search,export,embed,explain,info,remove,migrate}."""
+"""The engine's command line: python -m index {demo,build,import-features,search,export,embed,explain,serve,info,remove,migrate}."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import DEFAULT_MODEL, DEMO_COUNT, parse_spec
+from . import DEFAULT_MODEL, DEMO_COUNT, ENCODER_TOKEN_ENV, parse_spec
 from .errors import ClipfindError, QueryError, SourceError
 
 MILVUS_TOKEN_ENV = "MILVUS_TOKEN"  # read when set; the token is never an argument
@@ -71,9 +71,17 @@ def _open_collection(a, model: str | None = None, create_dim: int | None = None)
                       index_type=getattr(a, "index_type", "auto"), **_store_args(a))
 
 
+def _encoder_args(a) -> dict:
+    """--encoder-url and its token (from the environment variable --encoder-token-env)."""
+    url = getattr(a, "encoder_url", None)
+    if not url:
+        return {}
+    return {"encoder_url": url, "encoder_token": os.environ.get(a.encoder_token_env, "").strip()}
+
+
 def _open_engine(a, create: bool = False):
     from . import Engine, EngineOptions
-    opts = EngineOptions(device=a.device, threads=a.threads)
+    opts = EngineOptions(device=a.device, threads=a.threads, **_encoder_args(a))
     return Engine.open(a.index, model=getattr(a, "model", None), create=create,
                        index_type=getattr(a, "index_type", "auto"), options=opts,
                        **_store_args(a))
@@ -236,6 +244,12 @@ async def _explain(a) -> int:
     return 0
 
 
+def cmd_serve(a) -> int:
+    from . import serve_encoder
+    return serve_encoder(a.model, host=a.host, port=a.port, token_env=a.token_env,
+                         device=a.device, threads=a.threads, queue_size=a.queue_size)
+
+
 def cmd_info(a) -> int:
     with _open_collection(a) as col:
         m = col.manifest
@@ -295,6 +309,12 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--model", help=model_help)
         sp.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
         sp.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+        sp.add_argument("--encoder-url", default=None, metavar="URL",
+                        help="encode through the encoder service at URL (python -m index "
+                             "serve) instead of loading the model here")
+        sp.add_argument("--encoder-token-env", default=ENCODER_TOKEN_ENV, metavar="NAME",
+                        help=f"environment variable holding the service's token "
+                             f"(default {ENCODER_TOKEN_ENV})")
 
     d = sub.add_parser("demo", help="make the demo collection: OUT/gallery (synthetic shapes) "
                        "and OUT/collection (built with the bundled model)")
@@ -360,6 +380,19 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--json", action="store_true", help="print the relevance grids as JSON")
     x.add_argument("query", nargs="*", help="the query (needs at least one text term)")
     x.set_defaults(run=_explain)
+
+    v = sub.add_parser("serve", help="run the encoder as an HTTP service for bots and CLIs "
+                       "(token from --token-env)")
+    v.add_argument("--model", default=DEFAULT_MODEL, help=f"model spec (default {DEFAULT_MODEL})")
+    v.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
+    v.add_argument("--port", type=int, default=8765, help="port (0: any free one)")
+    v.add_argument("--token-env", default=ENCODER_TOKEN_ENV, metavar="NAME",
+                   help=f"environment variable holding the bearer token (default {ENCODER_TOKEN_ENV})")
+    v.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
+    v.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    v.add_argument("--queue-size", type=int, default=512,
+                   help="inputs waiting at most; past it clients get 503 (busy)")
+    v.set_defaults(func=cmd_serve)
 
     i = sub.add_parser("info", help="describe a collection")
     i.add_argument("--index", required=True)

@@ -25,17 +25,21 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from .encoder import BULK, Encoder
+from .codes import BULK
 from .errors import BadItem, ClipfindError
 from .images import content_hash, open_image
 from .netfetch import FetchLimits, fetch_many
-from .pixels import resize_stage, to_pixels
 from .sources import SourceRecord
 from .store import Collection, NewItem
+
+if TYPE_CHECKING:  # torch: not imported where the encoder service encodes (preprocess None)
+    import torch
+
+    from .encoder import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +91,7 @@ def _job(r: SourceRecord | Upload) -> _Job:
 class _Prepared:
     jobs: list[_Job]
     hashes: list[str]
-    pixels: torch.Tensor | None
+    pixels: torch.Tensor | list[bytes] | None  # bytes: for an encoder that decodes them itself
 
 
 def _stored_stamps(collection: Collection, sources: list[str]) -> dict[str, str]:
@@ -135,7 +139,11 @@ async def _load(jobs: list[_Job], limits: FetchLimits, public_only: bool,
 
 
 def _decode(loaded, pairs: list[tuple[_Job, bytes | None]], failed: list) -> _Prepared:
-    """Read (files), decode and preprocess one chunk; runs in a worker thread."""
+    """Read (files), decode and preprocess one chunk; runs in a worker thread. A model
+    without `preprocess` (the encoder service's stand-in) gets the checked bytes instead."""
+    if loaded.preprocess is None:
+        return _checked_bytes(pairs, failed)
+    from .pixels import resize_stage, to_pixels
     stage = resize_stage(loaded.preprocess)
     jobs, hashes, images = [], [], []
     for j, data in pairs:
@@ -156,6 +164,28 @@ def _decode(loaded, pairs: list[tuple[_Job, bytes | None]], failed: list) -> _Pr
     if not images:
         return _Prepared(jobs, hashes, None)
     return _Prepared(jobs, hashes, to_pixels(loaded.preprocess, images))
+
+
+def _checked_bytes(pairs: list[tuple[_Job, bytes | None]], failed: list) -> _Prepared:
+    """Read (files) and check that each picture decodes; keep the bytes as they are."""
+    jobs, hashes, datas = [], [], []
+    for j, data in pairs:
+        source = j.item.source
+        if data is None:
+            try:
+                data = Path(j.location).read_bytes()
+            except OSError as e:
+                failed.append((source, f"cannot read: {e.strerror or e}"))
+                continue
+        try:
+            open_image(data, name=source)
+        except ClipfindError as e:
+            failed.append((source, str(e)))
+            continue
+        jobs.append(j)
+        datas.append(data)
+        hashes.append(j.item.content_hash or content_hash(data))
+    return _Prepared(jobs, hashes, datas or None)
 
 
 def _store(collection: Collection, prepared: _Prepared, vectors: np.ndarray,

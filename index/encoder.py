@@ -53,7 +53,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .attention import WordWeights, words_from_row
+from .attention import words_from_row
+from .codes import BULK, SEARCH, TextCode  # noqa: F401 (BULK: its users import it here)
 from .errors import Busy
 from .images import open_image
 from .lean import block_forward, lean_visual, onednn_linear, walkable
@@ -95,10 +96,6 @@ def _pin_malloc_thresholds() -> None:
         pass
 
 
-SEARCH = 0  # priority of interactive requests
-BULK = 10  # priority of indexing
-
-
 @dataclass(order=True)
 class _Request:
     priority: int
@@ -108,14 +105,6 @@ class _Request:
     n: int = field(compare=False)  # inputs counted against the queue
     done: object = field(compare=False)  # callable(result | BaseException)
     fn: object = field(compare=False, default=None)  # kind "call": run alone on the model thread
-
-
-@dataclass(frozen=True)
-class TextCode:
-    """What the encoder knows of a text: its vector and which words it attended to."""
-
-    vector: np.ndarray  # L2-normalised float32
-    words: WordWeights | None  # None: this tower cannot say (see attention.py)
 
 
 class Reservation:
@@ -259,6 +248,8 @@ class EncoderStats:
     batches: int = 0
     inputs: int = 0
     model_seconds: float = 0.0
+    sizes: dict[int, int] = field(default_factory=dict)  # inputs in a pass -> passes
+    last_pass_seconds: float = 0.0
 
 
 class Encoder:
@@ -315,6 +306,11 @@ class Encoder:
     @property
     def ready(self) -> bool:
         return self._ready.is_set()
+
+    @property
+    def queued(self) -> int:
+        """Inputs waiting for the model (and room reserved for them)."""
+        return self._pending_inputs
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         return self._ready.wait(timeout)
@@ -712,6 +708,8 @@ class Encoder:
             self.stats.batches += 1
             self.stats.inputs += count
             self.stats.model_seconds += seconds
+            self.stats.sizes[count] = self.stats.sizes.get(count, 0) + 1
+            self.stats.last_pass_seconds = seconds
             if count == 1:  # keep the cost of a lone pass current (load changes)
                 old = self.lone_pass.get(kind, seconds)
                 self.lone_pass[kind] = 0.8 * old + 0.2 * seconds

@@ -11,19 +11,21 @@ import functools
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from .attention import UNAVAILABLE
-from .build import Upload, build
-from .encoder import BULK, SEARCH, Encoder, TextCode
-from .errors import ClipfindError, QueryError
-from .models import DEFAULT_MODEL, load_model, parse_spec
+from .codes import BULK, SEARCH, TextCode
+from .errors import ClipfindError, HeatmapUnavailable, ModelMismatch, QueryError
 from .query import Query, parse_query
 from .ranking import STRATEGIES, WeightedVector, compose, normalise, zsum_scores
 from .store import Collection, Forgotten, Item, NewItem, Post
 from .thumbnails import ThumbnailStore
+
+if TYPE_CHECKING:  # torch: not imported by a process that encodes through the service
+    from .encoder import Encoder
 
 NEAR_DUPLICATE = 0.98  # results this close to a query image are the image itself
 ZSUM_CANDIDATES = 1000  # per term, for the z-scored composition
@@ -77,6 +79,10 @@ class EngineOptions:
     # long-lived processes (the bot): retrain the index (Flat -> IVF, ...) in a thread
     # instead of inside the search that noticed it; see Collection.open
     background_rebuilds: bool = False
+    # encode through the encoder service at this URL (python -m index serve) instead of
+    # loading the model in this process; the token is its bearer token
+    encoder_url: str | None = None
+    encoder_token: str | None = field(default=None, repr=False)
 
 
 class Engine:
@@ -108,21 +114,27 @@ class Engine:
         options = options or EngineOptions()
         path = Path(path)
         if store == "milvus":
-            collection, loaded = _open_milvus(path, model, create, index_type, options,
+            collection, encoder = _open_milvus(path, model, create, index_type, options,
                                               milvus_uri, milvus_token)
         elif store != "faiss":
             raise ClipfindError(f"unknown store {store!r}: use faiss or milvus")
         elif create and not (path / "manifest.json").exists():
-            loaded = load_model(model or DEFAULT_MODEL, options.device)
-            collection = Collection.create(path, loaded.name, loaded.dim, index_type,
-                                           background_rebuilds=options.background_rebuilds)
+            encoder = make_encoder(model, options)
+            try:
+                collection = Collection.create(path, encoder.loaded.name, encoder.loaded.dim,
+                                               index_type,
+                                               background_rebuilds=options.background_rebuilds)
+            except BaseException:
+                encoder.close()
+                raise
         else:
-            wanted = parse_spec(model).canonical if model else None
+            wanted = _canonical(model) if model else None
             collection = Collection.open(path, wanted, background_rebuilds=options.background_rebuilds)
-            loaded = load_model(collection.manifest.model, options.device)
-        encoder = Encoder(loaded, max_batch=options.max_batch, max_wait_ms=options.max_wait_ms,
-                          queue_size=options.queue_size, cache_size=options.cache_size,
-                          threads=options.threads)
+            try:
+                encoder = make_encoder(collection.manifest.model, options, path)
+            except BaseException:
+                collection.close()
+                raise
         return cls(collection, encoder, options)
 
     def close(self) -> None:
@@ -267,6 +279,9 @@ class Engine:
         """Where in item `item_id`'s picture the model saw the query (and each text term):
         an `explain_image.ImageExplanation`. `picture`: the item's bytes, when the caller
         has them (e.g. a Discord attachment); else its file or URL is read again."""
+        if getattr(self.encoder, "url", None):
+            raise HeatmapUnavailable("heatmaps need the model in this process; this one encodes "
+                                     f"through the encoder service at {self.encoder.url}")
         from .explain_image import ImageExplainer
         if self._image_explainer is None:
             self._image_explainer = ImageExplainer(self)
@@ -289,6 +304,7 @@ class Engine:
         anywhere), is reported as a duplicate, not stored twice; undecodable images are
         reported, not raised.
         """
+        from .build import Upload, build
         uploads = [Upload(item, data) for item, data in zip(items, images, strict=True)]
         built = await build(self.collection, self.encoder, uploads, chunk=max(1, len(uploads)),
                             priority=priority, save=False)
@@ -364,16 +380,49 @@ def _lite_default(path: Path, uri: str | None) -> str:
 
 def _open_milvus(path: Path, model: str | None, create: bool, index_type: str,
                  options: EngineOptions, uri: str | None, token: str | None):
-    """(MilvusStore, loaded model) for the collection `path` names in the Milvus at `uri`."""
+    """(MilvusStore, encoder) for the collection `path` names in the Milvus at `uri`."""
     kw = {"store": "milvus", "milvus_uri": uri, "milvus_token": token}
     if create and not collection_exists(path, **kw):
-        loaded = load_model(model or DEFAULT_MODEL, options.device)
-        return open_store(path, loaded.name, create_dim=loaded.dim, index_type=index_type,
-                          **kw), loaded
-    wanted = parse_spec(model).canonical if model else None
+        encoder = make_encoder(model, options)
+        try:
+            return open_store(path, encoder.loaded.name, create_dim=encoder.loaded.dim,
+                              index_type=index_type, **kw), encoder
+        except BaseException:
+            encoder.close()
+            raise
+    wanted = _canonical(model) if model else None
     collection = open_store(path, wanted, **kw)
     try:
-        return collection, load_model(collection.manifest.model, options.device)
+        return collection, make_encoder(collection.manifest.model, options, path)
     except BaseException:
         collection.close()
         raise
+
+
+def _canonical(spec: str) -> str:
+    from .models import parse_spec
+    return parse_spec(spec).canonical
+
+
+def make_encoder(model: str | None, options: EngineOptions, collection: Path | None = None):
+    """The encoder `options` ask for: the model loaded in this process (`model`, default
+    DEFAULT_MODEL), or the encoder service at `options.encoder_url`, which must run `model`
+    when one is given (`collection`: the collection that asks, named in the refusal)."""
+    if options.encoder_url:
+        from .service.client import RemoteEncoder
+        encoder = RemoteEncoder.connect(options.encoder_url, options.encoder_token,
+                                        cache_size=options.cache_size)
+        runs = encoder.loaded.name
+        # a collection's manifest holds the canonical spec; a spec typed by the user may not be
+        if model and model != runs and (collection is not None or _canonical(model) != runs):
+            encoder.close()
+            wants = f"collection {collection} was built with" if collection else "asked for"
+            raise ModelMismatch(f"the encoder service at {options.encoder_url} runs {runs}, but "
+                                f"{wants} {model}; start the service with --model {model}")
+        return encoder
+    from .encoder import Encoder
+    from .models import DEFAULT_MODEL, load_model
+    loaded = load_model(model or DEFAULT_MODEL, options.device)
+    return Encoder(loaded, max_batch=options.max_batch, max_wait_ms=options.max_wait_ms,
+                   queue_size=options.queue_size, cache_size=options.cache_size,
+                   threads=options.threads)

@@ -61,6 +61,19 @@ class StoreUnavailable(StoreError):
     def __init__(self, message: str = "the image store is unreachable right now, try again shortly"):
         super().__init__(message)
 
+
+class EncoderUnavailable(ClipfindError):
+    """The encoder service (encoder_url) cannot be reached; the process keeps serving and
+    the next search tries again. At start the message names the URL instead."""
+
+    def __init__(self, message: str = "the search service is unreachable, try again shortly"):
+        super().__init__(message)
+
+
+class EncoderTokenError(ClipfindError):
+    """The encoder service refused this process's token (encoder_token)."""
+
+
 class HeatmapUnavailable(ClipfindError):
     """A heatmap asked of a model whose image tower cannot give one (not an open_clip ViT)."""
 

@@ -14,11 +14,14 @@ import re
 import shutil
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .encoder import Encoder
 from .engine import Engine, EngineOptions
 from .errors import StoreError
 from .store import Collection
+
+if TYPE_CHECKING:
+    from .encoder import Encoder
 
 _KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MILVUS_MARKER = "milvus-namespace"  # a namespace folder whose items are in the shared Milvus

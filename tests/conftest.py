@@ -23,6 +23,17 @@ def vitb32():
 
 
 @pytest.fixture(scope="session")
+def service_encoder(tiny):
+    """The encoder behind the encoder-service tests (servicekit.served): the bundled model,
+    one thread (half the warm-up), a queue of 64 inputs."""
+    from index.encoder import Encoder
+    enc = Encoder(tiny, max_batch=32, queue_size=64, threads=1)
+    assert enc.wait_ready(120)
+    yield enc
+    enc.close()
+
+
+@pytest.fixture(scope="session")
 def demo_gallery(tmp_path_factory):
     """120 shapes images with captions.csv (seed 5)."""
     from index.synthetic import write_gallery
