@@ -2,6 +2,7 @@
 
     python -m index.quality [--model builtin:tiny-shapes] [--count 1000] [--seed 4242]
     python -m index.quality --heatmaps      (the heatmaps instead: see heatmap_quality.py)
+    python -m index.quality --floor         (the relevance floor instead: see measure_floor)
 
 Builds the gallery into a collection with the real build path and runs each query through
 `Engine.search` with the real grammar. Each query scores the hits in its top 10 divided by
@@ -21,6 +22,8 @@ import numpy as np
 from .synthetic import CONCEPTS, Scene, Shape, render, scenes, write_gallery
 
 TARGETS = {"single": 0.90, "joint": 0.85, "weighted": 0.90, "image+text": 0.60}
+FLOOR_TARGETS = {"absent": 0.90, "present": 0.95}
+LACKING = 6  # concepts the floor's gallery is built without
 
 
 @dataclass
@@ -97,6 +100,60 @@ async def measure(model: str, count: int, seed: int, workdir: Path,
         engine.close()
 
 
+def lacking_gallery(count: int, seed: int, n_lack: int = LACKING) -> tuple[list[Scene], list[str]]:
+    """`count` scenes of the seed's stream that show none of `n_lack` concepts (drawn from
+    the seed), and those concepts."""
+    lack = random.Random(seed).sample(CONCEPTS, n_lack)
+    kept = [s for s in scenes(count * 4, seed) if not any(s.contains(c) for c in lack)]
+    return kept[:count], lack
+
+
+def floor_queries() -> list[tuple[str, str]]:
+    """(concept, query text): every concept in every phrasing the model was trained on."""
+    from .synthetic import _TEMPLATES_ONE
+    return [(c, t.format(c)) for c in CONCEPTS for t in _TEMPLATES_ONE]
+
+
+async def measure_floor(model: str, count: int, seed: int, workdir: Path,
+                        collapse: bool = False) -> dict[str, float]:
+    """The floor on a gallery built to lack some concepts, each concept asked in each
+    phrasing. absent: the share of queries for a missing concept answered "no good match"
+    (their best result is under the floor); present: the share of a present concept's
+    right results in its top 10 that stay over the floor (all queries pooled).
+    collapse: near-copies grouped as the bot shows them (the bundled model sees most
+    pictures of one shape as near-copies, so the top 10 groups reach much deeper)."""
+    from .build import build
+    from .engine import Engine
+    from .sources import scan_folder
+
+    gallery, lack = lacking_gallery(count, seed)
+    folder = workdir / "lacking"
+    folder.mkdir(parents=True, exist_ok=True)
+    width = len(str(len(gallery)))
+    for i, scene in enumerate(gallery):
+        render(scene).save(folder / f"shape_{i:0{width}d}.png")
+    engine = Engine.open(workdir / "floor-collection", model=model, create=True)
+    try:
+        await build(engine.collection, engine.encoder, scan_folder(folder))
+        floor = await engine.floor.recalibrate()
+        answered_none, absent, kept, right = 0, 0, 0, 0
+        for concept, text in floor_queries():
+            result = await engine.search(text, k=10, explain=False, collapse=collapse)
+            if concept in lack:
+                absent += 1
+                answered_none += all(h.weak for h in result.hits)
+                continue
+            for h in result.hits:
+                if gallery[int(Path(h.item.source).stem.split("_")[1])].contains(concept):
+                    right += 1
+                    kept += not h.weak
+        return {"absent": answered_none / max(absent, 1), "present": kept / max(right, 1),
+                "floor": floor.value if floor else float("nan"), "absent queries": absent,
+                "right results": right, "lacking": ", ".join(lack)}
+    finally:
+        engine.close()
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
     import asyncio
@@ -110,7 +167,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--image-scale", type=float, default=None, help="image-term weight factor")
     p.add_argument("--heatmaps", action="store_true",
                    help="measure the heatmaps instead (pointing game, energy share)")
+    p.add_argument("--floor", action="store_true",
+                   help=f"measure the relevance floor instead, on a gallery without {LACKING} concepts")
+    p.add_argument("--collapse", action="store_true",
+                   help="with --floor: near-copies grouped (as the bot pages them)")
     a = p.parse_args(argv)
+    if a.floor:
+        with tempfile.TemporaryDirectory() as tmp:
+            got = asyncio.run(measure_floor(a.model, a.count, a.seed, Path(tmp), a.collapse))
+        print(f"model {a.model}, {a.count} images without {got['lacking']}, seed {a.seed}, "
+              f"floor {got['floor']:.3f}, near-copies {'grouped' if a.collapse else 'apart'}")
+        print(f"  absent   {got['absent']:.3f}  answered 'no good match' "
+              f"({got['absent queries']} queries; target >= {FLOOR_TARGETS['absent']:.2f})")
+        print(f"  present  {got['present']:.3f}  of right top-10 results kept "
+              f"({got['right results']} results; target >= {FLOOR_TARGETS['present']:.2f})")
+        return
     if a.heatmaps:
         from .heatmap_quality import main as heatmaps
         heatmaps(a.model, a.count, a.seed)
