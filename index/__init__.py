@@ -55,6 +55,7 @@ _EXPORTS: dict[str, str] = {
     "MigrateEndpoint": "migrate:Endpoint",
     "milvus_name": "migrate",
     "DEMO_COUNT": "synthetic",
+    "MIN_FLOOR_ITEMS": "floor:MIN_ITEMS",  # a collection this small has no relevance floor
     # models
     "DEFAULT_MODEL": "models",
     "parse_spec": "models",
