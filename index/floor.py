@@ -8,7 +8,8 @@ with no labels, by labelling it with the model's own vocabulary (README, "Releva
    model's calibration vocabulary (`vocabulary`).
 2. Each picture is labelled with its best prompt's concept. A concept that labels at least
    PRESENT_MIN pictures is *present*; one that labels none is *absent*.
-3. present: the scores of each present concept's top pictures (what its search shows first);
+3. present: the scores of each present concept's top pictures (what its search shows first;
+   at most TOP, and no more than the pictures it labels);
    absent: each absent concept's best score (what a search for it would show first). When
    fewer than ABSENT_MIN concepts are absent (the collection holds nearly all the vocabulary),
    meaningless prompts stand in for the absent side.
@@ -127,9 +128,9 @@ def calibrate(sample: np.ndarray, concept_vecs: np.ndarray, gibberish_vecs: np.n
     labels = np.bincount(scores.argmax(axis=0), minlength=n_concepts)
     present = np.flatnonzero(labels >= PRESENT_MIN)
     absent = np.flatnonzero(labels == 0)
-    top = min(TOP, x.shape[0])
-    hits = (np.sort(scores[present], axis=1)[:, -top:].ravel() if present.size
-            else scores.max(axis=1))
+    ranked = np.sort(scores, axis=1)[:, ::-1]
+    hits = (np.concatenate([ranked[c, : min(TOP, labels[c])] for c in present]) if present.size
+            else ranked[:, 0])
     if absent.size >= ABSENT_MIN:
         misses, basis = scores[absent].max(axis=1), "absent concepts"
     else:
