@@ -199,3 +199,77 @@ async def test_reposts_collapse_into_one_result_and_never_come_back_on_a_later_p
         assert len((await engine.search("blue", k=5, explain=False, collapse=False)).hits) == 5
     finally:
         engine.close()
+
+
+# -- the CLI: weak results hidden, one line about them, --weak, --json ----------------------
+
+
+@pytest.fixture(scope="module")
+def lacking(tmp_path_factory, encoder):
+    """A folder collection of 100 pictures without 6 concepts, picture 0 also twice re-encoded."""
+    import asyncio
+
+    from twostores import Stores
+    scenes, lack = lacking_gallery(100, 8)
+    path = tmp_path_factory.mktemp("lacking") / "c"
+    engine = _engine(Stores("faiss", ""), path, encoder)
+    items = [NewItem(source=f"/lacking/{i}.png") for i in range(100)]
+    data = [_png(render(s)) for s in scenes]
+    items += [NewItem(source="/lacking/0-b.png"), NewItem(source="/lacking/0-c.png")]
+    data += [_png(render(scenes[0]), 0.8, 75), _png(render(scenes[0]), 1.25, 90)]
+    asyncio.run(engine.add_images(items, data))
+
+    async def weak_first(concept):  # (the floor's quality is measured by index.quality)
+        return (await engine.search(concept, k=1, explain=False)).hits[0].weak
+    absent = next(c for c in lack if asyncio.run(weak_first(c)))
+    engine.close()
+    return path, absent, scenes[0].concepts[0]
+
+
+def _cli(monkeypatch, capsys, encoder, path, *args) -> tuple[int, str]:
+    from twostores import Stores
+
+    import index.__main__ as cli
+    monkeypatch.setattr(cli, "_open_engine", lambda a, create=False: _engine(
+        Stores("faiss", ""), path, encoder, create=False))
+    code = cli.main(["search", "--index", str(path), *map(str, args)])
+    out = capsys.readouterr()
+    assert "Traceback" not in out.err
+    return code, out.out
+
+
+def test_cli_hides_weak_results_in_one_line_and_shows_them_with_weak(
+        lacking, monkeypatch, capsys, encoder):
+    path, absent, _ = lacking
+    code, out = _cli(monkeypatch, capsys, encoder, path, "-k", 3, absent)
+    lines = out.splitlines()
+    assert code == 0 and lines[-1].startswith(f"no good match for {absent}*1: the best score")
+    assert "--weak shows the 3 weak matches" in lines[-1]
+    assert not any("/lacking/" in ln for ln in lines)
+    code, out = _cli(monkeypatch, capsys, encoder, path, "-k", 3, "--weak", absent)
+    assert code == 0 and sum(ln.endswith("(weak)") for ln in out.splitlines()) == 3
+    assert "no good match" not in out
+
+
+def test_cli_weak_with_nothing_weak_says_so_in_one_line(lacking, monkeypatch, capsys, encoder):
+    path, _, present = lacking
+    code, out = _cli(monkeypatch, capsys, encoder, path, "-k", 1, "--weak", present)
+    assert code == 0 and "(weak)" not in out
+    assert out.splitlines()[-1].startswith("--weak: nothing to add, no result here is under the floor")
+    images = tmp = path.parent / "q.png"
+    tmp.write_bytes(_png(render(lacking_gallery(1, 99)[0][0])))
+    code, out = _cli(monkeypatch, capsys, encoder, path, "-k", 1, "--weak", "--image", images, "#1")
+    assert out.splitlines()[-1] == "--weak: nothing to add, queries with images have no relevance floor"
+
+
+def test_cli_json_marks_weak_results_and_lists_near_copies(lacking, monkeypatch, capsys, encoder):
+    path, absent, present = lacking
+    _, out = _cli(monkeypatch, capsys, encoder, path, "-k", 10, "--json", present)
+    got = json.loads(out)
+    assert got["floor"] > 0 and all(r["weak"] is False or r["score"] < got["floor"]
+                                    for r in got["results"])
+    copied = [r for r in got["results"] if r["copies"]]
+    assert any({c["source"] for c in r["copies"]} >= {"/lacking/0-b.png", "/lacking/0-c.png"}
+               or r["source"] in ("/lacking/0-b.png", "/lacking/0-c.png") for r in copied)
+    _, out = _cli(monkeypatch, capsys, encoder, path, "-k", 2, "--json", absent)
+    assert [r["weak"] for r in json.loads(out)["results"]] == [True, True]
