@@ -154,6 +154,51 @@ async def measure_floor(model: str, count: int, seed: int, workdir: Path,
         engine.close()
 
 
+def reposted(img, j: int) -> bytes:
+    """The j-th posting of a picture: as drawn (PNG), then re-encoded (resized, JPEG)."""
+    import io
+    scale, quality = [(1.0, None), (0.8, 75), (1.25, 90)][j]
+    if scale != 1.0:
+        img = img.resize((round(img.width * scale), round(img.height * scale)))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG" if quality else "PNG", **({"quality": quality} if quality else {}))
+    return buf.getvalue()
+
+
+async def measure_copies(model: str, count: int, seed: int, workdir: Path, k: int = 5,
+                         pages: int = 3) -> dict[str, float]:
+    """A library where every picture is posted three times (re-encoded): for each concept,
+    colour and shape query, its first `pages` pages of `k`: the share of pages that show k
+    distinct pictures, and of queries where no picture shows on two of its pages."""
+    from .engine import Engine
+    from .store import NewItem
+    from .synthetic import COLOURS, SHAPES
+
+    gallery = list(scenes(count, seed))
+    engine = Engine.open(workdir / "reposts", model=model, create=True)
+    try:
+        for i0 in range(0, count, 100):
+            chunk = range(i0, min(count, i0 + 100))
+            items = [NewItem(source=f"/reposts/{i}-{j}.png") for i in chunk for j in range(3)]
+            data = [reposted(render(gallery[i]), j) for i in chunk for j in range(3)]
+            await engine.add_images(items, data)
+        distinct = total = clean = 0
+        queries = [*CONCEPTS, *COLOURS, *SHAPES]
+        for text in queries:
+            shown: list[str] = []
+            for page in range(pages):
+                result = await engine.search(text, k=k, offset=page * k, explain=False)
+                pictures = [h.item.source.split("-")[0] for h in result.hits]
+                total += 1
+                distinct += len(set(pictures)) == len(pictures) == k
+                shown += pictures
+            clean += len(set(shown)) == len(shown)
+        return {"pages": distinct / total, "queries": clean / len(queries),
+                "n_pages": total, "n_queries": len(queries)}
+    finally:
+        engine.close()
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
     import asyncio
@@ -181,6 +226,11 @@ def main(argv: list[str] | None = None) -> None:
               f"({got['absent queries']} queries; target >= {FLOOR_TARGETS['absent']:.2f})")
         print(f"  present  {got['present']:.3f}  of right top-10 results kept "
               f"({got['right results']} results; target >= {FLOOR_TARGETS['present']:.2f})")
+        with tempfile.TemporaryDirectory() as tmp:
+            cp = asyncio.run(measure_copies(a.model, 300, a.seed, Path(tmp)))
+        print(f"every picture posted 3 times (300 pictures, 900 items): {cp['pages']:.3f} of "
+              f"{cp['n_pages']} pages of 5 show 5 distinct pictures (target 1.00); "
+              f"{cp['queries']:.3f} of {cp['n_queries']} queries show no picture twice over 3 pages")
         return
     if a.heatmaps:
         from .heatmap_quality import main as heatmaps
