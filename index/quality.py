@@ -149,7 +149,8 @@ async def measure_floor(model: str, count: int, seed: int, workdir: Path,
                     kept += not h.weak
         return {"absent": answered_none / max(absent, 1), "present": kept / max(right, 1),
                 "floor": floor.value if floor else float("nan"), "absent queries": absent,
-                "right results": right, "lacking": ", ".join(lack)}
+                "right results": right, "lacking": ", ".join(lack),
+                **await _calibration_sources(engine, lack)}
     finally:
         engine.close()
 
@@ -199,6 +200,30 @@ async def measure_copies(model: str, count: int, seed: int, workdir: Path, k: in
         engine.close()
 
 
+UNRELATED = ("a dog", "a cat", "a car", "a horse", "a bowl of soup", "a beach at sunset",
+             "tokyo tower at night", "a person smiling")
+
+
+async def _calibration_sources(engine, lack: list[str]) -> dict[str, str]:
+    """What each candidate calibration source would see (README: why the floor is
+    calibrated as it is): the pictures' nearest-neighbour cosines, unrelated prompts'
+    best scores, the absent concepts' best scores and the present concepts' top 10."""
+    x = engine.collection.vectors()
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    g = x @ x.T
+    np.fill_diagonal(g, -1.0)
+
+    async def best(texts, top=1):
+        t = await engine.embed_texts(list(texts))
+        s = np.sort((t / np.linalg.norm(t, axis=1, keepdims=True)) @ x.T, axis=1)[:, -top:]
+        return f"{s.min():.3f}-{s.max():.3f}"
+
+    present = [c for c in CONCEPTS if c not in lack]
+    return {"nearest neighbour": f"median {np.median(g.max(axis=1)):.3f}",
+            "unrelated best": await best(UNRELATED), "absent best": await best(lack),
+            "present top 10": await best(present, 10)}
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
     import asyncio
@@ -226,6 +251,9 @@ def main(argv: list[str] | None = None) -> None:
               f"({got['absent queries']} queries; target >= {FLOOR_TARGETS['absent']:.2f})")
         print(f"  present  {got['present']:.3f}  of right top-10 results kept "
               f"({got['right results']} results; target >= {FLOOR_TARGETS['present']:.2f})")
+        print(f"  calibration sources: picture-to-nearest-picture cosine {got['nearest neighbour']}; "
+              f"best score of unrelated prompts {got['unrelated best']}, of the absent concepts "
+              f"{got['absent best']}; present concepts' top 10 {got['present top 10']}")
         with tempfile.TemporaryDirectory() as tmp:
             cp = asyncio.run(measure_copies(a.model, 300, a.seed, Path(tmp)))
         print(f"every picture posted 3 times (300 pictures, 900 items): {cp['pages']:.3f} of "
