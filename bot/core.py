@@ -208,6 +208,9 @@ def help_text(prefix: str = "!") -> str:
         "`/find query:<text> image:<attachment>` · the same as a slash command",
         "Pages: ◀️ ▶️ turn, ⏹️ stops (only the member who asked). The word weights under a "
         "result show which words of each phrase the model attended to.",
+        "Results under the collection's relevance floor are weak matches: a text query with "
+        "none over it is answered \"no good match\", and ▶️ shows the weak ones. Reposts of "
+        "one picture are one result (+N near-copies).",
         f"`{p}why N` replying to a result page (or 🔍 under it, `/why N`) · a heatmap of where "
         "in result #N the model saw each term",
         "Grammar — " + USAGE,
