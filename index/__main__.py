@@ -281,12 +281,12 @@ def cmd_info(a) -> int:
 
 
 def _floor_info(col) -> str:
-    from .floor import GROWTH, MIN_ITEMS, FloorKeeper, from_record
-    f = from_record(col.read_note(FloorKeeper.NOTE))
+    from . import FLOOR_GROWTH, MIN_FLOOR_ITEMS, floor_of
+    f = floor_of(col)
     if f is None:
-        return f"none yet (calibrated at the first search from {MIN_ITEMS} items on)"
+        return f"none yet (calibrated at the first search from {MIN_FLOOR_ITEMS} items on)"
     return (f"{f.value:.3f} (calibrated at {f.items} items from {f.basis}: absent "
-            f"{f.absent:.3f}, present {f.present:.3f}; again at {int(f.items * GROWTH)} items)")
+            f"{f.absent:.3f}, present {f.present:.3f}; again at {int(f.items * FLOOR_GROWTH)} items)")
 
 
 def cmd_remove(a) -> int:

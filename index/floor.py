@@ -171,6 +171,11 @@ def from_record(text: str | None) -> Floor | None:
         return None
 
 
+def floor_of(collection) -> Floor | None:
+    """The floor stored with a collection (either store), None if it has none."""
+    return from_record(collection.read_note(FloorKeeper.NOTE))
+
+
 def _unit(v: np.ndarray) -> np.ndarray:
     v = np.asarray(v, dtype=np.float32)
     if v.ndim == 1:
