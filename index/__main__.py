@@ -163,10 +163,10 @@ async def _search(a) -> int:
         about = [x for x in (h.get("credit"), h.get("page")) if x and x != h["source"]]
         if about:
             print("            " + "  ".join(about))
-        if h["copies"]:
-            n = len(h["copies"])
-            print(f"            +{n} near-cop{'y' if n == 1 else 'ies'}: "
-                  + "  ".join(c["source"] for c in h["copies"]))
+        for c in h["copies"]:  # (credit and page travel with them too)
+            about = [x for x in (c.get("credit"), c.get("page")) if x and x != c["source"]]
+            print(f"            + near-copy {c['score']:.3f}  {c['source']}"
+                  + "".join(f"  {x}" for x in about))
     print(floor_line(result, hits, a.weak) or "", end="")
     return 0
 
