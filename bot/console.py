@@ -26,6 +26,7 @@ from typing import TextIO
 from index import Engine, collection_exists
 from index.errors import ClipfindError
 
+from . import render
 from .config import Settings
 from .core import Attachment, Core, FindRequest, PagingState, error
 from .reply import Reply
@@ -208,6 +209,8 @@ class Console:
                 self.say(f"        image: {c.image_url}")
             if c.link:
                 self.say(f"        link: {c.link}")
+            if c.copies:
+                self.say("        " + render.copies_text(c, markdown=False))
         if reply.attention_text:
             self.say(reply.attention_text)
         if reply.attention_png is not None:

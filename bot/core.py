@@ -39,9 +39,9 @@ from index import (
 )
 from index.errors import Busy, ClipfindError, FetchError, ImageError
 
-from . import render
+from . import floor, render
 from .config import Settings
-from .reply import MORE, Reply
+from .reply import Reply
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,9 @@ class PagingState:
     guild_id: int | None = None  # the scope of the search (see Core.scope)
     hits: tuple = ()  # the page on show: (rank, item id, source, image URL or None) per result
     parsed: Query | None = None  # `text` parsed once, when the search was asked for
+    weak: bool = False  # the page shows matches under the relevance floor (asked for with ▶️)
+    at_floor: bool = False  # the page stopped at the floor: the next page shows weak matches
+    prev: PagingState | None = field(default=None, repr=False)  # the page ◀️ goes back to
 
     def parsed_query(self) -> Query:
         return self.parsed if self.parsed is not None else parse_query(self.text, len(self.images))
@@ -205,6 +208,9 @@ def help_text(prefix: str = "!") -> str:
         "`/find query:<text> image:<attachment>` · the same as a slash command",
         "Pages: ◀️ ▶️ turn, ⏹️ stops (only the member who asked). The word weights under a "
         "result show which words of each phrase the model attended to.",
+        "Results under the collection's relevance floor are weak matches: a text query with "
+        "none over it is answered \"no good match\", and ▶️ shows the weak ones. Reposts of "
+        "one picture are one result (+N near-copies).",
         f"`{p}why N` replying to a result page (or 🔍 under it, `/why N`) · a heatmap of where "
         "in result #N the model saw each term",
         "Grammar — " + USAGE,
@@ -278,11 +284,15 @@ class Core:
 
         A notice is a Reply with `state` None and `error` False: the transport keeps the page
         on show and tells the member."""
-        if delta < 0 and state.offset == 0:
+        if delta < 0 and state.prev is None:
             return Reply("this is the first page")
         if delta > 0 and not state.has_more:
             return Reply(f"no more results: #{state.last_rank} was the last match")
-        new = replace(state, offset=max(0, state.offset + delta * state.k))
+        # pages are runs of results (a page may stop at the floor): forward from where this
+        # one stopped, back to the page shown before
+        new = state.prev if delta < 0 else replace(
+            state, offset=state.offset + state.shown, weak=state.weak or state.at_floor,
+            at_floor=False, prev=state)
         try:
             if (why := self.unavailable()) is not None:
                 return Reply(why)
@@ -373,6 +383,11 @@ class Core:
             elif state.images:
                 why = " (images almost identical to a query image are left out)"
             return Reply(f"no results for `{shown_query}`{why}")
+        page = floor.page(result, state.weak)
+        if page.none_good:
+            return Reply(floor.no_good_match(shown_query, result),
+                         state=replace(state, has_more=True, shown=0, at_floor=True, hits=()))
+        result = page.result
         store = getattr(scope.engine, "thumbnails", None)
         rows = render.attention_rows(result)
         att_text = render.attention_text(rows, result.attention_note)
@@ -391,10 +406,9 @@ class Core:
         n_files = sum(1 for c in cards if c.file is not None)
         if data is not None and n_files < render.MAX_FILES:
             png = render.FileOut("word-weights.png", data, "word weights: " + att_text)
-        first, last = result.hits[0].rank, result.hits[-1].rank
-        more = MORE if result.has_more else " · last page"
-        head = f"**Results {first}–{last}** for `{shown_query}`{more}"
+        head = floor.head(shown_query, page)
         new_state = replace(state, has_more=result.has_more, shown=len(result.hits),
+                            weak=page.weak, at_floor=page.at_floor,
                             hits=tuple((h.rank, h.id, h.item.source, c.image_url)
                                        for h, c in zip(result.hits, cards, strict=False)))
         return Reply(head, cards, att_text, png, state=new_state)

@@ -17,7 +17,7 @@ import io
 import logging
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -27,7 +27,7 @@ from PIL.PngImagePlugin import PngInfo
 from index import open_image, thumbnail_jpeg
 from index.errors import ClipfindError
 
-from .reply import MORE, Card, FileOut, Reply
+from .reply import MORE, WEAK_MORE, Card, FileOut, Reply
 
 log = logging.getLogger(__name__)
 
@@ -169,10 +169,29 @@ def make_cards(hits: Sequence, *, thumbnail_size: int = 512, budget: int = PAGE_
             continue
         used += len(data)
         c = cards[i]
-        cards[i] = Card(c.rank, c.score, c.title, c.credit, c.link, None,
-                        FileOut(f"result-{c.rank}.jpg", data, f"result {c.rank}: {c.title}"[:1000]),
-                        c.source)
-    return cards
+        cards[i] = replace(c, image_url=None, file=FileOut(
+            f"result-{c.rank}.jpg", data, f"result {c.rank}: {c.title}"[:1000]))
+    return [replace(c, copies=tuple(_copy_link(x.item) for x in getattr(h, "copies", ())))
+            for c, h in zip(cards, hits, strict=True)]
+
+
+def _copy_link(item) -> str:
+    """Where a near-copy of a result is: its message, page or URL (else its file name)."""
+    source = item.source or ""
+    if source.startswith("discord:"):
+        return _discord_link(source) or "a Discord post"
+    return item.page_url or (source if _is_url(source) else Path(source).name)
+
+
+def copies_text(card: Card, *, markdown: bool = True) -> str:
+    """'+2 near-copies: [1](link) [2](link)' ('' without copies)."""
+    n = len(card.copies)
+    if not n:
+        return ""
+    links = [f"[{i}]({x})" if markdown and _is_url(x) else x
+             for i, x in enumerate(card.copies[:10], 1)]
+    more = " …" if n > 10 else ""
+    return f"+{n} near-cop{'y' if n == 1 else 'ies'}: " + " ".join(links) + more
 
 
 # ------------------------------------------------------------------------------- attention
@@ -338,6 +357,8 @@ def _embed(card: Card):
     desc = [card.credit] if card.credit else []
     if card.source:
         desc.append(f"source: {card.source}")
+    if card.copies:
+        desc.append(copies_text(card))
     if desc:
         embed.description = _clip(clean("\n".join(desc)), 1000)
     embed.set_footer(text=f"score {card.score:.3f}")
@@ -357,7 +378,9 @@ def no_controls(missing: Sequence[str]) -> str:
 
 
 def _head(reply: Reply, instead_of_more: str | None) -> str:
-    return reply.text if instead_of_more is None else reply.text.replace(MORE, instead_of_more)
+    if instead_of_more is None:
+        return reply.text
+    return reply.text.replace(MORE, instead_of_more).replace(WEAK_MORE, instead_of_more)
 
 
 def content_of(reply: Reply, *, instead_of_more: str | None = None) -> str:
@@ -383,6 +406,8 @@ def text_page(reply: Reply, missing: Sequence[str], *, instead_of_more: str | No
             parts.append(_clip(c.credit, 100))
         if c.link:
             parts.append(f"<{c.link}>")
+        if c.copies:
+            parts.append(f"+{len(c.copies)} near-cop{'y' if len(c.copies) == 1 else 'ies'}")
         lines.append(" · ".join(parts))
     tail = [reply.attention_text] if reply.attention_text else []
     text = "\n".join([head, *lines, *tail, note])

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MORE = " · ▶️ for more"  # in the head of a page with more results, under paging controls
+WEAK_MORE = " · ▶️ shows them"  # ... where the results that follow are under the relevance floor
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class Card:
     image_url: str | None = None  # results whose image lives at a URL
     file: FileOut | None = None  # results whose image is a local file: an uploaded thumbnail
     source: str = ""  # a short description of where it came from (file name, host)
+    copies: tuple[str, ...] = ()  # links to its near-copies, shown as this one result
 
 
 @dataclass

@@ -59,6 +59,9 @@ _EXPORTS: dict[str, str] = {
     "MigrateEndpoint": "migrate:Endpoint",
     "milvus_name": "migrate",
     "DEMO_COUNT": "synthetic",
+    "MIN_FLOOR_ITEMS": "floor:MIN_ITEMS",  # a collection this small has no relevance floor
+    "FLOOR_GROWTH": "floor:GROWTH",  # the floor is calibrated again at this many times the items
+    "floor_of": "floor",  # the relevance floor stored with a collection (index/floor.py)
     # models
     "DEFAULT_MODEL": "models",
     "parse_spec": "models",

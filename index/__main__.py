@@ -97,6 +97,7 @@ async def _build(a) -> int:
         report = await build_collection(engine.collection, engine.encoder, records, chunk=a.batch,
                              limits=limits, progress=bar.update)
         bar.close()
+        await engine.floor.current()  # calibrated (and stored) here, not in the first search
         total = len(engine.collection)
     finally:
         engine.close()
@@ -146,13 +147,11 @@ async def _search(a) -> int:
         engine.close()
     terms = [{"kind": t.kind, **({"text": t.text} if t.kind == "text" else {"image": t.image + 1}),
               "weight": t.weight} for t in result.query.terms]
-    # credit and page travel with every result that leaves the program (Unsplash's terms)
-    hits = [{"rank": h.rank, "id": h.id, "score": round(h.score, 6), "source": h.item.source,
-             "title": h.item.title, **({"credit": h.item.credit} if h.item.credit else {}),
-             **({"page": h.item.page_url} if h.item.page_url else {})} for h in result.hits]
+    hits = [_hit_json(h) for h in result.hits]
     attention = [[{"word": w, "weight": round(v, 4)} for w, v in (att or [])] for att in result.attention]
     if a.json:
-        out = {"terms": terms, "results": hits, "attention": attention}
+        out = {"terms": terms, "results": hits, "attention": attention,
+               "floor": None if result.floor is None else round(result.floor, 6)}
         if result.attention_note:
             out["attention_note"] = result.attention_note
         print(json.dumps(out, ensure_ascii=False))
@@ -163,14 +162,51 @@ async def _search(a) -> int:
             print(f"  {term.text!r}: " + "  ".join(f"{w} {v:.0%}" for w, v in att))
     if result.attention_note:
         print(f"  ({result.attention_note})")
+    shown = [h for h in hits if a.weak or not h["weak"]]
     if not hits:
         print("no results" + (" on this page" if a.offset else ""))
-    for h in hits:
-        print(f"{h['rank']:4d}  {h['score']:.3f}  {h['source']}" + (f"  {h['title']}" if h["title"] else ""))
+    for h in shown:
+        mark = "  (weak)" if h["weak"] else ""
+        print(f"{h['rank']:4d}  {h['score']:.3f}  {h['source']}" + (f"  {h['title']}" if h["title"] else "") + mark)
         about = [x for x in (h.get("credit"), h.get("page")) if x and x != h["source"]]
         if about:
             print("            " + "  ".join(about))
+        for c in h["copies"]:  # (credit and page travel with them too)
+            about = [x for x in (c.get("credit"), c.get("page")) if x and x != c["source"]]
+            print(f"            + near-copy {c['score']:.3f}  {c['source']}"
+                  + "".join(f"  {x}" for x in about))
+    print(floor_line(result, hits, a.weak) or "", end="")
     return 0
+
+
+def _hit_json(h) -> dict:
+    # credit and page travel with every result that leaves the program (Unsplash's terms)
+    def one(x) -> dict:
+        return {"rank": x.rank, "id": x.id, "score": round(x.score, 6), "source": x.item.source,
+                "title": x.item.title, **({"credit": x.item.credit} if x.item.credit else {}),
+                **({"page": x.item.page_url} if x.item.page_url else {}), "weak": x.weak}
+    return {**one(h), "copies": [{k: v for k, v in one(c).items() if k != "rank"} for c in h.copies]}
+
+
+def floor_line(result, hits: list[dict], weak: bool) -> str | None:
+    """The one line about the relevance floor after a page (None: nothing to say)."""
+    from . import MIN_FLOOR_ITEMS
+    n_weak = sum(h["weak"] for h in hits)
+    if weak and not n_weak:
+        if result.floor is None:
+            why = ("queries with images have no relevance floor" if result.query.image_terms
+                   else f"this collection has no relevance floor (it is calibrated from "
+                        f"{MIN_FLOOR_ITEMS} items on)")
+            return f"--weak: nothing to add, {why}\n"
+        return f"--weak: nothing to add, no result here is under the floor ({result.floor:.3f})\n"
+    if not n_weak or weak:
+        return None
+    if n_weak == len(hits):
+        return (f"no good match for {result.query.describe()}: the best score, {hits[0]['score']:.3f}, "
+                f"is under this collection's floor ({result.floor:.3f}); --weak shows the "
+                f"{n_weak} weak match{'es' if n_weak > 1 else ''}\n")
+    return (f"{n_weak} weaker match{'es' if n_weak > 1 else ''} under the floor "
+            f"({result.floor:.3f}) not shown; --weak shows them\n")
 
 
 def cmd_export(a) -> int:
@@ -254,8 +290,17 @@ def cmd_info(a) -> int:
     with _open_collection(a) as col:
         m = col.manifest
         print(f"collection {a.index}\n  model: {m.model}\n  items: {len(col)}\n  dim: {m.dim}\n"
-              f"  index: {col.index_description}")
+              f"  index: {col.index_description}\n  relevance floor: {_floor_info(col)}")
     return 0
+
+
+def _floor_info(col) -> str:
+    from . import FLOOR_GROWTH, MIN_FLOOR_ITEMS, floor_of
+    f = floor_of(col)
+    if f is None:
+        return f"none yet (calibrated at the first search from {MIN_FLOOR_ITEMS} items on)"
+    return (f"{f.value:.3f} (calibrated at {f.items} items from {f.basis}: absent "
+            f"{f.absent:.3f}, present {f.present:.3f}; again at {int(f.items * FLOOR_GROWTH)} items)")
 
 
 def cmd_remove(a) -> int:
@@ -356,6 +401,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.add_argument("--keep-duplicates", action="store_true",
                    help="keep results that are near-copies of a query image")
+    s.add_argument("--weak", action="store_true",
+                   help="also show the results under the collection's relevance floor")
     s.add_argument("query", nargs="*", help="the query (see the grammar below)")
     s.set_defaults(run=_search)
 

@@ -19,6 +19,8 @@ from PIL import Image
 from .attention import UNAVAILABLE
 from .codes import BULK, SEARCH, TextCode
 from .errors import ClipfindError, HeatmapUnavailable, ModelMismatch, QueryError
+from .floor import FloorKeeper, query_floor
+from .nearcopies import Group, Ranked, group
 from .query import Query, parse_query
 from .ranking import STRATEGIES, WeightedVector, compose, normalise, zsum_scores
 from .store import Collection, Forgotten, Item, NewItem, Post
@@ -34,9 +36,11 @@ ZSUM_SAMPLE = 4000  # stored vectors that estimate each term's spread of cosines
 
 @dataclass
 class Hit:
-    rank: int  # 1-based, over the whole result list
+    rank: int  # 1-based, over the whole result list (near-copies count once)
     score: float  # cosine between the composed query and the item
     item: Item
+    weak: bool = False  # under its collection's relevance floor (index/floor.py)
+    copies: list[Hit] = field(default_factory=list)  # near-copies shown as this one (nearcopies.py)
 
     @property
     def id(self) -> int:
@@ -53,6 +57,7 @@ class SearchResult:
     attention: list[list[tuple[str, float]] | None]  # one entry per text term, in order
     attention_note: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    floor: float | None = None  # this query's relevance floor in this collection (None: none)
 
     @property
     def page(self) -> int:
@@ -83,6 +88,7 @@ class EngineOptions:
     # loading the model in this process; the token is its bearer token
     encoder_url: str | None = None
     encoder_token: str | None = field(default=None, repr=False)
+    relevance_floor: bool = True  # calibrate and apply the floor (index/floor.py)
 
 
 class Engine:
@@ -97,6 +103,7 @@ class Engine:
                                 f"use one of: {', '.join(STRATEGIES)}")
         self._sample: tuple[int, np.ndarray] | None = None
         self._image_explainer = None  # made on the first explain_image (see explain_image.py)
+        self.floor = FloorKeeper(collection, encoder, collection.manifest.model)
         if self.options.background_rebuilds:  # also for collections opened by the caller
             collection.background_rebuilds = True
 
@@ -184,10 +191,12 @@ class Engine:
 
     async def search(self, text: str | Query, images: list[Image.Image | bytes | Path] = (), *,
                      k: int = 10, offset: int = 0, explain: bool = True,
-                     keep_near_duplicates: bool = False, also: list[Engine] = ()) -> SearchResult:
+                     keep_near_duplicates: bool = False, also: list[Engine] = (),
+                     collapse: bool = True) -> SearchResult:
         """Rank this collection (and those of `also`: engines sharing this one's encoder,
         e.g. a server's library plus the global collection) for one query, encoded once;
-        merged results are ordered by cosine."""
+        merged results are ordered by cosine. `collapse`: near-copies are one result (its
+        `copies`); a text query's results under their collection's floor are `weak`."""
         images = list(images)
         query = text if isinstance(text, Query) else parse_query(text, len(images))
         k, offset = int(k), int(offset)
@@ -201,25 +210,52 @@ class Engine:
                      else t for t in terms]
         t1 = time.perf_counter()
         zterms = terms if bool(query.image_terms) and self.options.image_composition == "zsum" else None
-        ranked = await asyncio.to_thread(self._rank_all, terms, zterms, offset + k + 1,
-                                         keep_near_duplicates, also)
+        floors = await asyncio.gather(*(e._query_floor(query, terms) for e in [self, *also]))
+        groups = await asyncio.to_thread(self._rank_all, terms, zterms, offset + k + 1,
+                                         keep_near_duplicates, also, floors, collapse)
         t2 = time.perf_counter()
         attention, note = self._explained(query, codes) if explain else ([], None)
-        hits = [Hit(offset + i + 1, s, item) for i, (item, s) in enumerate(ranked[offset:offset + k])]
-        return SearchResult(query, hits, offset, k, len(ranked) > offset + k, attention, note,
-                            {"encode": t1 - t0, "search": t2 - t1})
+        hits = [Hit(offset + i + 1, g.leader.score, g.leader.item, g.leader.weak,
+                    [Hit(offset + i + 1, c.score, c.item, c.weak) for c in g.copies])
+                for i, g in enumerate(groups[offset:offset + k])]
+        return SearchResult(query, hits, offset, k, len(groups) > offset + k, attention, note,
+                            {"encode": t1 - t0, "search": t2 - t1}, floors[0])
+
+    async def _query_floor(self, query: Query, terms: list[WeightedVector]) -> float | None:
+        """This collection's floor for a text query (None: no floor, or image terms)."""
+        if not self.options.relevance_floor or query.image_terms:
+            return None
+        floor = await self.floor.current()
+        if floor is None:
+            return None
+        if len(terms) == 1:
+            return floor.value
+        background = None
+        if any(t.weight < 0 for t in terms):
+            background = (await asyncio.to_thread(self._spread_sample)).mean(axis=0)
+        return query_floor(floor.value, terms, background)
 
     def _rank_all(self, terms: list[WeightedVector], zterms, n: int, keep_near_duplicates: bool,
-                  also: list[Engine]) -> list[tuple[Item, float]]:
-        """Compose and rank over this collection and `also` (in a worker thread)."""
+                  also: list[Engine], floors: list[float | None], collapse: bool) -> list[Group]:
+        """Compose and rank over this collection and `also`, merged by cosine and grouped
+        into near-copies, until n groups (or all there are) are found (in a worker thread)."""
         q = compose(terms)
         avoid = [normalise(t.vector) for t in terms if t.kind == "image" and not keep_near_duplicates]
-        ranked = self._ranked(q, zterms, n, avoid)
-        for other in also:
-            ranked += other._ranked(q, zterms, n, avoid)
-        if also:
-            ranked = sorted(ranked, key=lambda pair: -pair[1])[:n]
-        return ranked
+        depth = 2 * n if collapse else n  # read ahead: the copies of the page's pictures
+        while True:
+            ranked, more = [], False
+            for engine, floor in zip([self, *also], floors, strict=True):
+                found = engine._ranked(q, zterms, depth, avoid)
+                more |= len(found) >= depth
+                vecs = engine.collection.vectors([it.id for it, _ in found]) if collapse and found else None
+                ranked += [Ranked(it, s, None if vecs is None else vecs[j], floor)
+                           for j, (it, s) in enumerate(found)]
+            if also:
+                ranked = sorted(ranked, key=lambda r: -r.score)[:depth]
+            groups = group(ranked) if collapse else [Group(r) for r in ranked]
+            if len(groups) >= n or not more:
+                return groups
+            depth *= 2
 
     @staticmethod
     def _explained(query: Query, codes: dict[str, TextCode]) -> tuple[list, str | None]:

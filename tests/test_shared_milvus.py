@@ -78,7 +78,11 @@ class ConsoleBot:
     def sources(self, pages: int) -> set[str]:
         """Every image file name the console lists for a search and its next pages."""
         out = self.ask("!find red circle", *["next"] * (pages - 1))
-        return {m.group(1) for ln in out if (m := re.search(r"[\[·/]\s?([^/\s\[]+\.png)\]$", ln))}
+        names = {m.group(1) for ln in out if (m := re.search(r"[\[·/]\s?([^/\s\[]+\.png)\]$", ln))}
+        for ln in out:  # and the near-copies listed under a result (index/nearcopies.py)
+            if "near-cop" in ln:
+                names.update(re.findall(r"(\S+\.png)", ln.split(":", 1)[1]))
+        return names
 
     def close(self) -> None:
         if self.proc.poll() is None:

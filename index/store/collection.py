@@ -30,7 +30,7 @@ import numpy as np
 from index.errors import ModelMismatch, StoreError
 
 from . import posts, tuning
-from .base import VectorStore, checked_query
+from .base import VectorStore, checked_note_key, checked_query
 from .faissindex import (
     VECTORS,
     Built,
@@ -40,7 +40,7 @@ from .faissindex import (
     validate_index_type,
     write_index_file,
 )
-from .files import remove_dead_tmp_files
+from .files import atomic_write_bytes, remove_dead_tmp_files
 from .items import (
     META,
     Item,
@@ -365,6 +365,27 @@ class Collection(VectorStore):
                 self._bg.note_written(out.removed)
                 self._ix.remove(out.removed)
         return out
+
+    # -- notes (base.py): NAME.json files in the collection folder ----------------------
+
+    def read_note(self, key: str) -> str | None:
+        path = self.path / f"{checked_note_key(key)}.json"
+        try:
+            return path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as e:
+            log.warning("cannot read %s (%s); it is made again", path, e)
+            return None
+
+    def write_note(self, key: str, text: str) -> None:
+        path = self.path / f"{checked_note_key(key)}.json"
+        if self._db().readonly:
+            raise StoreError(f"cannot write {path}: the collection is read-only")
+        try:
+            atomic_write_bytes(path, text.encode("utf-8"))
+        except OSError as e:
+            raise StoreError(f"cannot write {path}: {_reason(e)}") from e
 
     def save(self) -> None:
         """Write vectors.faiss (+ its sidecar) if the in-memory index differs from it.

@@ -47,7 +47,7 @@ from pymilvus import DataType, MilvusClient
 
 from index.errors import ModelMismatch, StoreError, StoreUnavailable
 
-from .base import VectorStore, checked_query
+from .base import VectorStore, checked_note_key, checked_query
 from .items import Item, NewItem
 from .manifest import Manifest
 from .posts import Forgotten, Post
@@ -476,6 +476,22 @@ class MilvusStore(VectorStore):
                 gone.extend(r["id"] for r in rows)
         self._delete(gone)
         return sorted(gone)
+
+    # -- notes (base.py): collection properties, one per view --------------------------
+
+    def _note_property(self, key: str) -> str:
+        scope = "" if self.guild_id is None else f".g{self.guild_id}"
+        return f"clipfind.{checked_note_key(key)}{scope}"
+
+    def read_note(self, key: str) -> str | None:
+        prop = self._note_property(key)
+        desc = self._rpc(lambda c: c.describe_collection(self.name, timeout=CALL_TIMEOUT))
+        return (desc.get("properties") or {}).get(prop)
+
+    def write_note(self, key: str, text: str) -> None:
+        prop = self._note_property(key)
+        self._rpc(lambda c: c.alter_collection_properties(
+            self.name, properties={prop: text}, timeout=CALL_TIMEOUT))
 
     def save(self) -> None:
         """Nothing to do: every write is in Milvus when the call returns."""

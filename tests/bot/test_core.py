@@ -285,6 +285,7 @@ async def test_paging_forward_back_and_past_the_end(settings, any_engine):
     first = await find(core, "green triangle")
     state = first.state
     seen = [c.rank for c in first.cards]
+    copies = sum(len(c.copies) for c in first.cards)
     assert core.engine is engine
     back = await core.turn(state, -1)
     assert not back.is_page and back.text == "this is the first page" and not back.error
@@ -294,13 +295,16 @@ async def test_paging_forward_back_and_past_the_end(settings, any_engine):
         assert page.is_page
         assert page.cards[0].rank == state.offset + state.k + 1
         seen += [c.rank for c in page.cards]
+        copies += sum(len(c.copies) for c in page.cards)
         state = page.state
         pages += 1
-    assert seen == list(range(1, len(engine.collection) + 1))
-    assert pages == 6
+    # every picture once: as a result, or as a near-copy under one (index/nearcopies.py)
+    assert seen == list(range(1, len(seen) + 1))
+    assert len(seen) + copies == len(engine.collection)
+    assert pages == -(-len(seen) // 10)
     end = await core.turn(state, 1)
     assert not end.is_page and not end.error
-    assert end.text == f"no more results: #{len(engine.collection)} was the last match"
+    assert end.text == f"no more results: #{seen[-1]} was the last match"
     prev = await core.turn(state, -1)
     assert prev.is_page and prev.cards[0].rank == state.offset - state.k + 1
 

@@ -105,7 +105,7 @@ def test_search_json_and_text(demo_collection, demo_gallery):
     assert data["terms"] == [{"kind": "image", "image": 1, "weight": 0.5},
                              {"kind": "text", "text": "red circle", "weight": 1.0}]
     assert [r["rank"] for r in data["results"]] == [1, 2, 3]
-    assert set(data["results"][0]) == {"rank", "id", "score", "source", "title"}
+    assert set(data["results"][0]) == {"rank", "id", "score", "source", "title", "weak", "copies"}
     assert [a["word"] for a in data["attention"][0]] == ["red", "circle"]
     text = cli("search", "--index", demo_collection, "-k", 2, "red", "circle")
     assert "query: red circle*1" in text.stdout and "   1  " in text.stdout

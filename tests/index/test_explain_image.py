@@ -155,7 +155,8 @@ async def test_a_resnet_model_says_not_available(tmp_path):
         item_id = engine.collection.ids()[0]
         with pytest.raises(HeatmapUnavailable, match="not available for this model"):
             await engine.explain_image(item_id, "red circle")
-        assert len((await engine.search("red circle", k=2)).hits) == 2  # searches still work
+        # searches still work (near-copies apart: a random model's vectors are all alike)
+        assert len((await engine.search("red circle", k=2, collapse=False)).hits) == 2
     finally:
         engine.close()
 

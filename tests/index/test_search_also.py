@@ -18,14 +18,15 @@ async def test_search_merges_collections_by_score_and_pages(tmp_path, tiny, demo
         pics = sorted(demo_gallery.glob("*.png"))
         await a.add_images([item(1, i) for i in range(6)], [p.read_bytes() for p in pics[:6]])
         await b.add_images([item(2, i) for i in range(5)], [p.read_bytes() for p in pics[6:11]])
-        alone = await a.search("red circle", k=50)
+        # (near-copies apart: the merge itself is tested; grouping in test_floor.py)
+        alone = await a.search("red circle", k=50, collapse=False)
         assert {h.item.guild_id for h in alone.hits} == {1}
-        both = await a.search("red circle", k=50, also=[b])
+        both = await a.search("red circle", k=50, also=[b], collapse=False)
         assert len(both.hits) == 11 and not both.has_more
         scores = [h.score for h in both.hits]
         assert scores == sorted(scores, reverse=True)
         assert [h.rank for h in both.hits] == list(range(1, 12))
-        page2 = await a.search("red circle", k=4, offset=4, also=[b])
+        page2 = await a.search("red circle", k=4, offset=4, also=[b], collapse=False)
         assert [h.item.source for h in page2.hits] == [h.item.source for h in both.hits[4:8]]
         assert page2.has_more
     finally:
