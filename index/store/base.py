@@ -127,6 +127,18 @@ class VectorStore(abc.ABC):
         """Forget posts; re-point each item that named one at its oldest post left, remove
         (with its vector) each item left without posts; all at once. What changed."""
 
+    # -- records: small named values kept beside the items ----------------------------
+    # What a face must find again on any machine (the Discord library's channels and
+    # backfill progress). One record is written whole, atomically; the last write wins.
+
+    @abc.abstractmethod
+    def read_record(self, name: str) -> str | None:
+        """The record's value, None when there is none."""
+
+    @abc.abstractmethod
+    def write_record(self, name: str, value: str | None) -> None:
+        """Set the record (None deletes it)."""
+
     @abc.abstractmethod
     def save(self) -> None:
         """Make what is held in memory durable (a no-op where nothing is)."""

@@ -29,7 +29,7 @@ import numpy as np
 
 from index.errors import ModelMismatch, StoreError
 
-from . import posts, tuning
+from . import posts, records, tuning
 from .base import VectorStore, checked_query
 from .faissindex import (
     VECTORS,
@@ -365,6 +365,23 @@ class Collection(VectorStore):
                 self._bg.note_written(out.removed)
                 self._ix.remove(out.removed)
         return out
+
+    # -- records (records.py) -------------------------------------------------------------
+
+    def read_record(self, name: str) -> str | None:
+        """The record's value (table `records` of meta.sqlite), None when there is none."""
+        records.checked(name, None, f"collection {self.path}")
+        with self._lock:
+            return records.read(self._db().conn, name)
+
+    def write_record(self, name: str, value: str | None) -> None:
+        """Set the record (None deletes it), in one transaction."""
+        records.checked(name, value, f"collection {self.path}")
+        with self._lock:
+            try:
+                self._write(lambda conn: records.write(conn, name, value), lambda _: False)
+            except sqlite3.Error as e:
+                raise StoreError(f"cannot write record {name} in collection {self.path}: {e}") from e
 
     def save(self) -> None:
         """Write vectors.faiss (+ its sidecar) if the in-memory index differs from it.

@@ -47,6 +47,7 @@ from pymilvus import DataType, MilvusClient
 
 from index.errors import ModelMismatch, StoreError, StoreUnavailable
 
+from . import records
 from .base import VectorStore, checked_query
 from .items import Item, NewItem
 from .manifest import Manifest
@@ -301,6 +302,7 @@ class MilvusStore(VectorStore):
         self._lite = "lite" in str(self._rpc(lambda c: c.get_server_version())).lower()
         if owns_client:
             self._ensure_posts()
+            self._ensure_records()
 
     def view(self, guild_id: int) -> MilvusStore:
         """This collection as server `guild_id` sees it (shares this store's connection)."""
@@ -606,6 +608,59 @@ class MilvusStore(VectorStore):
                 )
             )
         return out
+
+    # -- records: small named values beside the items ------------------------------------
+    # Kept in the companion collection `<name>_records`, one row per (guild, name), guild id
+    # as partition key: a view reads and writes its guild's records only.
+
+    @property
+    def records_name(self) -> str:
+        return f"{self.name}_records"
+
+    def _record_key(self, name: str) -> str:
+        return f"{self.guild_id or 0}:{name}"
+
+    def read_record(self, name: str) -> str | None:
+        records.checked(name, None, self.location)
+        rows = self._rpc(
+            lambda c: c.query(
+                self.records_name,
+                filter=f"key == {_quote(self._record_key(name))}",
+                output_fields=["value"],
+                timeout=CALL_TIMEOUT,
+            )
+        )
+        return str(rows[0]["value"]) if rows else None
+
+    def write_record(self, name: str, value: str | None) -> None:
+        records.checked(name, value, self.location)
+        key = self._record_key(name)
+        if value is None:
+            self._rpc(lambda c: c.delete(self.records_name, filter=f"key == {_quote(key)}",
+                                         timeout=CALL_TIMEOUT))
+        else:
+            row = {"key": key, "guild_id": self.guild_id or 0, "name": name, "value": value,
+                   "v": [1.0, 0.0]}
+            self._rpc(lambda c: c.upsert(self.records_name, [row], timeout=CALL_TIMEOUT))
+        self._settle(self.records_name)
+
+    def records_named(self, name: str) -> dict[int, str]:
+        """guild id -> value of every guild's record `name` (this view's guild only, if any)."""
+        records.checked(name, None, self.location)
+        rows = self._iterate(self.records_name, ["guild_id", "value"], f"name == {_quote(name)}")
+        return {int(r["guild_id"]): str(r["value"]) for r in rows}
+
+    def drop_records(self) -> None:
+        """Delete every record of this view's guild (of guild 0 on the whole collection)."""
+        self._rpc(lambda c: c.delete(self.records_name, filter=f"guild_id == {self.guild_id or 0}",
+                                     timeout=CALL_TIMEOUT))
+        self._settle(self.records_name)
+
+    def _ensure_records(self) -> None:
+        if self._rpc(lambda c: c.has_collection(self.records_name, timeout=CALL_TIMEOUT)):
+            self._rpc(lambda c: c.load_collection(self.records_name, timeout=CALL_TIMEOUT))
+        else:
+            self._rpc(lambda c: _create_records_collection(c, self.records_name))
 
     def _settle(self, name: str) -> None:
         """Milvus Lite: flush what was written (see __init__); a server needs nothing."""
@@ -1060,6 +1115,21 @@ def _create_posts_collection(client: Any, name: str) -> None:
     params.add_index("v", index_type="FLAT", metric_type="IP")
     for f in ("item_id", "message_id"):
         params.add_index(f, index_type="INVERTED")
+    client.create_index(name, params, timeout=CALL_TIMEOUT, sync=False)
+    client.load_collection(name, timeout=CALL_TIMEOUT)
+
+
+def _create_records_collection(client: Any, name: str) -> None:
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("key", DataType.VARCHAR, is_primary=True, max_length=512)
+    schema.add_field("guild_id", DataType.INT64, is_partition_key=True)
+    schema.add_field("name", DataType.VARCHAR, max_length=512)
+    schema.add_field("value", DataType.VARCHAR, max_length=_TEXT_MAX)
+    schema.add_field("v", DataType.FLOAT_VECTOR, dim=2)  # Milvus wants a vector field
+    client.create_collection(name, schema=schema, consistency_level="Strong",
+                             timeout=CALL_TIMEOUT)
+    params = client.prepare_index_params()
+    params.add_index("v", index_type="FLAT", metric_type="IP")
     client.create_index(name, params, timeout=CALL_TIMEOUT, sync=False)
     client.load_collection(name, timeout=CALL_TIMEOUT)
 

@@ -10,6 +10,7 @@ import asyncio
 import io
 import json
 import random
+import sqlite3
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -21,7 +22,7 @@ from fakediscord import FakeDiscord
 from bot import library as library_mod
 from bot.app import ClipfindBot
 from bot.cogs.library import NEED_MANAGER
-from bot.library import STATE_FILE
+from bot.library import STATE_RECORD
 from index.synthetic import Scene, Shape, render
 
 
@@ -261,10 +262,10 @@ async def test_deletions_remove_items_from_search(world):
     assert (await say(w, w.a, f"!library remove <#{w.a.other}>"))["content"].endswith(
         "is not in the library")
     # a deleted channel: its items go; the last channel gone, the library goes
-    path = w.settings.library_root / str(w.a.guild)
-    assert path.exists()
+    spaces, key = w.bot.library.spaces, str(w.a.guild)
+    assert spaces.exists(key)
     await w.fd.delete_channel(w.a.pics)
-    await w.fd.wait_for(lambda: w.a.guild not in w.bot.library.guilds and not path.exists())
+    await w.fd.wait_for(lambda: w.a.guild not in w.bot.library.guilds and not spaces.exists(key))
     page = await say(w, w.a, "!find red circle")  # back to the global collection
     assert page["embeds"] and not any("discord.com" in e.get("url", "") for e in page["embeds"])
 
@@ -278,10 +279,10 @@ async def test_leaving_a_server_drops_its_library(world):
     await w.start()
     await add_and_wait(w, w.a)
     await add_and_wait(w, w.b)
-    root = w.settings.library_root
-    assert (root / str(w.a.guild)).exists() and (root / str(w.b.guild)).exists()
+    spaces = w.bot.library.spaces
+    assert spaces.exists(str(w.a.guild)) and spaces.exists(str(w.b.guild))
     await w.fd.remove_guild(w.a.guild)
-    await w.fd.wait_for(lambda: not (root / str(w.a.guild)).exists())
+    await w.fd.wait_for(lambda: not spaces.exists(str(w.a.guild)))
     assert w.a.guild not in w.bot.library.guilds
     assert len(sources(w, w.b)) == 1  # the other server keeps its library
 
@@ -304,10 +305,20 @@ async def test_backfill_resumes_after_a_restart_nothing_lost_nothing_twice(world
     monkeypatch.setattr(library_mod.Library, "_add", slow_add)
     await w.start()
     msg = await say(w, w.a, f"!library add <#{w.a.pics}>")
-    state = w.settings.library_root / str(w.a.guild) / STATE_FILE
+    meta = w.settings.library_root / str(w.a.guild) / "meta.sqlite"
 
-    def saved():
-        return json.loads(state.read_text())["channels"][str(w.a.pics)] if state.exists() else None
+    def saved():  # the progress as the store holds it (another process would read this)
+        if not meta.exists():
+            return None
+        db = sqlite3.connect(f"file:{meta}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT value FROM records WHERE name = ?",
+                             (STATE_RECORD,)).fetchone()
+        except sqlite3.OperationalError:  # no records table yet
+            row = None
+        finally:
+            db.close()
+        return json.loads(row[0])["channels"].get(str(w.a.pics)) if row else None
 
     await w.fd.wait_for(lambda: (s := saved()) and s["scanned"] >= 9 and s)
     await w.stop()  # mid-backfill
