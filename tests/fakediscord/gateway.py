@@ -18,28 +18,28 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
+from .intents import (
+    DISPATCH,
+    GUILD_MEMBERS,
+    GUILD_PRESENCES,
+    HEARTBEAT,
+    HEARTBEAT_ACK,
+    HELLO,
+    IDENTIFY,
+    INVALID_SESSION,
+    MESSAGE_CONTENT,
+    PRESENCE_UPDATE,
+    PRIVILEGED,
+    RECONNECT,
+    REQUEST_MEMBERS,
+    RESUME,
+    VOICE_STATE,
+)
+
 if TYPE_CHECKING:
-    from .server import FakeDiscord
+    from .world import World
 
 log = logging.getLogger("fakediscord.gateway")
-
-# opcodes
-DISPATCH, HEARTBEAT, IDENTIFY, PRESENCE_UPDATE, VOICE_STATE = 0, 1, 2, 3, 4
-RESUME, RECONNECT, REQUEST_MEMBERS, INVALID_SESSION, HELLO, HEARTBEAT_ACK = 6, 7, 8, 9, 10, 11
-
-# intents
-GUILDS = 1 << 0
-GUILD_MEMBERS = 1 << 1
-GUILD_PRESENCES = 1 << 8
-GUILD_MESSAGES = 1 << 9
-GUILD_MESSAGE_REACTIONS = 1 << 10
-GUILD_MESSAGE_TYPING = 1 << 11
-MESSAGE_CONTENT = 1 << 15
-PRIVILEGED = {
-    "members": GUILD_MEMBERS,
-    "presences": GUILD_PRESENCES,
-    "message_content": MESSAGE_CONTENT,
-}
 
 _CLOSE = object()
 
@@ -121,7 +121,7 @@ class Connection:
 class Gateway:
     """Websocket endpoint plus the sessions it has created."""
 
-    def __init__(self, fd: FakeDiscord) -> None:
+    def __init__(self, fd: World) -> None:
         self.fd = fd
         self.sessions: dict[str, Session] = {}
         self.connections: list[Connection] = []

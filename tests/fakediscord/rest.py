@@ -18,7 +18,7 @@ from aiohttp import web
 
 from . import permissions as P
 from .models import Attachment, Channel, Message, emoji_key, parse_emoji
-from .server import (
+from .records import (
     EPHEMERAL,
     LOADING,
     ApiError,
@@ -30,7 +30,8 @@ from .server import (
 from .snowflake import now_iso, snowflake_time
 
 if TYPE_CHECKING:
-    from .server import FakeDiscord, InteractionRecord
+    from .records import InteractionRecord
+    from .world import World
 
 Handler = Callable[..., Awaitable[Any]]
 
@@ -47,7 +48,7 @@ def _too_long(limit: int) -> dict:
 
 
 class RestApi:
-    def __init__(self, fd: FakeDiscord) -> None:
+    def __init__(self, fd: World) -> None:
         self.fd = fd
         self.routes: list[tuple[str, re.Pattern[str], Handler, bool]] = []
         r = self._route
