@@ -175,19 +175,29 @@ class MemberActions(World):
     ) -> InteractionRecord:
         """A member runs ``/name`` with ``options``; dispatches INTERACTION_CREATE.
 
-        Option types come from the synced command (``bot.tree.sync()``), else
-        from the Python type of each value (str, int, bool, float).  Only
-        top-level options (no subcommands).  Wait for the answer with e.g.
+        ``name`` may name a subcommand: ``"library add"`` runs ``add`` of the group
+        ``/library``.  Option types come from the synced command (``bot.tree.sync()``),
+        else from the Python type of each value (str, int, bool, float).  A file option
+        (type 11) takes ``(filename, bytes, content_type | None)``: the fake uploads it
+        and sends it in ``data.resolved.attachments``, as Discord does; a channel option
+        (type 7) takes a channel id and is resolved too.  Wait for the answer with e.g.
         ``await fd.wait_for(lambda: rec.responded)`` and read it with
         :meth:`interaction_messages`.
         """
         channel = self._channel(channel_id)
-        cmd = self._find_app_command(name, channel.guild_id)
-        opt_types = {o["name"]: o.get("type", 3) for o in (cmd or {}).get("options", [])}
+        top, *sub = name.split()
+        cmd = self._find_app_command(top, channel.guild_id)
+        spec = cmd or {}
+        for part in sub:  # down to the subcommand's own options
+            spec = next((o for o in spec.get("options", []) if o.get("name") == part), {})
+        opt_types = {o["name"]: o.get("type", 3) for o in spec.get("options", [])}
+        resolved: dict[str, dict[str, Any]] = {}
         opts = []
         for key, value in (options or {}).items():
             if key in opt_types:
                 otype = opt_types[key]
+            elif isinstance(value, tuple):
+                otype = 11
             elif isinstance(value, bool):
                 otype = 5
             elif isinstance(value, int):
@@ -196,13 +206,28 @@ class MemberActions(World):
                 otype = 10
             else:
                 otype = 3
+            if otype == 11:
+                filename, blob, ctype = value
+                att = self._new_attachment(channel_id, filename, blob, ctype)
+                resolved.setdefault("attachments", {})[str(att.id)] = self._attachment_payload(att)
+                value = str(att.id)
+            elif otype == 7:
+                target = self._channel(int(value))
+                payload = target.payload()
+                payload["permissions"] = str(self.permissions_for(target.id, user_id))
+                resolved.setdefault("channels", {})[str(target.id)] = payload
+                value = str(target.id)
             opts.append({"name": key, "type": otype, "value": value})
+        for part in reversed(sub):
+            opts = [{"name": part, "type": 1, "options": opts}]
         data: dict[str, Any] = {
             "id": str(cmd["id"]) if cmd else str(self._ids.next()),
-            "name": name,
+            "name": top,
             "type": 1,
             "options": opts,
         }
+        if resolved:
+            data["resolved"] = resolved
         if cmd and cmd.get("guild_id"):
             data["guild_id"] = cmd["guild_id"]
         rec = self._new_interaction(2, channel_id, user_id, data)

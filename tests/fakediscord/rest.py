@@ -242,12 +242,12 @@ class RestApi:
     async def get_gateway_bot(self, request, record):
         return {
             "url": self.fd.gateway_url,
-            "shards": 1,
+            "shards": self.fd.recommended_shards,
             "session_start_limit": {
                 "total": 1000,
-                "remaining": 999,
+                "remaining": 1000 - len(self.fd.identify_payloads),
                 "reset_after": 0,
-                "max_concurrency": 1,
+                "max_concurrency": self.fd.max_concurrency,
             },
         }
 

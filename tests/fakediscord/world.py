@@ -124,6 +124,12 @@ class World:
         self.gateway_connections: list[dict[str, Any]] = []
         #: The ``d`` of every IDENTIFY accepted.
         self.identify_payloads: list[dict[str, Any]] = []
+        #: ``(time.monotonic(), shard or None)`` of every IDENTIFY accepted.
+        self.identify_times: list[tuple[float, list[int] | None]] = []
+        #: What GET /gateway/bot recommends: the shard count, and how many shards may
+        #: IDENTIFY at once (``session_start_limit.max_concurrency``).
+        self.recommended_shards = 1
+        self.max_concurrency = 1
         self.heartbeats = 0
         self.resumes = 0
 
@@ -164,16 +170,19 @@ class World:
         """Create a user that is in no guild yet (see ``add_member(user_id=...)``)."""
         return self._new_user(name, bot=bot).id
 
-    def add_guild(self, name: str, *, owner_id: int | None = None) -> int:
+    def add_guild(
+        self, name: str, *, owner_id: int | None = None, shard: tuple[int, int] | None = None
+    ) -> int:
         """Create a guild the bot is a member of; returns its id.
 
         The guild gets an @everyone role (id == guild id), a "Manager" role
         (Manage Server), the bot's managed role (@everyone permissions plus
         Manage Messages) and an owner member (a new user "<name>-owner" unless
         ``owner_id`` names an existing user).  If a client is connected it gets
-        GUILD_CREATE.
+        GUILD_CREATE.  ``shard=(shard_id, shard_count)`` picks an id Discord routes to
+        that shard (``(guild_id >> 22) % shard_count == shard_id``).
         """
-        gid = self._ids.next()
+        gid = self._ids.next() if shard is None else self._ids.next_on_shard(*shard)
         if owner_id is None:
             owner_id = self._new_user(f"{name}-owner").id
         guild = Guild(id=gid, name=name, owner_id=owner_id)
@@ -198,7 +207,7 @@ class World:
         self._guilds[gid] = guild
         self.events.append(("GUILD_CREATE", self._guild_create_payload(guild, GUILDS)))
         for session in self._ready_sessions():
-            if session.intents & GUILDS:
+            if session.intents & GUILDS and session.owns(gid):
                 session.dispatch("GUILD_CREATE", self._guild_create_payload(guild, session.intents))
         return gid
 
@@ -395,8 +404,9 @@ class World:
                 )
             await asyncio.sleep(0.01)
 
-    async def wait_ready(self, timeout: float = 10) -> None:
-        """Until a connected client has IDENTIFYed and been sent READY and every GUILD_CREATE.
+    async def wait_ready(self, timeout: float = 10, *, sessions: int = 1) -> None:
+        """Until ``sessions`` connected clients (shards) have IDENTIFYed and been sent READY
+        and every GUILD_CREATE.
 
         discord.py fires ``on_ready`` ``guild_ready_timeout`` seconds (default
         2, pass e.g. ``guild_ready_timeout=0.05`` to the bot) after the last
@@ -404,10 +414,20 @@ class World:
         """
 
         def ready() -> bool:
-            return any(s.ready and s.conn is not None for s in self.gateway.sessions.values())
+            live = [s for s in self.gateway.sessions.values() if s.ready and s.conn is not None]
+            return len(live) >= sessions
 
         await self.wait_for(ready, timeout)
         await self.gateway.drain()
+
+    def shard_sessions(self) -> dict[int, int]:
+        """shard id -> how many live gateway sessions run it (unsharded sessions count as 0)."""
+        out: dict[int, int] = {}
+        for s in self.gateway.sessions.values():
+            if s.ready and s.conn is not None:
+                sid = s.shard[0] if s.shard else 0
+                out[sid] = out.get(sid, 0) + 1
+        return out
 
     # ================================================================== internals
 
@@ -481,7 +501,11 @@ class World:
         data: dict[str, Any] = {
             "v": API_VERSION,
             "user": self._bot_user_payload(),
-            "guilds": [{"id": str(g.id), "unavailable": True} for g in self._bot_guilds()],
+            "guilds": [
+                {"id": str(g.id), "unavailable": True}
+                for g in self._bot_guilds()
+                if session.owns(g.id)
+            ],
             "session_id": session.id,
             "resume_gateway_url": self.resume_gateway_url,
             "session_type": "normal",
