@@ -142,6 +142,40 @@ async def test_members_without_manage_server_are_refused(world):
     assert group.default_permissions.manage_guild
 
 
+async def test_slash_library_and_find_with_an_image_end_to_end(world):
+    """`/library add channel:` and `/library status`, then `/find query: image:` (a file
+    option, deferred, answered by a follow-up), through the fake Discord's interactions."""
+    w = world
+    w.a.tag = "alpha"
+    await post_pics(w, w.a, [("red", "circle", i) for i in range(3)])
+    await post_pics(w, w.a, [("blue", "square", 10 + i) for i in range(3)])
+    await w.start(replace(w.settings, sync_commands=True))
+    refused = await w.fd.invoke_slash(w.a.cmd, w.a.member, "library add", {"channel": w.a.pics})
+    await w.fd.wait_for(lambda: w.fd.interaction_messages(refused))
+    (no,) = w.fd.interaction_messages(refused)
+    assert no["content"] == NEED_MANAGER and no["flags"] & 64  # to the member alone
+    rec = await w.fd.invoke_slash(w.a.cmd, w.a.admin, "library add", {"channel": w.a.pics})
+    await w.fd.wait_for(lambda: w.fd.interaction_messages(rec))
+    assert w.fd.interaction_messages(rec)[0]["content"] == f"📚 adding <#{w.a.pics}> to the library"
+    await w.fd.wait_for(lambda: any("done, 6 messages read, 6 images" in m["content"]
+                                    for m in w.fd.bot_messages(w.a.cmd)), 30)
+    rec = await w.fd.invoke_slash(w.a.cmd, w.a.admin, "library status")
+    await w.fd.wait_for(lambda: w.fd.interaction_messages(rec))
+    assert f"<#{w.a.pics}>: 6 images" in w.fd.interaction_messages(rec)[0]["content"]
+    cdn_before = len(w.fd.cdn_requests)
+    rec = await w.fd.invoke_slash(w.a.cmd, w.a.member, "find",
+                                  {"query": "#1*1", "image": ("query.png", pic("red", "circle", 7),
+                                                              None)})
+    page = (await w.fd.wait_for(lambda: [m for m in w.fd.interaction_messages(rec)
+                                         if m["embeds"]], 30))[0]
+    assert rec.callback_types == [5]  # deferred while the picture was read and encoded
+    assert len(w.fd.cdn_requests) > cdn_before  # the option's file was fetched from the CDN
+    titles = [e["title"].split(" · ", 1)[1] for e in page["embeds"]]
+    assert titles[0].startswith("alpha-red-circle-"), titles  # found by the picture alone
+    assert all(e["url"].startswith(f"https://discord.com/channels/{w.a.guild}/{w.a.pics}/")
+               for e in page["embeds"])
+
+
 @both_stores
 async def test_backfill_live_posts_results_and_isolation(world):
     w = world
