@@ -231,7 +231,9 @@ class MilvusStore(VectorStore):
                     f"cannot create Milvus collection {name}: dim {dim!r} is not an integer in 2..32768"
                 )
             index_type = index_kind(index_type)
-            _call(lambda: _create_collection(client, name, model, dim, index_type), uri, at_open=True)
+            _call(lambda: _create_or_join(
+                client, name, lambda c: _create_collection(c, name, model, dim, index_type)),
+                uri, at_open=True)
             return cls(client, uri, name, model, guild_id=guild_id, owns_client=True)
         except BaseException:
             _release(client)
@@ -658,9 +660,10 @@ class MilvusStore(VectorStore):
 
     def _ensure_records(self) -> None:
         if self._rpc(lambda c: c.has_collection(self.records_name, timeout=CALL_TIMEOUT)):
-            self._rpc(lambda c: c.load_collection(self.records_name, timeout=CALL_TIMEOUT))
+            self._rpc(lambda c: _load_when_made(c, self.records_name))
         else:
-            self._rpc(lambda c: _create_records_collection(c, self.records_name))
+            self._rpc(lambda c: _create_or_join(
+                c, self.records_name, lambda c2: _create_records_collection(c2, self.records_name)))
 
     def _settle(self, name: str) -> None:
         """Milvus Lite: flush what was written (see __init__); a server needs nothing."""
@@ -742,9 +745,10 @@ class MilvusStore(VectorStore):
         """The companion posts collection, made (and filled from the items' own posts) when
         a collection from before it is opened."""
         if self._rpc(lambda c: c.has_collection(self.posts_name, timeout=CALL_TIMEOUT)):
-            self._rpc(lambda c: c.load_collection(self.posts_name, timeout=CALL_TIMEOUT))
+            self._rpc(lambda c: _load_when_made(c, self.posts_name))
             return
-        self._rpc(lambda c: _create_posts_collection(c, self.posts_name))
+        self._rpc(lambda c: _create_or_join(
+            c, self.posts_name, lambda c2: _create_posts_collection(c2, self.posts_name)))
         rows = [
             r
             for r in self._scan(_ITEM_FIELDS, "message_id is not null and attachment_id is not null")
@@ -1056,6 +1060,34 @@ def _check_name(name: str) -> None:
             f"bad Milvus collection name {name!r}: use letters, digits and _ "
             "(not starting with a digit), at most 255"
         )
+
+
+JOIN_WAIT_S = 30.0  # how long a process waits for another one's new collection to load
+
+
+def _create_or_join(client: Any, name: str, make: Callable[[Any], None]) -> None:
+    """make(client) creates collection `name`; if another process (another bot shard)
+    created it at the same moment, wait until it can be loaded instead of failing."""
+    try:
+        make(client)
+        return
+    except Exception:
+        if not client.has_collection(name, timeout=CALL_TIMEOUT):
+            raise
+    _load_when_made(client, name)
+
+
+def _load_when_made(client: Any, name: str) -> None:
+    """Load `name`; while its maker is still adding its indexes, loading fails: retry."""
+    deadline = time.monotonic() + JOIN_WAIT_S
+    while True:
+        try:
+            client.load_collection(name, timeout=CALL_TIMEOUT)
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def _create_collection(client: Any, name: str, model: str, dim: int, index_type: str) -> None:

@@ -8,6 +8,7 @@ relative to ``/api/v10``; anything unmatched is answered 404 and recorded in
 
 from __future__ import annotations
 
+import asyncio
 import datetime as _dt
 import json
 import re
@@ -996,6 +997,8 @@ class RestApi:
             return gone
         if request.query.get("hm") != fd._cdn_signature(att.id, fd._cdn_epoch):
             return gone
+        if fd.cdn_delay_s:
+            await asyncio.sleep(fd.cdn_delay_s)
         return web.Response(
             body=att.data,
             content_type=(att.content_type or "application/octet-stream").split(";")[0],

@@ -130,6 +130,8 @@ class World:
         #: IDENTIFY at once (``session_start_limit.max_concurrency``).
         self.recommended_shards = 1
         self.max_concurrency = 1
+        #: Seconds each CDN download takes (a slow CDN; 0: at once).
+        self.cdn_delay_s = 0.0
         self.heartbeats = 0
         self.resumes = 0
 
