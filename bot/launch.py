@@ -3,7 +3,8 @@
     python -m bot.launch --processes 2 --shard-count 4 --config config.toml
 
 spawns 2 processes of `python -m bot --shard-count 4 --shard-ids ...` (shards 0,1 and
-2,3; every other argument goes to each of them), and:
+2,3; every other argument goes to each of them; `--shard-ids 4-7` runs only those, this
+machine's share when several machines run the bot), and:
 
 - starts them in Discord's identify order: one process at a time, lowest shards first;
   the next starts once the previous one's shards are READY and its engine answers (it
@@ -48,18 +49,24 @@ class LaunchError(ValueError):
     """Bad launcher arguments (its text is the one line to show)."""
 
 
-def slices(shard_count: int, processes: int) -> list[list[int]]:
-    """Contiguous, near-equal slices of the shard ids, lowest first (identify order)."""
+def slices(shard_count: int, processes: int, shard_ids: Sequence[int] | None = None
+           ) -> list[list[int]]:
+    """Contiguous, near-equal slices of the shard ids (all of them, or `shard_ids`: this
+    machine's), lowest first (identify order)."""
     if shard_count < 1:
         raise LaunchError(f"--shard-count must be at least 1, not {shard_count}")
-    if not 1 <= processes <= shard_count:
-        raise LaunchError(f"--processes must be between 1 and --shard-count ({shard_count}), "
-                          f"not {processes}: a process runs at least one shard")
-    base, extra = divmod(shard_count, processes)
+    ids = sorted(set(range(shard_count) if shard_ids is None else shard_ids))
+    if any(not 0 <= i < shard_count for i in ids):
+        raise LaunchError(f"--shard-ids: shards are 0 to {shard_count - 1} with --shard-count "
+                          f"{shard_count}")
+    if not 1 <= processes <= len(ids):
+        raise LaunchError(f"--processes must be between 1 and the number of shards to run "
+                          f"({len(ids)}), not {processes}: a process runs at least one shard")
+    base, extra = divmod(len(ids), processes)
     out, start = [], 0
     for i in range(processes):
         n = base + (1 if i < extra else 0)
-        out.append(list(range(start, start + n)))
+        out.append(ids[start:start + n])
         start += n
     return out
 
@@ -222,6 +229,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="how many bot processes")
     p.add_argument("--shard-count", type=int, required=True, metavar="N",
                    help="shards in all (Discord: at most 2,500 servers per shard)")
+    p.add_argument("--shard-ids", default=None, metavar="IDS",
+                   help="the shards this launcher runs (this machine's share), e.g. 0,1,2,3 "
+                        "or 0-3 (default: all)")
     p.add_argument("--ready-timeout", type=float, default=300.0, metavar="S",
                    help="start the next process after S seconds even if this one never "
                         "reports ready (default 300)")
@@ -235,10 +245,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args, bot_args = _parser().parse_known_args(argv)
-    if any(a.startswith(("--shard-ids", "--shard-count")) for a in bot_args):
-        return _fail("the launcher chooses each process's shards: leave out --shard-ids")
     try:
-        plan = slices(args.shard_count, args.processes)
+        plan = slices(args.shard_count, args.processes, _ids(args.shard_ids))
     except LaunchError as e:
         return _fail(str(e))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: "
@@ -254,6 +262,23 @@ def main(argv: list[str] | None = None) -> int:
         return await launcher.run()
 
     return asyncio.run(run())
+
+
+def _ids(text: str | None) -> list[int] | None:
+    """'0,1,5-7' -> [0, 1, 5, 6, 7]; None -> None (all)."""
+    if text is None:
+        return None
+    out: list[int] = []
+    try:
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            lo, _, hi = part.partition("-")
+            out.extend(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise LaunchError(f"--shard-ids {text!r}: give shard numbers and ranges, e.g. 0-3 "
+                          "or 0,1,4") from None
+    if not out:
+        raise LaunchError(f"--shard-ids {text!r} names no shard")
+    return out
 
 
 def _fail(message: str) -> int:

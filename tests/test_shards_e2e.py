@@ -176,6 +176,7 @@ async def test_two_shard_processes_share_the_store_and_survive_a_kill(
             assert fd.shard_sessions() == {0: 1, 1: 1}
             for s in (0, 1):  # both shards answer (the global collection: no library yet)
                 await answered_search(s)
+            print(f"both answering {time.monotonic() - t0:.1f} s")
             await ask(1, f"!library add <#{b['pics']}>")
             await ask(0, f"!library add <#{a['pics']}>")
             # kill shard 0's process in the middle of server A's backfill
@@ -185,6 +186,7 @@ async def test_two_shard_processes_share_the_store_and_survive_a_kill(
                 if ch and ch["scanned"] > 0:
                     break
                 await asyncio.sleep(0.02)
+            print(f"backfill under way {time.monotonic() - t0:.1f} s")
             (victim,) = pids()["0"]
             os.kill(victim, signal.SIGKILL)
             t_kill = time.monotonic()
@@ -203,6 +205,7 @@ async def test_two_shard_processes_share_the_store_and_survive_a_kill(
             # the backfill resumes where the store says it stopped, and finishes
             await fd.wait_for(lambda: (library_state(uri, libs, a["guild"]) or {}).get(
                 "channels", {}).get(str(a["pics"]), {}).get("done"), 60)
+            print(f"backfill done {time.monotonic() - t0:.1f} s")
             history = fd.calls("GET", rf"/channels/{a['pics']}/messages")[n_history:]
             afters = [int(r.query["after"]) for r in history if "after" in r.query]
             assert afters and afters[0] >= at_kill["last"] > 0  # not from the beginning
@@ -222,6 +225,7 @@ async def test_two_shard_processes_share_the_store_and_survive_a_kill(
                     for e in page["embeds"]), page["embeds"]
                 blob = json.dumps(page, default=lambda o: "<bytes>")
                 assert str(servers[other]["guild"]) not in blob and f"s{other}-" not in blob
+            print(f"checked {time.monotonic() - t0:.1f} s")
             print(f"\nrestarted shard process: READY {t_ready - t_kill:.1f} s, answering "
                   f"{t_answer - t_kill:.1f} s after kill -9")
             assert t_answer - t_kill <= 30

@@ -50,9 +50,13 @@ def test_slices_follow_the_identify_order_and_bad_counts_are_one_line():
     assert slices(4, 2) == [[0, 1], [2, 3]]
     assert slices(5, 2) == [[0, 1, 2], [3, 4]]
     assert slices(3, 3) == [[0], [1], [2]]
-    with pytest.raises(LaunchError, match="--processes must be between 1 and --shard-count"):
+    assert slices(8, 2, [4, 5, 6, 7]) == [[4, 5], [6, 7]]  # this machine's share
+    with pytest.raises(LaunchError, match="--processes must be between 1 and the number"):
         slices(2, 3)
+    with pytest.raises(LaunchError, match="shards are 0 to 1"):
+        slices(2, 1, [2])
     assert main(["--processes", "2", "--shard-count", "2", "--shard-ids", "0"]) == 2
+    assert main(["--processes", "1", "--shard-count", "2", "--shard-ids", "x"]) == 2
 
 
 async def until(predicate, timeout=20.0):
