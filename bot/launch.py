@@ -7,8 +7,8 @@ spawns 2 processes of `python -m bot --shard-count 4 --shard-ids ...` (shards 0,
 machine's share when several machines run the bot), and:
 
 - starts them in Discord's identify order: one process at a time, lowest shards first;
-  the next starts once the previous one's shards are READY and its engine answers (it
-  writes the file named by CLIPFIND_READY_FILE), plus the identify window (5 s: Discord
+  the next starts once the previous one's shards are READY (it writes the file named by
+  CLIPFIND_READY_FILE; its engine goes on loading meanwhile), plus the identify window (5 s: Discord
   lets each rate-limit bucket, `shard_id % max_concurrency`, IDENTIFY once per 5 s), or
   after --ready-timeout seconds if it never says so;
 - restarts a process that exits (a crash, kill -9) after a backoff that doubles from 1 s

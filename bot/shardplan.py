@@ -11,7 +11,8 @@ collection, the server libraries and their progress) is in the shared store, so 
 process may run any shard on any machine.
 
 `READY_FILE_ENV`: when the launcher sets it, the process writes that file once its shards
-are READY and its engine answers searches (the launcher starts the next process then).
+are READY (the launcher starts the next process then: Discord's identify order concerns
+the gateway only; the engine goes on loading meanwhile).
 """
 
 from __future__ import annotations

@@ -41,13 +41,13 @@ def make_bot(settings, plan: ShardPlan | None, **options) -> ClipfindBot:
 
 
 async def signal_ready(bot: ClipfindBot, path: str | None = None) -> None:
-    """Once every shard of `bot` is READY and its engine is up: write the ready file the
+    """Once every shard of `bot` is READY (identified: the next process may identify; the
+    engine may still be loading, searches say so meanwhile): write the ready file the
     launcher named (nothing when it named none)."""
     path = path or os.environ.get(READY_FILE_ENV)
     if not path:
         return
     await bot.wait_until_ready()
-    await bot.runtime.wait()
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(f"{os.getpid()} {time.time():.3f}\n")

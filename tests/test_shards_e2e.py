@@ -138,11 +138,12 @@ async def test_two_shard_processes_share_the_store_and_survive_a_kill(
         env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}",
                "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "DISCORD_TOKEN": fd.token,
                "FAKEDISCORD_URL": fd.base_url, "SHARD_LOG": str(shard_log)}
+        log_file = open(tmp_path / "launcher.log", "w")  # noqa: SIM115 - closed below
         launcher = subprocess.Popen(
             [sys.executable, "-m", "bot.launch", "--processes", "2", "--shard-count", "2",
              "--identify-window", "0.2", "--grace", "10", "--bot-module", "shardbot",
              "--config", str(config)],
-            env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=log_file, text=True)
 
         def pids() -> dict[str, list[int]]:
             out: dict[str, list[int]] = {}
@@ -233,10 +234,14 @@ async def test_two_shard_processes_share_the_store_and_survive_a_kill(
             if launcher.poll() is None:
                 launcher.send_signal(signal.SIGTERM)
             try:
-                _, err = await asyncio.to_thread(launcher.communicate, timeout=30)
+                await asyncio.to_thread(launcher.wait, 30)
             except subprocess.TimeoutExpired:
                 launcher.kill()
-                _, err = launcher.communicate()
+                launcher.wait()
+            log_file.close()
+            err = (tmp_path / "launcher.log").read_text()
+            if os.environ.get("SHARDS_E2E_LOG"):  # keep the processes' log for a look
+                Path(os.environ["SHARDS_E2E_LOG"]).write_text(err)
         assert launcher.returncode == 0, err[-3000:]
         assert "Traceback" not in err, err[-3000:]
         everyone = [p for ps in pids().values() for p in ps]
