@@ -113,7 +113,7 @@ async def test_two_shard_processes_share_the_store_and_survive_a_kill(
     config = tmp_path / "config.toml"
     keys = {"collection": str(tmp_path / "collection"), "model": MODEL, "store": "milvus",
             "milvus_uri": uri, "library_root": str(tmp_path / libs), "sync_commands": False,
-            "results_per_page": 5, "cooldown_rate": 0, **encoder_config}
+            "results_per_page": 5, "cooldown_rate": 0, "threads": 1, **encoder_config}
     config.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in keys.items()))
     shard_log = tmp_path / "shards.log"
 
