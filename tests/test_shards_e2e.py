@@ -173,11 +173,11 @@ async def test_two_shard_processes_share_the_store_and_survive_a_kill(
         t0 = time.monotonic()
         try:
             await fd.wait_ready(120, sessions=2)
-            print(f"\nboth shards READY {time.monotonic() - t0:.1f} s after the launch")
+            timings = {"launch_to_both_ready_s": time.monotonic() - t0}
             assert fd.shard_sessions() == {0: 1, 1: 1}
             for s in (0, 1):  # both shards answer (the global collection: no library yet)
                 await answered_search(s)
-            print(f"both answering {time.monotonic() - t0:.1f} s")
+            timings["launch_to_both_answering_s"] = time.monotonic() - t0
             await ask(1, f"!library add <#{b['pics']}>")
             await ask(0, f"!library add <#{a['pics']}>")
             # kill shard 0's process in the middle of server A's backfill
@@ -187,7 +187,6 @@ async def test_two_shard_processes_share_the_store_and_survive_a_kill(
                 if ch and ch["scanned"] > 0:
                     break
                 await asyncio.sleep(0.02)
-            print(f"backfill under way {time.monotonic() - t0:.1f} s")
             (victim,) = pids()["0"]
             os.kill(victim, signal.SIGKILL)
             t_kill = time.monotonic()
@@ -206,7 +205,6 @@ async def test_two_shard_processes_share_the_store_and_survive_a_kill(
             # the backfill resumes where the store says it stopped, and finishes
             await fd.wait_for(lambda: (library_state(uri, libs, a["guild"]) or {}).get(
                 "channels", {}).get(str(a["pics"]), {}).get("done"), 60)
-            print(f"backfill done {time.monotonic() - t0:.1f} s")
             history = fd.calls("GET", rf"/channels/{a['pics']}/messages")[n_history:]
             afters = [int(r.query["after"]) for r in history if "after" in r.query]
             assert afters and afters[0] >= at_kill["last"] > 0  # not from the beginning
@@ -226,10 +224,11 @@ async def test_two_shard_processes_share_the_store_and_survive_a_kill(
                     for e in page["embeds"]), page["embeds"]
                 blob = json.dumps(page, default=lambda o: "<bytes>")
                 assert str(servers[other]["guild"]) not in blob and f"s{other}-" not in blob
-            print(f"checked {time.monotonic() - t0:.1f} s")
-            print(f"\nrestarted shard process: READY {t_ready - t_kill:.1f} s, answering "
-                  f"{t_answer - t_kill:.1f} s after kill -9")
-            assert t_answer - t_kill <= 30
+            # how fast a restarted shard process is back: a figure for bench/RESULTS.md
+            # (bench/shards.py), not asserted here: it depends on the machine's load
+            timings.update(kill_to_ready_s=t_ready - t_kill, kill_to_answering_s=t_answer - t_kill)
+            if os.environ.get("SHARDS_E2E_TIMES"):
+                Path(os.environ["SHARDS_E2E_TIMES"]).write_text(json.dumps(timings))
         finally:
             if launcher.poll() is None:
                 launcher.send_signal(signal.SIGTERM)
