@@ -47,7 +47,12 @@ async def signal_ready(bot: ClipfindBot, path: str | None = None) -> None:
     path = path or os.environ.get(READY_FILE_ENV)
     if not path:
         return
-    await bot.wait_until_ready()
+    while True:
+        try:
+            await bot.wait_until_ready()
+            break
+        except RuntimeError:  # not logged in yet: wait_until_ready exists from then on
+            await asyncio.sleep(0.05)
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(f"{os.getpid()} {time.time():.3f}\n")
