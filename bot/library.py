@@ -273,12 +273,20 @@ class Library:
     async def open(self) -> None:
         """Open the libraries on disk (the collections and their state files)."""
         for key in await asyncio.to_thread(self.spaces.keys):
-            if not key.isdigit():
+            if not key.isdigit() or not self.mine(int(key)):
                 continue
             try:
                 await self._open_guild(int(key), create=False)
             except ClipfindError as e:
                 log.error("library of server %s cannot be opened: %s", key, e)
+
+    def mine(self, guild_id: int) -> bool:
+        """Whether this process runs the shard of that server: only then does it open (and
+        write) its library; another shard process owns the others'."""
+        count, ids = getattr(self.bot, "shard_count", None), getattr(self.bot, "shard_ids", None)
+        if not count or count <= 1 or ids is None:
+            return True
+        return (guild_id >> 22) % count in ids
 
     async def _open_guild(self, guild_id: int, create: bool) -> GuildLibrary | None:
         g = self.guilds.get(guild_id)

@@ -78,23 +78,35 @@ def build_global(uri: str, path: Path) -> None:
         engine.close()
 
 
-def library_state(uri: str, libs: str, guild: int) -> dict | None:
-    """A server's library progress as the store holds it (what any shard would read)."""
-    from index.store.milvus import MilvusStore
+class Peek:
+    """Reads what the bot processes keep in the shared Milvus, through one client (a new
+    connection per poll would load the server more than the bots do)."""
 
-    if not MilvusStore.exists(uri, libs):  # no library yet
-        return None
-    with MilvusStore.open(uri, libs) as store:
-        text = store.view(guild).read_record("library")
-    return None if text is None else json.loads(text)
+    def __init__(self, uri: str, libs: str):
+        from pymilvus import MilvusClient
 
+        self.client = MilvusClient(uri=uri, timeout=10)
+        self.libs = libs
 
-def library_sources(uri: str, libs: str, guild: int) -> list[str]:
-    from index.store.milvus import MilvusStore
+    def state(self, guild: int) -> dict | None:
+        """A server's library progress as the store holds it (what any shard would read)."""
+        records = f"{self.libs}_records"
+        if not self.client.has_collection(records, timeout=10):
+            return None  # no library yet
+        rows = self.client.query(records, filter=f'key == "{guild}:library"',
+                                 output_fields=["value"], timeout=10)
+        return json.loads(rows[0]["value"]) if rows else None
 
-    with MilvusStore.open(uri, libs) as store:
-        view = store.view(guild)
-        return sorted(it.source for it in view.get(view.ids()))
+    def channel(self, guild: int, channel: int) -> dict:
+        return ((self.state(guild) or {}).get("channels") or {}).get(str(channel)) or {}
+
+    def sources(self, guild: int) -> list[str]:
+        rows = self.client.query(self.libs, filter=f"guild_id == {guild}",
+                                 output_fields=["source"], limit=16384, timeout=10)
+        return sorted(r["source"] for r in rows)
+
+    def close(self) -> None:
+        self.client.close()
 
 
 def alive(pid: int) -> bool:
@@ -114,6 +126,8 @@ async def test_two_shard_processes_share_the_store_and_survive_a_kill(
     keys = {"collection": str(tmp_path / "collection"), "model": MODEL, "store": "milvus",
             "milvus_uri": uri, "library_root": str(tmp_path / libs), "sync_commands": False,
             "results_per_page": 5, "cooldown_rate": 0, "threads": 1, **encoder_config}
+    if os.environ.get("SHARDS_E2E_LOG"):
+        keys["log_level"] = "DEBUG"
     config.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in keys.items()))
     shard_log = tmp_path / "shards.log"
 
@@ -170,6 +184,15 @@ async def test_two_shard_processes_share_the_store_and_survive_a_kill(
                 assert time.monotonic() < deadline, reply["content"]
                 await asyncio.sleep(0.2)
 
+        peek = Peek(uri, libs)
+
+        async def until_done(server, timeout=90):
+            deadline = time.monotonic() + timeout
+            while not (await asyncio.to_thread(peek.channel, server["guild"],
+                                               server["pics"])).get("done"):
+                assert time.monotonic() < deadline, "the backfill did not finish"
+                await asyncio.sleep(0.2)
+
         t0 = time.monotonic()
         try:
             await fd.wait_ready(120, sessions=2)
@@ -181,17 +204,16 @@ async def test_two_shard_processes_share_the_store_and_survive_a_kill(
             await ask(1, f"!library add <#{b['pics']}>")
             await ask(0, f"!library add <#{a['pics']}>")
             # kill shard 0's process in the middle of server A's backfill
-            while True:
-                st = await asyncio.to_thread(library_state, uri, libs, a["guild"])
-                ch = (st or {}).get("channels", {}).get(str(a["pics"]))
-                if ch and ch["scanned"] > 0:
-                    break
-                await asyncio.sleep(0.02)
+            deadline = time.monotonic() + 120
+            while not (await asyncio.to_thread(peek.channel, a["guild"], a["pics"])).get(
+                    "scanned"):
+                assert time.monotonic() < deadline, ("the backfill did not start", [
+                    m["content"] for s in (0, 1) for m in fd.bot_messages(servers[s]["cmd"])])
+                await asyncio.sleep(0.05)
             (victim,) = pids()["0"]
             os.kill(victim, signal.SIGKILL)
             t_kill = time.monotonic()
-            at_kill = (await asyncio.to_thread(library_state, uri, libs, a["guild"]))[
-                "channels"][str(a["pics"])]
+            at_kill = await asyncio.to_thread(peek.channel, a["guild"], a["pics"])
             assert not at_kill["done"], "the backfill finished before the kill: make it longer"
             n_history = len(fd.calls("GET", rf"/channels/{a['pics']}/messages"))
 
@@ -203,19 +225,17 @@ async def test_two_shard_processes_share_the_store_and_survive_a_kill(
             await answered_search(0)
             t_answer = time.monotonic()
             # the backfill resumes where the store says it stopped, and finishes
-            await fd.wait_for(lambda: (library_state(uri, libs, a["guild"]) or {}).get(
-                "channels", {}).get(str(a["pics"]), {}).get("done"), 60)
+            await until_done(a)
             history = fd.calls("GET", rf"/channels/{a['pics']}/messages")[n_history:]
             afters = [int(r.query["after"]) for r in history if "after" in r.query]
             assert afters and afters[0] >= at_kill["last"] > 0  # not from the beginning
-            await fd.wait_for(lambda: (library_state(uri, libs, b["guild"]) or {}).get(
-                "channels", {}).get(str(b["pics"]), {}).get("done"), 60)
+            await until_done(b)
 
             # nothing lost, nothing twice, each server only its own
             for s in (0, 1):
                 want = sorted(f"discord:{servers[s]['guild']}/{servers[s]['pics']}/{m['id']}/"
                               f"{m['attachments'][0]['id']}" for m in posted[s])
-                got = await asyncio.to_thread(library_sources, uri, libs, servers[s]["guild"])
+                got = await asyncio.to_thread(peek.sources, servers[s]["guild"])
                 assert got == want, (s, len(got), len(want))
             for s, other in ((0, 1), (1, 0)):
                 page = await answered_search(s)
@@ -238,6 +258,7 @@ async def test_two_shard_processes_share_the_store_and_survive_a_kill(
                 launcher.kill()
                 launcher.wait()
             log_file.close()
+            peek.close()
             err = (tmp_path / "launcher.log").read_text()
             if os.environ.get("SHARDS_E2E_LOG"):  # keep the processes' log for a look
                 Path(os.environ["SHARDS_E2E_LOG"]).write_text(err)

@@ -341,3 +341,13 @@ async def test_a_result_edited_away_while_the_bot_was_away_is_removed_when_shown
         assert [c.image_url for c in await show()] == ["https://cdn/110.png", "https://cdn/101.png"]
     finally:
         await lib.close()
+
+
+def test_a_shard_process_owns_only_the_libraries_of_its_servers(settings):
+    """A library is opened and written only by the process running its server's shard
+    (another one would write back a stale copy of its progress)."""
+    on = {s: (1000 + s) << 22 for s in (0, 1)}  # a guild id on shard 0 and one on shard 1 (of 2)
+    sharded = Library(SimpleNamespace(shard_count=2, shard_ids=[1]), settings, None, None)
+    assert not sharded.mine(on[0]) and sharded.mine(on[1])
+    alone = Library(SimpleNamespace(shard_count=None, shard_ids=None), settings, None, None)
+    assert alone.mine(on[0]) and alone.mine(on[1])
