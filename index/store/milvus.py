@@ -644,7 +644,8 @@ class MilvusStore(VectorStore):
             row = {"key": key, "guild_id": self.guild_id or 0, "name": name, "value": value,
                    "v": [1.0, 0.0]}
             self._rpc(lambda c: c.upsert(self.records_name, [row], timeout=CALL_TIMEOUT))
-        self._settle(self.records_name)
+        # no flush (_settle): a record is read by its key, which a query finds unflushed;
+        # the library writes its progress after every chunk, and a flush each time is slow
 
     def records_named(self, name: str) -> dict[int, str]:
         """guild id -> value of every guild's record `name` (this view's guild only, if any)."""
@@ -656,7 +657,6 @@ class MilvusStore(VectorStore):
         """Delete every record of this view's guild (of guild 0 on the whole collection)."""
         self._rpc(lambda c: c.delete(self.records_name, filter=f"guild_id == {self.guild_id or 0}",
                                      timeout=CALL_TIMEOUT))
-        self._settle(self.records_name)
 
     def _ensure_records(self) -> None:
         if self._rpc(lambda c: c.has_collection(self.records_name, timeout=CALL_TIMEOUT)):
