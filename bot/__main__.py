@@ -2,6 +2,8 @@
 
     python -m bot --config config.toml                 the bot (token: DISCORD_TOKEN or config)
     python -m bot --console [--config F] [--demo] [--out DIR]   commands from standard input
+    python -m bot --shard-count N --shard-ids 0,1      shards 0 and 1 of N (see bot/shards.py;
+                                                       python -m bot.launch runs several)
 
 Exit status 2 with one line on standard error for a bad configuration, a missing token,
 a missing collection or an unreachable Milvus (store = "milvus"); 1 when Discord refuses
@@ -38,6 +40,11 @@ def _parser() -> argparse.ArgumentParser:
                         "and search it")
     p.add_argument("--out", type=Path, default=Path("out"),
                    help="console: folder for the pictures the bot would post (default ./out)")
+    p.add_argument("--shard-count", type=int, default=None, metavar="N",
+                   help="run as shards: N shards in all (at most 2,500 servers per shard)")
+    p.add_argument("--shard-ids", default=None, metavar="IDS",
+                   help="with --shard-count: the shards this process runs, e.g. 0,1 "
+                        "(default: all)")
     return p
 
 
@@ -73,14 +80,15 @@ def _fail(message: str) -> int:
     return 2
 
 
-async def run_bot(settings: config.Settings, *, demo: bool) -> int:
+async def run_bot(settings: config.Settings, *, demo: bool, shards=None) -> int:
     import discord
 
-    from .app import ClipfindBot
     from .runtime import Runtime
+    from .shards import make_bot, signal_ready
 
     runtime = await Runtime.demo(settings, out=sys.stderr) if demo else Runtime(settings)
-    bot = ClipfindBot(runtime.settings, runtime=runtime)
+    bot = make_bot(runtime.settings, shards, runtime=runtime)
+    ready = asyncio.create_task(signal_ready(bot), name="clipfind-ready-file")
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
@@ -98,11 +106,19 @@ async def run_bot(settings: config.Settings, *, demo: bool) -> int:
                   "developer portal (Bot > Privileged Gateway Intents), or set "
                   "message_content = false to use /find only; see docs/DISCORD.md")
         return 1
+    finally:
+        ready.cancel()
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from .shardplan import ShardError, parse_plan
+
+    try:
+        shards = parse_plan(args.shard_count, args.shard_ids)
+    except ShardError as e:
+        return _fail(str(e))
     path = args.config
     if path is None and Path("config.toml").exists():
         path = Path("config.toml")
@@ -133,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging(settings)
     try:
-        return asyncio.run(run_bot(settings, demo=args.demo))
+        return asyncio.run(run_bot(settings, demo=args.demo, shards=shards))
     except KeyboardInterrupt:
         return 0
 

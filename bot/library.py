@@ -2,12 +2,16 @@
 
 Each server (guild) has its own collection, a namespace of `index.namespaces.Namespaces`
 under `library_root/<guild id>/`, so no search, page or message in one server can reach
-another server's items. Next to the collection, `library.json` (written atomically) holds
-the server's channels and, for each, how far the history has been read:
+another server's items. In the collection's store, the record "library" (one JSON value,
+written whole: `Engine.write_record`) holds the server's channels and, for each, how far the
+history has been read, so a bot shard on any machine carries on where another stopped:
 
     {"version": 1, "channels": {"<channel id>": {"last": <message id>, "done": bool,
       "scanned": n, "indexed": n, "until": <message id>, "status": [channel, message],
       "paused": "why" | null}}}
+
+A library from before this kept it in `library.json` beside the collection; it moves into
+the store when the library is first opened (`load_channels`), the file renamed, kept.
 
 The collection's own database knows every post of every stored picture (the engine's
 provenance: `Engine.known`, `Engine.forget_posts`): the collection stores a picture once
@@ -63,7 +67,6 @@ from index import (
     Engine,
     Namespaces,
     NewItem,
-    atomic_write_bytes,
     content_hash,
 )
 from index.errors import Busy, ClipfindError, StoreError
@@ -73,7 +76,8 @@ from .core import SearchScope
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "library.json"
+STATE_RECORD = "library"  # the store record holding a server's channels and progress
+STATE_FILE = "library.json"  # where libraries from before the record kept it
 POSTS_FILE = "posts.sqlite"  # where libraries from before the engine's provenance kept posts
 CHUNK_IMAGES = 8  # images per add_images call at most: one short BULK pass
 PASS_BUDGET_S = 0.1  # ... and fewer when the model is slow: a search waits for one such pass
@@ -182,23 +186,44 @@ class GuildLibrary:
             self.deleted.append(i)
             self.deleted_set.add(i)
 
-    def state_json(self) -> bytes:
+    def state_json(self) -> str:
         obj = {"version": 1, "channels": {str(c): asdict(s) for c, s in self.channels.items()}}
-        return (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode()
+        return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+    def save_state(self) -> None:
+        """Write the channels and their progress to the store (blocking: in a thread)."""
+        self.engine.write_record(STATE_RECORD, self.state_json())
 
 
-def load_channels(path: Path) -> dict[int, ChannelState]:
-    f = path / STATE_FILE
-    if not f.exists():
-        return {}
+def parse_channels(text: str, where: str) -> dict[int, ChannelState]:
     try:
-        obj = json.loads(f.read_text(encoding="utf-8"))
+        obj = json.loads(text)
         names = set(ChannelState.__dataclass_fields__)
         return {int(c): ChannelState(**{k: v for k, v in s.items() if k in names})
                 for c, s in obj.get("channels", {}).items()}
     except (ValueError, TypeError, AttributeError) as e:
-        log.error("library state %s is unreadable (%s): its channels catch up from the start", f, e)
+        log.error("library state %s is unreadable (%s): its channels catch up from the start",
+                  where, e)
         return {}
+
+
+def load_channels(engine: Engine, path: Path) -> dict[int, ChannelState]:
+    """A server's channels and progress, from its store record; a `library.json` left by an
+    older version beside the collection moves in first (then renamed, kept). Blocking."""
+    text = engine.read_record(STATE_RECORD)
+    old = path / STATE_FILE
+    if text is None and old.exists():
+        try:
+            text = old.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            log.error("cannot read %s (%s): its channels catch up from the start", old, e)
+            return {}
+        channels = parse_channels(text, str(old))
+        engine.write_record(STATE_RECORD, GuildLibrary(0, engine, path, channels).state_json())
+        old.replace(old.with_name(STATE_FILE + ".migrated"))
+        log.info("library state %s moved into the store", old)
+        return channels
+    return {} if text is None else parse_channels(text, f"record {STATE_RECORD}")
 
 
 def is_indexable(att: discord.Attachment, settings: Settings) -> str | None:
@@ -248,12 +273,20 @@ class Library:
     async def open(self) -> None:
         """Open the libraries on disk (the collections and their state files)."""
         for key in await asyncio.to_thread(self.spaces.keys):
-            if not key.isdigit():
+            if not key.isdigit() or not self.mine(int(key)):
                 continue
             try:
                 await self._open_guild(int(key), create=False)
             except ClipfindError as e:
                 log.error("library of server %s cannot be opened: %s", key, e)
+
+    def mine(self, guild_id: int) -> bool:
+        """Whether this process runs the shard of that server: only then does it open (and
+        write) its library; another shard process owns the others'."""
+        count, ids = getattr(self.bot, "shard_count", None), getattr(self.bot, "shard_ids", None)
+        if not count or count <= 1 or ids is None:
+            return True
+        return (guild_id >> 22) % count in ids
 
     async def _open_guild(self, guild_id: int, create: bool) -> GuildLibrary | None:
         g = self.guilds.get(guild_id)
@@ -267,7 +300,7 @@ class Library:
         if moved:
             log.info("library of server %s: %d posts moved from %s into its collection",
                      guild_id, moved, POSTS_FILE)
-        channels = await asyncio.to_thread(load_channels, path)
+        channels = await asyncio.to_thread(load_channels, engine, path)
         g = self.guilds.get(guild_id)  # opened meanwhile
         if g is not None:
             return g
@@ -296,8 +329,11 @@ class Library:
         await asyncio.gather(*tasks, return_exceptions=True)
         for g in self.guilds.values():
             if not g.gone:
-                with contextlib.suppress(OSError):
-                    await asyncio.to_thread(atomic_write_bytes, g.path / STATE_FILE, g.state_json())
+                try:
+                    await asyncio.to_thread(g.save_state)
+                except ClipfindError as e:
+                    log.warning("library of server %s: progress not saved at close: %s",
+                                g.guild_id, e)
         await asyncio.to_thread(self.spaces.close)
 
     # -- searching ------------------------------------------------------------------------------
@@ -482,7 +518,7 @@ class Library:
         if g.gone:
             return
         g.saved_at = time.monotonic()
-        await asyncio.to_thread(atomic_write_bytes, g.path / STATE_FILE, g.state_json())
+        await asyncio.to_thread(g.save_state)
 
     # -- indexing -----------------------------------------------------------------------------------
     async def _index(self, g: GuildLibrary, channel_id: int, messages: list[discord.Message],

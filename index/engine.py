@@ -370,6 +370,15 @@ class Engine:
         at its oldest post left, one without posts left is removed with its vector."""
         return self.collection.forget_posts(guild_id=guild_id, **which)
 
+    def read_record(self, name: str) -> str | None:
+        """A small named value kept in the store beside the items (None: there is none);
+        where a face keeps what any process, on any machine, must find again."""
+        return self.collection.read_record(name)
+
+    def write_record(self, name: str, value: str | None) -> None:
+        """Set the record, written whole in one step (None deletes it)."""
+        self.collection.write_record(name, value)
+
 
 def collection_exists(path: str | Path, *, store: str = "faiss", milvus_uri: str | None = None,
                       milvus_token: str | None = None) -> bool:

@@ -173,7 +173,7 @@ def from_record(text: str | None) -> Floor | None:
 
 def floor_of(collection) -> Floor | None:
     """The floor stored with a collection (either store), None if it has none."""
-    return from_record(collection.read_note(FloorKeeper.NOTE))
+    return from_record(collection.read_record(FloorKeeper.RECORD))
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -184,13 +184,13 @@ def _unit(v: np.ndarray) -> np.ndarray:
 
 
 class FloorKeeper:
-    """One collection's floor, as searches need it: read from the collection's note,
+    """One collection's floor, as searches need it: read from the collection's record,
     calibrated (and stored) when missing or stale, looked at again every RECHECK_S seconds
     (another process may have calibrated, the collection may have grown). While a
     calibration runs, other searches go on with the floor there was (or none)."""
 
     RECHECK_S = 30.0
-    NOTE = "floor"
+    RECORD = "floor"
 
     def __init__(self, collection, encoder, model: str):
         self.collection, self.encoder, self.model = collection, encoder, model
@@ -225,7 +225,7 @@ class FloorKeeper:
         return floor
 
     def _read(self) -> tuple[Floor | None, int]:
-        return from_record(self.collection.read_note(self.NOTE)), len(self.collection)
+        return from_record(self.collection.read_record(self.RECORD)), len(self.collection)
 
     async def _calibrate(self, n: int) -> Floor:
         if self._prompt_vecs is None:
@@ -235,7 +235,7 @@ class FloorKeeper:
         sample = await asyncio.to_thread(self._sample)
         floor = calibrate(sample, *self._prompt_vecs, n, self.model)
         try:
-            await asyncio.to_thread(self.collection.write_note, self.NOTE,
+            await asyncio.to_thread(self.collection.write_record, self.RECORD,
                                     json.dumps(floor.as_json()))
         except StoreError as e:  # a read-only collection: kept in memory
             if not self._write_warned:

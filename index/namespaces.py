@@ -5,7 +5,9 @@ one server can reach another server's items. With the embedded store they live i
 different collections on disk. With store="milvus" all namespaces share one Milvus
 collection (named by the root folder's name; a namespace key is the server's guild id)
 and each namespace is that server's view of it, filtered by guild id on every call; the
-namespace's folder under the root then holds only what the library keeps beside its items.
+namespace's folder under the root holds nothing the namespace needs: it exists when the
+shared collection holds its record "namespace", so a process on another machine (a bot
+shard) finds every server's namespace in the Milvus alone.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
 
 _KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MILVUS_MARKER = "milvus-namespace"  # a namespace folder whose items are in the shared Milvus
+NAMESPACE_RECORD = "namespace"  # in the shared Milvus: this guild has a namespace
 
 
 class Namespaces:
@@ -55,7 +58,22 @@ class Namespaces:
         return path / ("manifest.json" if self.store == "faiss" else MILVUS_MARKER)
 
     def exists(self, key: str) -> bool:
-        return self._marker(self._path(key)).exists()
+        path = self._path(key)
+        if self._marker(path).exists():
+            return True
+        return self.store == "milvus" and key in self._milvus_keys()
+
+    def _milvus_keys(self) -> set[str]:
+        """The namespaces the shared Milvus collection knows (none when it is not there)."""
+        from .store.milvus import MilvusStore, collection_name
+        with self._lock:
+            if self._shared is None:
+                name = collection_name(self.root)
+                if not MilvusStore.exists(self.milvus_uri, name, token=self._milvus_token):
+                    return set()
+                self._shared = MilvusStore.open(self.milvus_uri, name, self.encoder.loaded.name,
+                                                token=self._milvus_token)
+            return {str(g) for g in self._shared.records_named(NAMESPACE_RECORD)}
 
     def _milvus_view(self, key: str, create: bool):
         """The server's view of the shared Milvus collection (lock held)."""
@@ -76,16 +94,17 @@ class Namespaces:
         with self._lock:
             if key in self._open:
                 return self._open[key]
-            if not create and not self._marker(path).exists():
+        if not create and not self._marker(path).exists():
+            if self.store != "milvus" or key not in self._milvus_keys():
                 return None
+        with self._lock:
+            if key in self._open:
+                return self._open[key]
             loaded = self.encoder.loaded
             if self.store == "milvus":
                 collection = self._milvus_view(key, create)
-                try:
-                    path.mkdir(parents=True, exist_ok=True)
-                    self._marker(path).touch()
-                except OSError as e:
-                    raise StoreError(f"cannot create namespace folder {path}: {e}") from e
+                if collection.read_record(NAMESPACE_RECORD) is None:
+                    collection.write_record(NAMESPACE_RECORD, "1")
             elif (path / "manifest.json").exists():
                 collection = Collection.open(path, loaded.name)
             else:
@@ -95,9 +114,12 @@ class Namespaces:
             return engine
 
     def keys(self) -> list[str]:
-        if not self.root.exists():
-            return []
-        return sorted(p.name for p in self.root.iterdir() if self._marker(p).exists())
+        keys = set()
+        if self.root.exists():
+            keys = {p.name for p in self.root.iterdir() if self._marker(p).exists()}
+        if self.store == "milvus":
+            keys |= self._milvus_keys()
+        return sorted(keys)
 
     def drop(self, key: str) -> bool:
         """Delete a namespace and everything in it (e.g. the bot left the server)."""
@@ -106,14 +128,24 @@ class Namespaces:
             engine = self._open.pop(key, None)
             if engine is not None:
                 engine.close()
-            if not path.exists():
-                return False
-            if self.store == "milvus":  # its items in the shared collection go first
+            if self.store == "milvus":  # its items and records in the shared collection go first
+                from .store.milvus import MilvusStore, collection_name
+                if self._shared is None and not MilvusStore.exists(
+                        self.milvus_uri, collection_name(self.root), token=self._milvus_token):
+                    return False
                 view = self._milvus_view(key, create=False)
+                had = path.exists()
                 try:
+                    had = view.read_record(NAMESPACE_RECORD) is not None or had
                     view.remove_where(guild_id=int(key))
+                    view.drop_records()
                 finally:
                     view.close()
+                if path.exists():
+                    shutil.rmtree(path)
+                return had
+            if not path.exists():
+                return False
             shutil.rmtree(path)
             return True
 

@@ -467,3 +467,96 @@ async def test_privileged_intent_refused(fd: FakeDiscord, world) -> None:
     await other.close()
     assert fd.gateway_connections[-1]["close_code"] == 4014
     assert permissions.MANAGE_MESSAGES == discord.Permissions(manage_messages=True).value
+
+
+async def test_shards_get_only_their_guilds_and_events(fd: FakeDiscord) -> None:
+    """Two shards in one AutoShardedBot: each READY lists only its guilds, and a guild's
+    events reach only the shard Discord routes it to ((guild_id >> 22) % shard_count)."""
+    guilds = {s: fd.add_guild(f"on-{s}", shard=(s, 2)) for s in (0, 1)}
+    chans = {s: fd.add_channel(g, "general") for s, g in guilds.items()}
+    alice = fd.add_user("alice")
+    for g in guilds.values():
+        fd.add_member(g, "alice", user_id=alice)
+    fd.max_concurrency, fd.recommended_shards = 2, 2
+    intents = discord.Intents.default()
+    intents.message_content = True
+    bot = commands.AutoShardedBot(command_prefix="!", intents=intents, guild_ready_timeout=0.05,
+                                  shard_count=2, shard_ids=[0, 1])
+
+    async def no_wait(shard_id, *, initial=False):  # the 5 s identify spacing: not here
+        return None
+
+    bot.before_identify_hook = no_wait
+    heard: list[tuple[int, int]] = []
+
+    @bot.event
+    async def on_message(message: discord.Message) -> None:
+        heard.append((message.guild.id, message.guild.shard_id))
+
+    task = asyncio.create_task(bot.start(fd.token))
+    try:
+        await fd.wait_ready(sessions=2)
+        await asyncio.wait_for(bot.wait_until_ready(), 10)
+        readies = {tuple(r["shard"]): {int(g["id"]) for g in r["guilds"]}
+                   for r in fd.events_named("READY")}
+        assert readies == {(0, 2): {guilds[0]}, (1, 2): {guilds[1]}}
+        assert fd.shard_sessions() == {0: 1, 1: 1}
+        for s in (0, 1):
+            await fd.post_message(chans[s], alice, f"hello shard {s}")
+        await fd.wait_for(lambda: len(heard) == 2)
+        assert sorted(heard) == sorted((guilds[s], s) for s in (0, 1))  # once each, right shard
+        shards, _, limits = await bot.http.get_bot_gateway()
+        assert shards == 2 and limits["max_concurrency"] == 2
+    finally:
+        await bot.close()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_bad_shard_is_closed_4010(fd: FakeDiscord, world) -> None:
+    bot = commands.AutoShardedBot(command_prefix="!", intents=discord.Intents.default(),
+                                  shard_count=2, shard_ids=[3])
+    with pytest.raises(discord.ConnectionClosed) as e:
+        await asyncio.wait_for(bot.start(fd.token), 10)
+    assert e.value.code == 4010
+    await bot.close()
+
+
+async def test_slash_attachment_and_subcommand_options(fd: FakeDiscord, world) -> None:
+    bot = make_bot()
+    group = discord.app_commands.Group(name="lib", description="a group")
+
+    @group.command(name="add", description="a subcommand with a channel")
+    async def add(interaction: discord.Interaction, channel: discord.TextChannel) -> None:
+        await interaction.response.send_message(f"add {channel.id} {channel.name}")
+
+    bot.tree.add_command(group)
+
+    @bot.tree.command(name="look", description="an image option")
+    async def look(interaction: discord.Interaction, query: str,
+                   image: discord.Attachment | None = None) -> None:
+        await interaction.response.defer(thinking=True)
+        data = await image.read() if image else b""
+        await interaction.followup.send(f"{query} {image.filename if image else '-'} {len(data)}")
+        await interaction.followup.send("secret", ephemeral=True)
+
+    task = asyncio.create_task(bot.start(fd.token))
+    try:
+        await fd.wait_ready()
+        await asyncio.wait_for(bot.wait_until_ready(), 10)
+        await bot.tree.sync()
+        look_spec = next(c for c in fd.app_commands() if c["name"] == "look")
+        assert {o["name"]: o["type"] for o in look_spec["options"]} == {"query": 3, "image": 11}
+        rec = await fd.invoke_slash(world["chan"], world["alice"], "look",
+                                    {"query": "cats", "image": ("blue.png", BLUE, None)})
+        await fd.wait_for(lambda: len(fd.interaction_messages(rec)) == 2)
+        first, second = fd.interaction_messages(rec)
+        assert rec.callback_types == [5]  # deferred, then the follow-up replaced "thinking"
+        assert first["content"] == f"cats blue.png {len(BLUE)}" and not first["flags"] & 64
+        assert second["content"] == "secret" and second["flags"] & 64
+        rec = await fd.invoke_slash(world["chan"], world["alice"], "lib add",
+                                    {"channel": world["other"]})
+        await fd.wait_for(lambda: fd.interaction_messages(rec))
+        assert fd.interaction_messages(rec)[0]["content"] == f"add {world['other']} other"
+    finally:
+        await bot.close()
+        await asyncio.wait_for(task, 10)

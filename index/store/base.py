@@ -8,7 +8,6 @@ compared by inner product (they are L2-normalised on the way in).
 from __future__ import annotations
 
 import abc
-import re
 from collections.abc import Iterable, Sequence
 from types import TracebackType
 
@@ -128,16 +127,17 @@ class VectorStore(abc.ABC):
         """Forget posts; re-point each item that named one at its oldest post left, remove
         (with its vector) each item left without posts; all at once. What changed."""
 
-    # -- notes: small JSON texts kept with the collection (its relevance floor) ---------
-    # A Milvus view keeps its own notes: each server's library is calibrated on its own.
+    # -- records: small named values kept beside the items ----------------------------
+    # What a face must find again on any machine (the Discord library's channels and
+    # backfill progress). One record is written whole, atomically; the last write wins.
 
     @abc.abstractmethod
-    def read_note(self, key: str) -> str | None:
-        """The note stored under `key` (lowercase letters and _), None if there is none."""
+    def read_record(self, name: str) -> str | None:
+        """The record's value, None when there is none."""
 
     @abc.abstractmethod
-    def write_note(self, key: str, text: str) -> None:
-        """Store (replace) the note under `key`; StoreError when it cannot be written."""
+    def write_record(self, name: str, value: str | None) -> None:
+        """Set the record (None deletes it)."""
 
     @abc.abstractmethod
     def save(self) -> None:
@@ -157,15 +157,6 @@ class VectorStore(abc.ABC):
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-NOTE_KEY = re.compile(r"^[a-z_]{1,32}$")
-
-
-def checked_note_key(key: str) -> str:
-    if not isinstance(key, str) or not NOTE_KEY.match(key):
-        raise StoreError(f"bad note name {key!r}: use 1-32 lowercase letters and _")
-    return key
 
 
 def checked_query(query: np.ndarray, dim: int, where: str) -> np.ndarray:

@@ -29,8 +29,8 @@ import numpy as np
 
 from index.errors import ModelMismatch, StoreError
 
-from . import posts, tuning
-from .base import VectorStore, checked_note_key, checked_query
+from . import posts, records, tuning
+from .base import VectorStore, checked_query
 from .faissindex import (
     VECTORS,
     Built,
@@ -40,7 +40,7 @@ from .faissindex import (
     validate_index_type,
     write_index_file,
 )
-from .files import atomic_write_bytes, remove_dead_tmp_files
+from .files import remove_dead_tmp_files
 from .items import (
     META,
     Item,
@@ -366,26 +366,22 @@ class Collection(VectorStore):
                 self._ix.remove(out.removed)
         return out
 
-    # -- notes (base.py): NAME.json files in the collection folder ----------------------
+    # -- records (records.py) -------------------------------------------------------------
 
-    def read_note(self, key: str) -> str | None:
-        path = self.path / f"{checked_note_key(key)}.json"
-        try:
-            return path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return None
-        except (OSError, UnicodeDecodeError) as e:
-            log.warning("cannot read %s (%s); it is made again", path, e)
-            return None
+    def read_record(self, name: str) -> str | None:
+        """The record's value (table `records` of meta.sqlite), None when there is none."""
+        records.checked(name, None, f"collection {self.path}")
+        with self._lock:
+            return records.read(self._db().conn, name)
 
-    def write_note(self, key: str, text: str) -> None:
-        path = self.path / f"{checked_note_key(key)}.json"
-        if self._db().readonly:
-            raise StoreError(f"cannot write {path}: the collection is read-only")
-        try:
-            atomic_write_bytes(path, text.encode("utf-8"))
-        except OSError as e:
-            raise StoreError(f"cannot write {path}: {_reason(e)}") from e
+    def write_record(self, name: str, value: str | None) -> None:
+        """Set the record (None deletes it), in one transaction."""
+        records.checked(name, value, f"collection {self.path}")
+        with self._lock:
+            try:
+                self._write(lambda conn: records.write(conn, name, value), lambda _: False)
+            except sqlite3.Error as e:
+                raise StoreError(f"cannot write record {name} in collection {self.path}: {e}") from e
 
     def save(self) -> None:
         """Write vectors.faiss (+ its sidecar) if the in-memory index differs from it.

@@ -47,7 +47,8 @@ from pymilvus import DataType, MilvusClient
 
 from index.errors import ModelMismatch, StoreError, StoreUnavailable
 
-from .base import VectorStore, checked_note_key, checked_query
+from . import records
+from .base import VectorStore, checked_query
 from .items import Item, NewItem
 from .manifest import Manifest
 from .posts import Forgotten, Post
@@ -230,7 +231,9 @@ class MilvusStore(VectorStore):
                     f"cannot create Milvus collection {name}: dim {dim!r} is not an integer in 2..32768"
                 )
             index_type = index_kind(index_type)
-            _call(lambda: _create_collection(client, name, model, dim, index_type), uri, at_open=True)
+            _call(lambda: _create_or_join(
+                client, name, lambda c: _create_collection(c, name, model, dim, index_type)),
+                uri, at_open=True)
             return cls(client, uri, name, model, guild_id=guild_id, owns_client=True)
         except BaseException:
             _release(client)
@@ -301,6 +304,7 @@ class MilvusStore(VectorStore):
         self._lite = "lite" in str(self._rpc(lambda c: c.get_server_version())).lower()
         if owns_client:
             self._ensure_posts()
+            self._ensure_records()
 
     def view(self, guild_id: int) -> MilvusStore:
         """This collection as server `guild_id` sees it (shares this store's connection)."""
@@ -477,22 +481,6 @@ class MilvusStore(VectorStore):
         self._delete(gone)
         return sorted(gone)
 
-    # -- notes (base.py): collection properties, one per view --------------------------
-
-    def _note_property(self, key: str) -> str:
-        scope = "" if self.guild_id is None else f".g{self.guild_id}"
-        return f"clipfind.{checked_note_key(key)}{scope}"
-
-    def read_note(self, key: str) -> str | None:
-        prop = self._note_property(key)
-        desc = self._rpc(lambda c: c.describe_collection(self.name, timeout=CALL_TIMEOUT))
-        return (desc.get("properties") or {}).get(prop)
-
-    def write_note(self, key: str, text: str) -> None:
-        prop = self._note_property(key)
-        self._rpc(lambda c: c.alter_collection_properties(
-            self.name, properties={prop: text}, timeout=CALL_TIMEOUT))
-
     def save(self) -> None:
         """Nothing to do: every write is in Milvus when the call returns."""
         self._check_open()
@@ -623,6 +611,60 @@ class MilvusStore(VectorStore):
             )
         return out
 
+    # -- records: small named values beside the items ------------------------------------
+    # Kept in the companion collection `<name>_records`, one row per (guild, name), guild id
+    # as partition key: a view reads and writes its guild's records only.
+
+    @property
+    def records_name(self) -> str:
+        return f"{self.name}_records"
+
+    def _record_key(self, name: str) -> str:
+        return f"{self.guild_id or 0}:{name}"
+
+    def read_record(self, name: str) -> str | None:
+        records.checked(name, None, self.location)
+        rows = self._rpc(
+            lambda c: c.query(
+                self.records_name,
+                filter=f"key == {_quote(self._record_key(name))}",
+                output_fields=["value"],
+                timeout=CALL_TIMEOUT,
+            )
+        )
+        return str(rows[0]["value"]) if rows else None
+
+    def write_record(self, name: str, value: str | None) -> None:
+        records.checked(name, value, self.location)
+        key = self._record_key(name)
+        if value is None:
+            self._rpc(lambda c: c.delete(self.records_name, filter=f"key == {_quote(key)}",
+                                         timeout=CALL_TIMEOUT))
+        else:
+            row = {"key": key, "guild_id": self.guild_id or 0, "name": name, "value": value,
+                   "v": [1.0, 0.0]}
+            self._rpc(lambda c: c.upsert(self.records_name, [row], timeout=CALL_TIMEOUT))
+        # no flush (_settle): a record is read by its key, which a query finds unflushed;
+        # the library writes its progress after every chunk, and a flush each time is slow
+
+    def records_named(self, name: str) -> dict[int, str]:
+        """guild id -> value of every guild's record `name` (this view's guild only, if any)."""
+        records.checked(name, None, self.location)
+        rows = self._iterate(self.records_name, ["guild_id", "value"], f"name == {_quote(name)}")
+        return {int(r["guild_id"]): str(r["value"]) for r in rows}
+
+    def drop_records(self) -> None:
+        """Delete every record of this view's guild (of guild 0 on the whole collection)."""
+        self._rpc(lambda c: c.delete(self.records_name, filter=f"guild_id == {self.guild_id or 0}",
+                                     timeout=CALL_TIMEOUT))
+
+    def _ensure_records(self) -> None:
+        if self._rpc(lambda c: c.has_collection(self.records_name, timeout=CALL_TIMEOUT)):
+            self._rpc(lambda c: _load_when_made(c, self.records_name))
+        else:
+            self._rpc(lambda c: _create_or_join(
+                c, self.records_name, lambda c2: _create_records_collection(c2, self.records_name)))
+
     def _settle(self, name: str) -> None:
         """Milvus Lite: flush what was written (see __init__); a server needs nothing."""
         if self._lite:
@@ -703,9 +745,10 @@ class MilvusStore(VectorStore):
         """The companion posts collection, made (and filled from the items' own posts) when
         a collection from before it is opened."""
         if self._rpc(lambda c: c.has_collection(self.posts_name, timeout=CALL_TIMEOUT)):
-            self._rpc(lambda c: c.load_collection(self.posts_name, timeout=CALL_TIMEOUT))
+            self._rpc(lambda c: _load_when_made(c, self.posts_name))
             return
-        self._rpc(lambda c: _create_posts_collection(c, self.posts_name))
+        self._rpc(lambda c: _create_or_join(
+            c, self.posts_name, lambda c2: _create_posts_collection(c2, self.posts_name)))
         rows = [
             r
             for r in self._scan(_ITEM_FIELDS, "message_id is not null and attachment_id is not null")
@@ -1019,6 +1062,34 @@ def _check_name(name: str) -> None:
         )
 
 
+JOIN_WAIT_S = 30.0  # how long a process waits for another one's new collection to load
+
+
+def _create_or_join(client: Any, name: str, make: Callable[[Any], None]) -> None:
+    """make(client) creates collection `name`; if another process (another bot shard)
+    created it at the same moment, wait until it can be loaded instead of failing."""
+    try:
+        make(client)
+        return
+    except Exception:
+        if not client.has_collection(name, timeout=CALL_TIMEOUT):
+            raise
+    _load_when_made(client, name)
+
+
+def _load_when_made(client: Any, name: str) -> None:
+    """Load `name`; while its maker is still adding its indexes, loading fails: retry."""
+    deadline = time.monotonic() + JOIN_WAIT_S
+    while True:
+        try:
+            client.load_collection(name, timeout=CALL_TIMEOUT)
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def _create_collection(client: Any, name: str, model: str, dim: int, index_type: str) -> None:
     schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
     schema.add_field("id", DataType.INT64, is_primary=True)
@@ -1076,6 +1147,21 @@ def _create_posts_collection(client: Any, name: str) -> None:
     params.add_index("v", index_type="FLAT", metric_type="IP")
     for f in ("item_id", "message_id"):
         params.add_index(f, index_type="INVERTED")
+    client.create_index(name, params, timeout=CALL_TIMEOUT, sync=False)
+    client.load_collection(name, timeout=CALL_TIMEOUT)
+
+
+def _create_records_collection(client: Any, name: str) -> None:
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("key", DataType.VARCHAR, is_primary=True, max_length=512)
+    schema.add_field("guild_id", DataType.INT64, is_partition_key=True)
+    schema.add_field("name", DataType.VARCHAR, max_length=512)
+    schema.add_field("value", DataType.VARCHAR, max_length=_TEXT_MAX)
+    schema.add_field("v", DataType.FLOAT_VECTOR, dim=2)  # Milvus wants a vector field
+    client.create_collection(name, schema=schema, consistency_level="Strong",
+                             timeout=CALL_TIMEOUT)
+    params = client.prepare_index_params()
+    params.add_index("v", index_type="FLAT", metric_type="IP")
     client.create_index(name, params, timeout=CALL_TIMEOUT, sync=False)
     client.load_collection(name, timeout=CALL_TIMEOUT)
 

@@ -14,3 +14,4 @@ def test_the_compose_config_loads_and_uses_the_milvus_service():
     compose = (DEPLOY / "compose.yaml").read_text()
     assert "milvus:\n" in compose and '"milvus", "run", "standalone"' in compose
     assert "./config.toml:/config/config.toml:ro" in compose
+    assert 'entrypoint: ["python", "-m", "bot.launch"]' in compose  # the bot as shards

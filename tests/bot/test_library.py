@@ -11,6 +11,7 @@ import io
 import json
 import random
 import re
+import sqlite3
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -22,7 +23,7 @@ from fakediscord import FakeDiscord
 from bot import library as library_mod
 from bot.app import ClipfindBot
 from bot.cogs.library import NEED_MANAGER
-from bot.library import STATE_FILE
+from bot.library import STATE_RECORD
 from index.synthetic import Scene, Shape, render
 
 
@@ -152,6 +153,40 @@ async def test_members_without_manage_server_are_refused(world):
     assert group.default_permissions.manage_guild
 
 
+async def test_slash_library_and_find_with_an_image_end_to_end(world):
+    """`/library add channel:` and `/library status`, then `/find query: image:` (a file
+    option, deferred, answered by a follow-up), through the fake Discord's interactions."""
+    w = world
+    w.a.tag = "alpha"
+    await post_pics(w, w.a, [("red", "circle", i) for i in range(3)])
+    await post_pics(w, w.a, [("blue", "square", 10 + i) for i in range(3)])
+    await w.start(replace(w.settings, sync_commands=True))
+    refused = await w.fd.invoke_slash(w.a.cmd, w.a.member, "library add", {"channel": w.a.pics})
+    await w.fd.wait_for(lambda: w.fd.interaction_messages(refused))
+    (no,) = w.fd.interaction_messages(refused)
+    assert no["content"] == NEED_MANAGER and no["flags"] & 64  # to the member alone
+    rec = await w.fd.invoke_slash(w.a.cmd, w.a.admin, "library add", {"channel": w.a.pics})
+    await w.fd.wait_for(lambda: w.fd.interaction_messages(rec))
+    assert w.fd.interaction_messages(rec)[0]["content"] == f"📚 adding <#{w.a.pics}> to the library"
+    await w.fd.wait_for(lambda: any("done, 6 messages read, 6 images" in m["content"]
+                                    for m in w.fd.bot_messages(w.a.cmd)), 30)
+    rec = await w.fd.invoke_slash(w.a.cmd, w.a.admin, "library status")
+    await w.fd.wait_for(lambda: w.fd.interaction_messages(rec))
+    assert f"<#{w.a.pics}>: 6 images" in w.fd.interaction_messages(rec)[0]["content"]
+    cdn_before = len(w.fd.cdn_requests)
+    rec = await w.fd.invoke_slash(w.a.cmd, w.a.member, "find",
+                                  {"query": "#1*1", "image": ("query.png", pic("red", "circle", 7),
+                                                              None)})
+    page = (await w.fd.wait_for(lambda: [m for m in w.fd.interaction_messages(rec)
+                                         if m["embeds"]], 30))[0]
+    assert rec.callback_types == [5]  # deferred while the picture was read and encoded
+    assert len(w.fd.cdn_requests) > cdn_before  # the option's file was fetched from the CDN
+    titles = [e["title"].split(" · ", 1)[1] for e in page["embeds"]]
+    assert titles[0].startswith("alpha-red-circle-"), titles  # found by the picture alone
+    assert all(e["url"].startswith(f"https://discord.com/channels/{w.a.guild}/{w.a.pics}/")
+               for e in page["embeds"])
+
+
 @both_stores
 async def test_backfill_live_posts_results_and_isolation(world):
     w = world
@@ -275,10 +310,10 @@ async def test_deletions_remove_items_from_search(world):
     assert (await say(w, w.a, f"!library remove <#{w.a.other}>"))["content"].endswith(
         "is not in the library")
     # a deleted channel: its items go; the last channel gone, the library goes
-    path = w.settings.library_root / str(w.a.guild)
-    assert path.exists()
+    spaces, key = w.bot.library.spaces, str(w.a.guild)
+    assert spaces.exists(key)
     await w.fd.delete_channel(w.a.pics)
-    await w.fd.wait_for(lambda: w.a.guild not in w.bot.library.guilds and not path.exists())
+    await w.fd.wait_for(lambda: w.a.guild not in w.bot.library.guilds and not spaces.exists(key))
     page = await say(w, w.a, "!find red circle")  # back to the global collection
     assert page["embeds"] and not any("discord.com" in e.get("url", "") for e in page["embeds"])
 
@@ -292,10 +327,10 @@ async def test_leaving_a_server_drops_its_library(world):
     await w.start()
     await add_and_wait(w, w.a)
     await add_and_wait(w, w.b)
-    root = w.settings.library_root
-    assert (root / str(w.a.guild)).exists() and (root / str(w.b.guild)).exists()
+    spaces = w.bot.library.spaces
+    assert spaces.exists(str(w.a.guild)) and spaces.exists(str(w.b.guild))
     await w.fd.remove_guild(w.a.guild)
-    await w.fd.wait_for(lambda: not (root / str(w.a.guild)).exists())
+    await w.fd.wait_for(lambda: not spaces.exists(str(w.a.guild)))
     assert w.a.guild not in w.bot.library.guilds
     assert len(sources(w, w.b)) == 1  # the other server keeps its library
 
@@ -318,10 +353,20 @@ async def test_backfill_resumes_after_a_restart_nothing_lost_nothing_twice(world
     monkeypatch.setattr(library_mod.Library, "_add", slow_add)
     await w.start()
     msg = await say(w, w.a, f"!library add <#{w.a.pics}>")
-    state = w.settings.library_root / str(w.a.guild) / STATE_FILE
+    meta = w.settings.library_root / str(w.a.guild) / "meta.sqlite"
 
-    def saved():
-        return json.loads(state.read_text())["channels"][str(w.a.pics)] if state.exists() else None
+    def saved():  # the progress as the store holds it (another process would read this)
+        if not meta.exists():
+            return None
+        db = sqlite3.connect(f"file:{meta}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT value FROM records WHERE name = ?",
+                             (STATE_RECORD,)).fetchone()
+        except sqlite3.OperationalError:  # no records table yet
+            row = None
+        finally:
+            db.close()
+        return json.loads(row[0])["channels"].get(str(w.a.pics)) if row else None
 
     await w.fd.wait_for(lambda: (s := saved()) and s["scanned"] >= 9 and s)
     await w.stop()  # mid-backfill

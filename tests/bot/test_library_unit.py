@@ -19,6 +19,7 @@ from bot.core import Core, FindRequest
 from bot.library import (
     POSTS_FILE,
     STATE_FILE,
+    STATE_RECORD,
     ChannelState,
     GuildLibrary,
     Library,
@@ -53,20 +54,45 @@ def test_only_images_within_the_limits_are_indexed(settings):
     assert "spoiler" in is_indexable(att("SPOILER_a.png"), s)
 
 
-def test_state_file_round_trip_and_progress(tmp_path):
-    g = GuildLibrary(5, engine=None, path=tmp_path)
+class _Records:
+    """An engine's records alone (what load_channels and save_state use)."""
+
+    def __init__(self):
+        self.records = {}
+
+    def read_record(self, name):
+        return self.records.get(name)
+
+    def write_record(self, name, value):
+        self.records[name] = value
+
+
+def test_state_round_trip_through_the_store_and_progress(tmp_path):
+    engine = _Records()
+    g = GuildLibrary(5, engine=engine, path=tmp_path)
     g.channels[1 << 40] = ChannelState(last=(3 << 40), scanned=10, indexed=4, until=(5 << 40),
                                        status=[9, 10])
-    (tmp_path / STATE_FILE).write_bytes(g.state_json())
-    back = load_channels(tmp_path)
+    g.save_state()
+    assert list(engine.records) == [STATE_RECORD] and not list(tmp_path.iterdir())
+    back = load_channels(engine, tmp_path)
     assert back == g.channels
     st = back[1 << 40]
     assert abs(st.progress(1 << 40) - 0.5) < 1e-6
     st.done = True
     assert st.progress(1 << 40) == 1.0
-    (tmp_path / STATE_FILE).write_text("{garbage")
-    assert load_channels(tmp_path) == {}  # unreadable: the channels start over, no crash
-    assert not list(tmp_path.glob(".*.tmp"))
+    engine.records[STATE_RECORD] = "{garbage"
+    assert load_channels(engine, tmp_path) == {}  # unreadable: the channels start over, no crash
+
+
+def test_an_old_library_json_moves_into_the_store_once(tmp_path):
+    engine = _Records()
+    old = GuildLibrary(5, engine=engine, path=tmp_path)
+    old.channels[7] = ChannelState(last=99, scanned=3, indexed=2)
+    (tmp_path / STATE_FILE).write_text(old.state_json())
+    assert load_channels(engine, tmp_path) == old.channels
+    assert not (tmp_path / STATE_FILE).exists() and (tmp_path / (STATE_FILE + ".migrated")).exists()
+    assert load_channels(_Records(), tmp_path) == {}  # the file is not read again
+    assert load_channels(engine, tmp_path) == old.channels  # the store has it
 
 
 def _item(guild, n):
@@ -315,3 +341,13 @@ async def test_a_result_edited_away_while_the_bot_was_away_is_removed_when_shown
         assert [c.image_url for c in await show()] == ["https://cdn/110.png", "https://cdn/101.png"]
     finally:
         await lib.close()
+
+
+def test_a_shard_process_owns_only_the_libraries_of_its_servers(settings):
+    """A library is opened and written only by the process running its server's shard
+    (another one would write back a stale copy of its progress)."""
+    on = {s: (1000 + s) << 22 for s in (0, 1)}  # a guild id on shard 0 and one on shard 1 (of 2)
+    sharded = Library(SimpleNamespace(shard_count=2, shard_ids=[1]), settings, None, None)
+    assert not sharded.mine(on[0]) and sharded.mine(on[1])
+    alone = Library(SimpleNamespace(shard_count=None, shard_ids=None), settings, None, None)
+    assert alone.mine(on[0]) and alone.mine(on[1])

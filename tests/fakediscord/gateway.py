@@ -12,34 +12,35 @@ import contextlib
 import json
 import logging
 import secrets
+import time
 import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
+from .intents import (
+    DISPATCH,
+    GUILD_MEMBERS,
+    GUILD_PRESENCES,
+    HEARTBEAT,
+    HEARTBEAT_ACK,
+    HELLO,
+    IDENTIFY,
+    INVALID_SESSION,
+    MESSAGE_CONTENT,
+    PRESENCE_UPDATE,
+    PRIVILEGED,
+    RECONNECT,
+    REQUEST_MEMBERS,
+    RESUME,
+    VOICE_STATE,
+)
+
 if TYPE_CHECKING:
-    from .server import FakeDiscord
+    from .world import World
 
 log = logging.getLogger("fakediscord.gateway")
-
-# opcodes
-DISPATCH, HEARTBEAT, IDENTIFY, PRESENCE_UPDATE, VOICE_STATE = 0, 1, 2, 3, 4
-RESUME, RECONNECT, REQUEST_MEMBERS, INVALID_SESSION, HELLO, HEARTBEAT_ACK = 6, 7, 8, 9, 10, 11
-
-# intents
-GUILDS = 1 << 0
-GUILD_MEMBERS = 1 << 1
-GUILD_PRESENCES = 1 << 8
-GUILD_MESSAGES = 1 << 9
-GUILD_MESSAGE_REACTIONS = 1 << 10
-GUILD_MESSAGE_TYPING = 1 << 11
-MESSAGE_CONTENT = 1 << 15
-PRIVILEGED = {
-    "members": GUILD_MEMBERS,
-    "presences": GUILD_PRESENCES,
-    "message_content": MESSAGE_CONTENT,
-}
 
 _CLOSE = object()
 
@@ -55,6 +56,14 @@ class Session:
     buffer: list[dict[str, Any]] = field(default_factory=list)
     conn: Connection | None = None
     ready: bool = False
+
+    def owns(self, guild_id: int | None) -> bool:
+        """Whether this session's shard receives the guild's events (Discord's routing:
+        ``(guild_id >> 22) % shard_count``; an unsharded session gets every guild)."""
+        if guild_id is None or not self.shard:
+            return True
+        shard_id, count = self.shard
+        return (int(guild_id) >> 22) % count == shard_id
 
     def dispatch(self, event: str, data: Any) -> None:
         self.seq += 1
@@ -118,10 +127,30 @@ class Connection:
             join.cancel()
 
 
+def event_guild(event: str, data: Any) -> int | None:
+    """The guild an event is about (None: none, it goes to every shard)."""
+    if not isinstance(data, dict):
+        return None
+    if event in ("GUILD_CREATE", "GUILD_UPDATE", "GUILD_DELETE"):
+        raw = data.get("id")
+    else:
+        raw = data.get("guild_id")
+    return int(raw) if raw is not None else None
+
+
+def valid_shard(shard: Any) -> bool:
+    return (
+        isinstance(shard, list)
+        and len(shard) == 2
+        and all(isinstance(x, int) and not isinstance(x, bool) for x in shard)
+        and 0 <= shard[0] < shard[1]
+    )
+
+
 class Gateway:
     """Websocket endpoint plus the sessions it has created."""
 
-    def __init__(self, fd: FakeDiscord) -> None:
+    def __init__(self, fd: World) -> None:
         self.fd = fd
         self.sessions: dict[str, Session] = {}
         self.connections: list[Connection] = []
@@ -129,16 +158,29 @@ class Gateway:
 
     # -- dispatch ---------------------------------------------------------------
 
-    def dispatch(self, event: str, data: Any, *, intent: int | None = None, transform=None) -> None:
-        """Send ``event`` to every session that asked for ``intent`` (None = always).
+    def dispatch(
+        self,
+        event: str,
+        data: Any,
+        *,
+        intent: int | None = None,
+        guild_id: int | None = None,
+        transform=None,
+    ) -> None:
+        """Send ``event`` to every session that asked for ``intent`` (None = always) and
+        whose shard owns the event's guild (``guild_id``, else the payload's).
 
         ``transform(session, data)`` may return a per-session variant of ``data``.
         """
         self.fd.events.append((event, data))
+        if guild_id is None:
+            guild_id = event_guild(event, data)
         for session in list(self.sessions.values()):
             if not session.ready and event not in ("READY", "GUILD_CREATE"):
                 continue
             if intent is not None and not session.intents & intent:
+                continue
+            if not session.owns(guild_id):
                 continue
             session.dispatch(event, transform(session, data) if transform else data)
 
@@ -244,8 +286,13 @@ class Gateway:
             if intents & (GUILD_MEMBERS | GUILD_PRESENCES | MESSAGE_CONTENT) & ~enabled:
                 conn.close(4014, "Disallowed intent(s).")
                 return
+            shard = d.get("shard")
+            if shard is not None and not valid_shard(shard):
+                conn.close(4010, "Invalid shard.")
+                return
             fd.identify_payloads.append(d)
-            session = Session(id=secrets.token_hex(16), intents=intents, shard=d.get("shard"))
+            fd.identify_times.append((time.monotonic(), shard))
+            session = Session(id=secrets.token_hex(16), intents=intents, shard=shard)
             self.sessions[session.id] = session
             session.conn = conn
             conn.session = session
@@ -253,6 +300,8 @@ class Gateway:
             session.dispatch("READY", ready)
             fd.events.append(("READY", ready))
             for guild in fd._bot_guilds():
+                if not session.owns(guild.id):
+                    continue
                 payload = fd._guild_create_payload(guild, intents)
                 session.dispatch("GUILD_CREATE", payload)
                 fd.events.append(("GUILD_CREATE", payload))

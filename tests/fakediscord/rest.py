@@ -8,6 +8,7 @@ relative to ``/api/v10``; anything unmatched is answered 404 and recorded in
 
 from __future__ import annotations
 
+import asyncio
 import datetime as _dt
 import json
 import re
@@ -18,7 +19,7 @@ from aiohttp import web
 
 from . import permissions as P
 from .models import Attachment, Channel, Message, emoji_key, parse_emoji
-from .server import (
+from .records import (
     EPHEMERAL,
     LOADING,
     ApiError,
@@ -30,7 +31,8 @@ from .server import (
 from .snowflake import now_iso, snowflake_time
 
 if TYPE_CHECKING:
-    from .server import FakeDiscord, InteractionRecord
+    from .records import InteractionRecord
+    from .world import World
 
 Handler = Callable[..., Awaitable[Any]]
 
@@ -47,7 +49,7 @@ def _too_long(limit: int) -> dict:
 
 
 class RestApi:
-    def __init__(self, fd: FakeDiscord) -> None:
+    def __init__(self, fd: World) -> None:
         self.fd = fd
         self.routes: list[tuple[str, re.Pattern[str], Handler, bool]] = []
         r = self._route
@@ -241,12 +243,12 @@ class RestApi:
     async def get_gateway_bot(self, request, record):
         return {
             "url": self.fd.gateway_url,
-            "shards": 1,
+            "shards": self.fd.recommended_shards,
             "session_start_limit": {
                 "total": 1000,
-                "remaining": 999,
+                "remaining": 1000 - len(self.fd.identify_payloads),
                 "reset_after": 0,
-                "max_concurrency": 1,
+                "max_concurrency": self.fd.max_concurrency,
             },
         }
 
@@ -995,6 +997,8 @@ class RestApi:
             return gone
         if request.query.get("hm") != fd._cdn_signature(att.id, fd._cdn_epoch):
             return gone
+        if fd.cdn_delay_s:
+            await asyncio.sleep(fd.cdn_delay_s)
         return web.Response(
             body=att.data,
             content_type=(att.content_type or "application/octet-stream").split(";")[0],

@@ -39,6 +39,16 @@ class SnowflakeGenerator:
             return (self._last_ms << 22) | self._prefix | self._increment
 
 
+    def next_on_shard(self, shard_id: int, shard_count: int) -> int:
+        """A new id (larger than every other) whose shard is ``shard_id`` of ``shard_count``
+        (``(id >> 22) % shard_count``): a guild id Discord would route to that shard."""
+        with self._lock:
+            now = max(int(time.time() * 1000) - DISCORD_EPOCH_MS, self._last_ms + 1)
+            now += (shard_id - now) % shard_count  # a ms or a few ahead of the clock, at most
+            self._last_ms, self._increment = now, 0
+            return (now << 22) | self._prefix
+
+
 def snowflake_time(snowflake: int) -> _dt.datetime:
     """The UTC creation time encoded in ``snowflake``."""
     ms = (int(snowflake) >> 22) + DISCORD_EPOCH_MS

@@ -133,14 +133,14 @@ async def test_the_floor_is_stored_and_recalibrated_when_the_collection_doubles(
         await _add(engine, scenes[20:40], 20)
         absent = await engine.search(lack[0], k=5, explain=False)
         assert absent.floor is not None and all(h.weak for h in absent.hits)
-        stored = from_record(engine.collection.read_note("floor"))
+        stored = from_record(engine.collection.read_record("floor"))
         assert stored.items == 40 and stored.value == pytest.approx(absent.floor)
         await _add(engine, scenes[40:79], 40)  # 79 < 2 x 40: the same floor
         await engine.search(lack[0], k=5, explain=False)
-        assert from_record(engine.collection.read_note("floor")).items == 40
+        assert from_record(engine.collection.read_record("floor")).items == 40
         await _add(engine, scenes[79:80], 79)  # 80 = 2 x 40: calibrated again
         await engine.search(lack[0], k=5, explain=False)
-        latest = from_record(engine.collection.read_note("floor"))
+        latest = from_record(engine.collection.read_record("floor"))
         assert latest.items == 80
     finally:
         engine.close()
@@ -162,9 +162,9 @@ def test_milvus_views_keep_their_own_notes(milvus_uri, tmp_path):
     store = Stores("milvus", milvus_uri).create(tmp_path / "shared", "builtin:tiny-shapes", 16)
     try:
         one, two = store.view(1), store.view(2)
-        one.write_note("floor", '{"a": 1}')
-        assert one.read_note("floor") == '{"a": 1}'
-        assert two.read_note("floor") is None and store.read_note("floor") is None
+        one.write_record("floor", '{"a": 1}')
+        assert one.read_record("floor") == '{"a": 1}'
+        assert two.read_record("floor") is None and store.read_record("floor") is None
     finally:
         store.close()
 

@@ -248,3 +248,22 @@ def test_store_down_then_back_recovers_by_itself(lite_server):
         assert len(s) == 20
     finally:
         s.close()
+
+
+
+@pytest.mark.parametrize("maker", ["_create_collection", "_create_records_collection"])
+def test_a_collection_another_process_creates_meanwhile_is_joined(milvus_uri, name, maker,
+                                                                  monkeypatch):
+    """Two bot shards make the shared library collection (or a companion) at the same
+    moment: the one that loses the race opens what the other made instead of failing."""
+    real = getattr(milvus_store, maker)
+
+    def beaten(client, *args):
+        real(client, *args)  # the other process made it first...
+        raise RuntimeError("collection already exists")  # ...so ours is refused
+
+    monkeypatch.setattr(milvus_store, maker, beaten)
+    with MilvusStore.create(milvus_uri, name, MODEL, DIM) as store:
+        store.view(5).write_record("library", '{"x": 1}')
+        assert store.view(5).read_record("library") == '{"x": 1}'
+        assert store.view(6).read_record("library") is None  # another guild's: not seen

@@ -88,3 +88,31 @@ async def test_with_milvus_servers_share_one_collection_and_drop_only_their_own(
         enc.close()
     with MilvusStore.open(milvus_uri, "shared_libs") as everything:
         assert len(everything) == 3 and {i.guild_id for i in everything.get(everything.ids())} == {2}
+
+
+async def test_records_are_per_namespace_and_found_from_another_machine(
+        spaces, store, tmp_path, tiny):
+    """What a bot shard keeps (its library state) is in the store: a process with an empty
+    root folder of its own (another machine) finds the namespaces and their records."""
+    a, b = spaces.get("31", create=True), spaces.get("32", create=True)
+    a.write_record("library", '{"a": 1}')
+    b.write_record("library", '{"b": 2}')
+    a.write_record("library", '{"a": 3}')  # written whole: the last write wins
+    assert a.read_record("library") == '{"a": 3}' and b.read_record("library") == '{"b": 2}'
+    assert a.read_record("nothing") is None
+    with pytest.raises(StoreError, match="too large"):
+        a.write_record("library", "x" * 70_000)
+    if store.kind == "milvus":  # another machine: same Milvus, its own (empty) folder
+        enc = Encoder(tiny)
+        elsewhere = Namespaces(tmp_path / "elsewhere" / spaces.root.name, enc, store="milvus",
+                               milvus_uri=store.milvus_uri)
+        try:
+            assert elsewhere.keys() == ["31", "32"]
+            assert elsewhere.get("31").read_record("library") == '{"a": 3}'
+            assert elsewhere.drop("31") is True and elsewhere.keys() == ["32"]
+        finally:
+            elsewhere.close()
+            enc.close()
+        assert spaces.keys() == ["32"]
+    b.write_record("library", None)
+    assert b.read_record("library") is None

@@ -1,0 +1,19 @@
+"""Gateway opcodes and intent bits, shared by the world and the gateway."""
+
+# opcodes
+DISPATCH, HEARTBEAT, IDENTIFY, PRESENCE_UPDATE, VOICE_STATE = 0, 1, 2, 3, 4
+RESUME, RECONNECT, REQUEST_MEMBERS, INVALID_SESSION, HELLO, HEARTBEAT_ACK = 6, 7, 8, 9, 10, 11
+
+# intents
+GUILDS = 1 << 0
+GUILD_MEMBERS = 1 << 1
+GUILD_PRESENCES = 1 << 8
+GUILD_MESSAGES = 1 << 9
+GUILD_MESSAGE_REACTIONS = 1 << 10
+GUILD_MESSAGE_TYPING = 1 << 11
+MESSAGE_CONTENT = 1 << 15
+PRIVILEGED = {
+    "members": GUILD_MEMBERS,
+    "presences": GUILD_PRESENCES,
+    "message_content": MESSAGE_CONTENT,
+}
