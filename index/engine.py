@@ -23,6 +23,7 @@ from .models import DEFAULT_MODEL, load_model, parse_spec
 from .query import Query, parse_query
 from .ranking import STRATEGIES, WeightedVector, compose, normalise, zsum_scores
 from .store import Collection, Forgotten, Item, NewItem, Post
+from .store.filtered import PostFilter
 from .thumbnails import ThumbnailStore
 
 NEAR_DUPLICATE = 0.98  # results this close to a query image are the image itself
@@ -189,22 +190,44 @@ class Engine:
                      else t for t in terms]
         t1 = time.perf_counter()
         zterms = terms if bool(query.image_terms) and self.options.image_composition == "zsum" else None
+        where, also = await asyncio.to_thread(self._filtered_scope, query, list(also))
         ranked = await asyncio.to_thread(self._rank_all, terms, zterms, offset + k + 1,
-                                         keep_near_duplicates, also)
+                                         keep_near_duplicates, also, where)
         t2 = time.perf_counter()
         attention, note = self._explained(query, codes) if explain else ([], None)
         hits = [Hit(offset + i + 1, s, item) for i, (item, s) in enumerate(ranked[offset:offset + k])]
         return SearchResult(query, hits, offset, k, len(ranked) > offset + k, attention, note,
                             {"encode": t1 - t0, "search": t2 - t1})
 
+    def _filtered_scope(self, query: Query, also: list[Engine]
+                        ) -> tuple[PostFilter | None, list[Engine]]:
+        """The store filter of the query's filters, and the `also` collections it can match
+        in (those whose items have posts); QueryError when a filter names a channel or
+        member by name (only a server can resolve it) or no collection has posts."""
+        f = query.filters
+        if not f:
+            return None, also
+        if f.names:
+            raise QueryError(
+                f"{f.names[0]} names a channel or member by name, which only a Discord server "
+                "can resolve; give the id instead (in:<#ID> or --in ID, from:<@ID> or --from ID)")
+        if not self.collection.has_posts():
+            raise QueryError(
+                "filters (in:, from:, before:, after:, during:) need a server library, whose "
+                "pictures know their channel, poster and date; this collection's do not: "
+                "search without them")
+        where = PostFilter(frozenset(r.id for r in f.channels), frozenset(r.id for r in f.members),
+                           f.since, f.until)
+        return where, [e for e in also if e.collection.has_posts()]
+
     def _rank_all(self, terms: list[WeightedVector], zterms, n: int, keep_near_duplicates: bool,
-                  also: list[Engine]) -> list[tuple[Item, float]]:
+                  also: list[Engine], where: PostFilter | None = None) -> list[tuple[Item, float]]:
         """Compose and rank over this collection and `also` (in a worker thread)."""
         q = compose(terms)
         avoid = [normalise(t.vector) for t in terms if t.kind == "image" and not keep_near_duplicates]
-        ranked = self._ranked(q, zterms, n, avoid)
+        ranked = self._ranked(q, zterms, n, avoid, where)
         for other in also:
-            ranked += other._ranked(q, zterms, n, avoid)
+            ranked += other._ranked(q, zterms, n, avoid, where)
         if also:
             ranked = sorted(ranked, key=lambda pair: -pair[1])[:n]
         return ranked
@@ -218,12 +241,15 @@ class Engine:
         note = UNAVAILABLE if query.text_terms and all(w is None for w in weights) else None
         return weights, note
 
-    def _candidates(self, q: np.ndarray, zterms: list[WeightedVector] | None, want: int):
+    def _candidates(self, q: np.ndarray, zterms: list[WeightedVector] | None, want: int,
+                    where: PostFilter | None = None):
         """(id, cosine with q) best first: by cosine, or by z-scored sum over each term's top."""
+        scope = {} if where is None else {"where": where}  # only the items the filter allows
         if zterms is None:
-            return self.collection.search(q, want)
+            return self.collection.search(q, want, **scope)
         pool = {i for t in zterms if t.weight > 0
-                for i, _ in self.collection.search(normalise(t.vector), max(want, ZSUM_CANDIDATES))}
+                for i, _ in self.collection.search(normalise(t.vector), max(want, ZSUM_CANDIDATES),
+                                                   **scope)}
         ids = sorted(pool)
         if not ids:
             return []
@@ -240,11 +266,11 @@ class Engine:
         return self._sample[1]
 
     def _ranked(self, q: np.ndarray, zterms: list[WeightedVector] | None, n: int,
-                avoid: list[np.ndarray]) -> list[tuple[Item, float]]:
-        """The best n items, near-duplicates of query images left out."""
+                avoid: list[np.ndarray], where: PostFilter | None = None) -> list[tuple[Item, float]]:
+        """The best n items (those `where` allows), near-duplicates of query images left out."""
         want = n
         while True:
-            found = self._candidates(q, zterms, want)
+            found = self._candidates(q, zterms, want, where)
             ids = [i for i, _ in found]
             if avoid and ids:
                 vecs = self.collection.vectors(ids)

@@ -48,6 +48,7 @@ from pymilvus import DataType, MilvusClient
 from index.errors import ModelMismatch, StoreError, StoreUnavailable
 
 from .base import VectorStore, checked_query
+from .filtered import PostFilter
 from .items import Item, NewItem
 from .manifest import Manifest
 from .posts import Forgotten, Post
@@ -373,6 +374,13 @@ class MilvusStore(VectorStore):
             raise StoreError(f"{self.location} has no item with id {missing[0]}")
         return self._stack([found[i] for i in wanted])
 
+    def has_posts(self) -> bool:
+        rows = self._rpc(
+            lambda c: c.query(self.posts_name, filter=self._where(), output_fields=["count(*)"],
+                              timeout=CALL_TIMEOUT)
+        )
+        return bool(rows and int(rows[0]["count(*)"]))
+
     @property
     def index_description(self) -> str:
         knobs = ", ".join(f"{k}={v}" for k, v in sorted(self._search_params.items()))
@@ -389,8 +397,14 @@ class MilvusStore(VectorStore):
 
     # -- search ----------------------------------------------------------------------
 
-    def search(self, query: np.ndarray, k: int, offset: int = 0) -> list[tuple[int, float]]:
-        """(id, inner product), best first, ranks offset .. offset+k-1 (at most MAX_TOPK deep)."""
+    def search(
+        self, query: np.ndarray, k: int, offset: int = 0, where: PostFilter | None = None
+    ) -> list[tuple[int, float]]:
+        """(id, inner product), best first, ranks offset .. offset+k-1 (at most MAX_TOPK deep).
+
+        With `where`: the items it allows are read from the posts collection first (a
+        picture matches through any of its posts, so the vector rows, which carry one post,
+        cannot answer it), then the search's own expression admits only their ids."""
         if k <= 0:
             return []
         offset = max(0, int(offset))
@@ -398,6 +412,14 @@ class MilvusStore(VectorStore):
         depth = min(offset + int(k), MAX_TOPK)
         if offset >= depth:
             return []
+        expr = self._where()
+        if where is not None:
+            allowed = sorted({int(r["item_id"]) for r in self._iterate(
+                self.posts_name, ["item_id"], where.milvus())})
+            if offset >= len(allowed):
+                return []
+            # a literal list: Milvus Lite does not take expression templates (filter_params)
+            expr = self._where(f"id in {allowed}")
         params = dict(self._search_params)
         if "ef" in params:
             params["ef"] = max(params["ef"], depth)  # HNSW needs ef >= the depth asked
@@ -406,7 +428,7 @@ class MilvusStore(VectorStore):
                 self.name,
                 data=[q.tolist()],
                 limit=depth,
-                filter=self._where(),
+                filter=expr,
                 output_fields=["id"],
                 search_params={"metric_type": "IP", "params": params},
                 timeout=SEARCH_TIMEOUT,
