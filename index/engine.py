@@ -207,10 +207,7 @@ class Engine:
         f = query.filters
         if not f:
             return None, also
-        if f.names:
-            raise QueryError(
-                f"{f.names[0]} names a channel or member by name, which only a Discord server "
-                "can resolve; give the id instead (in:<#ID> or --in ID, from:<@ID> or --from ID)")
+        f.need_ids()
         if not self.collection.has_posts():
             raise QueryError(
                 "filters (in:, from:, before:, after:, during:) need a server library, whose "

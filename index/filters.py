@@ -148,19 +148,14 @@ class Filters:
             members=self.members if members is None else _dedupe(Ref(int(i)) for i in members),
         )
 
-    @classmethod
-    def of(cls, *, channels=(), members=(), before: str | None = None, after: str | None = None,
-           during: str | None = None) -> Filters:
-        """Filters from the CLI's options (ids, date strings), checked as the grammar checks."""
-        p = FilterParser()
-        for c in channels:
-            p.add("in:", str(c))
-        for m in members:
-            p.add("from:", str(m))
-        for key, value in (("before", before), ("after", after), ("during", during)):
-            if value is not None:
-                p.add(f"{key}:", str(value))
-        return p.done()
+    def need_ids(self) -> None:
+        """QueryError when a filter names a channel or member by name: only a Discord server
+        can resolve names (the bot does); elsewhere filters take ids."""
+        if self.names:
+            raise QueryError(
+                f"{self.names[0]} names a channel or member by name, which only a Discord "
+                "server can resolve; give the id instead (in:<#ID> or --in ID, from:<@ID> or "
+                "--from ID)")
 
 
 def _dedupe(refs) -> tuple[Ref, ...]:
