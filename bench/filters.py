@@ -2,6 +2,7 @@
 
     python -m bench.filters                      # N = 100k and 1M, 512-d, 200 queries
     python -m bench.filters --n 100000 --queries 100
+    python -m bench.filters --n --milvus 20000 --milvus-queries 50   # Milvus Lite only
 
 For each N: the same synthetic CLIP-like vectors as bench.stores (bench/vectors.py, rounded
 through float16 as the store keeps them), the FAISS index the store's `auto` builds and
@@ -157,17 +158,78 @@ def run_n(n: int, args, space: Space) -> str:
     return note, rows
 
 
+def milvus_rows(n: int, nq: int, space: Space, tmp: str) -> tuple[str, list]:
+    """A real MilvusStore (Milvus Lite in this process, `auto` = HNSW): n items, each one
+    post; unfiltered vs filtered MilvusStore.search, recall against the exact filtered top."""
+    from index.store import NewItem
+    from index.store.filtered import PostFilter
+    from index.store.milvus import MilvusStore
+
+    X = space.items(n, seed=1).astype(np.float16).astype(np.float32)
+    Q, _ = space.queries(nq, seed=2)
+    rng = np.random.default_rng(3)
+    posted = 1.7e9 + rng.uniform(0, 1000 * 86400, n)
+    channel = rng.integers(0, N_CHANNELS, n)
+    store = MilvusStore.create(f"{tmp}/lite.db", "filters_bench", "bench:synthetic", X.shape[1])
+    t0 = time.perf_counter()
+    ids = []
+    for s in range(0, n, 2000):
+        items = [NewItem(source=f"discord:1/{channel[i] + 1}/{i + 1}/{i + 1}", guild_id=1,
+                         channel_id=int(channel[i]) + 1, message_id=i + 1, attachment_id=i + 1,
+                         author_id=7, posted_at=float(posted[i])) for i in range(s, min(n, s + 2000))]
+        ids += store.add(items, X[s:s + 2000])
+    add_s = time.perf_counter() - t0
+    ids = np.asarray(ids, dtype=np.int64)
+    log(f"Milvus Lite N={n:,}: added in {add_s:.0f} s")
+    rows = []
+    for share in (0.10, 0.01):
+        chans = channels_passing(channel, share)
+        where = PostFilter(channels=frozenset(c + 1 for c in chans))
+        keep = np.flatnonzero(np.isin(channel, list(chans)))
+        truth = np.argsort(-(Q @ X[keep].T), axis=1)[:, :K]
+        t_plain, t_filt, hits = [], [], 0
+        store.search(Q[0], K)
+        store.search(Q[0], K, where=where)
+        for qi, q in enumerate(Q):
+            t0 = time.perf_counter()
+            store.search(q, K)
+            t1 = time.perf_counter()
+            found = store.search(q, K, where=where)
+            t2 = time.perf_counter()
+            t_plain.append(t1 - t0)
+            t_filt.append(t2 - t1)
+            hits += len(set(ids[keep[truth[qi]]].tolist()) & {i for i, _ in found})
+        r = hits / (K * len(Q))
+        rows.append([f"{n:,}", f"Milvus Lite HNSW: in: random channels ({share:.0%})",
+                     f"{len(keep) / n:.1%}", ms(median(t_plain)), ms(median(t_filt)),
+                     ms(pct(t_filt, 99)), ratio(median(t_filt) / median(t_plain)), f"{r:.3f}", "–"])
+        log(f"Milvus Lite N={n:,} {share:.0%}: recall {r:.3f} p50 {median(t_plain) * 1e3:.1f} -> "
+            f"{median(t_filt) * 1e3:.1f} ms; {load()}")
+    store.close()
+    return (f"Milvus Lite N={n:,} (in this process, `auto` = HNSW ef 128): added through "
+            f"MilvusStore.add in {add_s:.0f} s; {load()} at the end"), rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, nargs="+", default=[100_000, 1_000_000])
+    p.add_argument("--n", type=int, nargs="*", default=[100_000, 1_000_000])
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--milvus", type=int, nargs="*", default=[], metavar="N",
+                   help="also Milvus Lite with N items (slow: ~250 items/s to add)")
+    p.add_argument("--milvus-queries", type=int, default=50)
     args = p.parse_args(argv)
     space = Space(args.dim)
     notes, rows = [], []
     started = load()
     for n in args.n:
         note, r = run_n(n, args, space)
+        notes.append(note)
+        rows += r
+    for n in args.milvus:
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmp:
+            note, r = milvus_rows(n, args.milvus_queries, space, tmp)
         notes.append(note)
         rows += r
     print(header("Filtered search: embedded FAISS (`bench/filters.py`, issue 12 part 2)", argv))

@@ -374,6 +374,16 @@ class MilvusStore(VectorStore):
             raise StoreError(f"{self.location} has no item with id {missing[0]}")
         return self._stack([found[i] for i in wanted])
 
+    def _allowed(self, where: PostFilter) -> list[int]:
+        """The ids of the items one of whose posts passes `where`: one query, or (more
+        posts pass than a query returns) the iterator."""
+        expr = self._where(where.milvus())
+        rows = self._rpc(lambda c: c.query(self.posts_name, filter=expr, output_fields=["item_id"],
+                                           limit=MAX_TOPK, timeout=SEARCH_TIMEOUT))
+        if len(rows) >= MAX_TOPK:
+            rows = self._iterate(self.posts_name, ["item_id"], where.milvus())
+        return sorted({int(r["item_id"]) for r in rows})
+
     def has_posts(self) -> bool:
         rows = self._rpc(
             lambda c: c.query(self.posts_name, filter=self._where(), output_fields=["count(*)"],
@@ -414,8 +424,7 @@ class MilvusStore(VectorStore):
             return []
         expr = self._where()
         if where is not None:
-            allowed = sorted({int(r["item_id"]) for r in self._iterate(
-                self.posts_name, ["item_id"], where.milvus())})
+            allowed = self._allowed(where)
             if offset >= len(allowed):
                 return []
             # a literal list: Milvus Lite does not take expression templates (filter_params)
@@ -648,6 +657,7 @@ class MilvusStore(VectorStore):
             for i, row in last.values()
         ]
         self._rpc(lambda c: c.upsert(self.posts_name, data, timeout=CALL_TIMEOUT))
+        self._settle(self.posts_name)  # Lite: unflushed rows are scanned by every query
 
     def _post_rows(self, where: str) -> list[dict[str, Any]]:
         """Post rows matching `where` (within this view's guild)."""
