@@ -181,6 +181,12 @@ def milvus_rows(n: int, nq: int, space: Space, tmp: str) -> tuple[str, list]:
     add_s = time.perf_counter() - t0
     ids = np.asarray(ids, dtype=np.int64)
     log(f"Milvus Lite N={n:,}: added in {add_s:.0f} s")
+    for _ in range(360):  # measure the indexed collection: wait for its HNSW builds
+        done = store._client.describe_index(store.name, "vector").get("indexed_rows")
+        if done == n:
+            break
+        time.sleep(5)
+    log(f"Milvus Lite N={n:,}: {done:,} rows indexed")
     rows = []
     for share in (0.10, 0.01):
         chans = channels_passing(channel, share)
