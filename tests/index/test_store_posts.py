@@ -250,3 +250,19 @@ def test_faiss_filtered_search_on_ivf_and_hnsw_equals_the_exact_top_of_the_allow
             assert set(got) <= set(ids.tolist())
             assert len(set(got) & set(want)) >= 9, (factory, share)
     assert faiss.IDSelectorBitmap  # the selector the store uses
+
+
+def test_an_hnsw_collection_ranks_a_tiny_allowed_set_exactly(tmp_path):
+    """Below EXACT_SHARE an HNSW walk would meet almost no allowed item: the allowed
+    vectors are ranked exactly from SQLite instead."""
+    from index.store.filtered import PostFilter
+
+    vecs = rand_vecs(120, seed=5)
+    with Collection.create(tmp_path / "h", MODEL, DIM, "HNSW8") as c:
+        ids = c.add([NewItem(source=f"discord:{G}/{1 + (i == 7)}/{i + 1}/{i + 1}", guild_id=G,
+                             channel_id=1 + (i == 7), message_id=i + 1, attachment_id=i + 1)
+                     for i in range(120)], vecs)
+        assert "HNSW" in c.index_description
+        far = unit(-vecs[7])  # item 7 is the worst match of all, and the only one in channel 2
+        assert c.search(far, 3, where=PostFilter(channels=frozenset({2}))) == [
+            (ids[7], pytest.approx(float(vecs[7] @ far), abs=1e-2))]
