@@ -230,15 +230,15 @@ def test_faiss_filtered_search_on_ivf_and_hnsw_equals_the_exact_top_of_the_allow
     from index.store.faissindex import make_index
     from index.store.filtered import Allowed, search_allowed
 
-    x = clustered(3000, 32, seed=4)
+    x = clustered(2000, 32, seed=4)
     q = x[17]
     for factory, params in (("IVF32,Flat", {"nprobe": 4}), ("HNSW16", {"efSearch": 16})):
         index = make_index(32, factory)
         index.train(x)
-        index.add_with_ids(x, np.arange(3000, dtype=np.int64))
+        index.add_with_ids(x, np.arange(2000, dtype=np.int64))
         for share in (0.5, 0.1, 0.01):
-            ids = np.random.default_rng(1).choice(3000, int(3000 * share), replace=False)
-            flags = np.zeros(3000, dtype=bool)
+            ids = np.random.default_rng(1).choice(2000, int(2000 * share), replace=False)
+            flags = np.zeros(2000, dtype=bool)
             flags[ids] = True
             allowed = Allowed(np.packbits(flags, bitorder="little"), len(ids))
             found = search_allowed(index, q, 10, allowed, params)
