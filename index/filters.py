@@ -67,17 +67,6 @@ def filter_key(word: str) -> str | None:
     return key if key in KINDS or key in UNSUPPORTED else None
 
 
-def mention_problem(word: str) -> str | None:
-    """Why a bare mention in the query text is refused (None: not a mention)."""
-    if _CHANNEL_MENTION.fullmatch(word):
-        return f"{_piece(word)} is a channel: to search only there, write in:{word}"
-    if _MEMBER_MENTION.fullmatch(word):
-        return f"{_piece(word)} is a member: to search only their posts, write from:{word}"
-    if _ROLE_MENTION.fullmatch(word):
-        return f"{_piece(word)} is a role: filters take channels (in:) and members (from:)"
-    return None
-
-
 @dataclass(frozen=True)
 class Ref:
     """A channel or a member a filter names: by id, or by name (the bot resolves names)."""

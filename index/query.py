@@ -44,7 +44,7 @@ from typing import Literal
 
 from index.errors import QueryError
 
-from .filters import FilterParser, Filters, filter_key, mention_problem
+from .filters import FilterParser, Filters, filter_key
 
 MAX_TERMS = 16
 MAX_ABS_WEIGHT = 10.0
@@ -277,8 +277,6 @@ class _Parser:
                         f"two separators in a row {_piece(self.s[self.sign.start : tok.end])}"
                     )
                 self.sign = tok
-            elif (problem := mention_problem(tok.value)) is not None:
-                raise self.filters.fail(problem)
             elif tok.value.startswith("#"):
                 self._start("image", tok, [], image=self._image(tok))
             elif self.current is not None and self.current.open_phrase:

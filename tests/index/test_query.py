@@ -545,7 +545,6 @@ def test_dates_are_utc_days_and_combine():
     ("cat in:@sam", "for a member write from:@sam"),
     ("cat from:#memes", "for a channel write in:#memes"),
     ("cat from:<@&5>", "is a role"),
-    ("cat <#123>", "write in:<#123>"),
     ("cat has:link", "no has: filter"),
     ("cat in:0", "not a Discord id"),
 ])
