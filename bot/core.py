@@ -22,12 +22,13 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from PIL import Image
 
 from index import (
+    FILTER_USAGE,
     IMAGE_EXTENSIONS,
     USAGE,
     FetchLimits,
@@ -37,7 +38,7 @@ from index import (
     open_image,
     parse_query,
 )
-from index.errors import Busy, ClipfindError, FetchError, ImageError
+from index.errors import Busy, ClipfindError, FetchError, ImageError, QueryError
 
 from . import floor, render
 from .config import Settings
@@ -65,6 +66,17 @@ class Attachment:
     read: Callable[[], Awaitable[bytes]]
 
 
+class Directory(Protocol):
+    """The asking server's channels and members as the transport knows them: what turns
+    `in:#memes` / `from:@sam` into ids (bot.cogs.search.GuildDirectory on Discord)."""
+
+    def has_channel(self, channel_id: int) -> bool: ...
+
+    async def channel_named(self, name: str) -> int | None: ...
+
+    async def member_named(self, name: str) -> int | None: ...
+
+
 @dataclass
 class FindRequest:
     text: str  # what follows the command word
@@ -72,6 +84,7 @@ class FindRequest:
     attachments: Sequence[Attachment] = ()  # the message's own: a non-image is an error
     replied: Sequence[Attachment] = ()  # the replied-to message's: non-images are skipped
     guild_id: int | None = None  # the server asked in: its library, when it has one
+    directory: Directory | None = None  # that server's channels and members (filters)
 
 
 @dataclass
@@ -205,6 +218,9 @@ def help_text(prefix: str = "!") -> str:
         f'`{p}find "quoted, phrase"*2 #1*0.5 cars` · quotes keep a phrase; `#N` is the N-th image',
         f"`{p}find cars` + an attached photo · images come from attachments, the message you "
         "reply to, and image URLs in the text; images no `#N` names join with weight 1",
+        f"`{p}find red circle in:#memes from:@sam after:2025-01-31` · only pictures of this "
+        "server's library posted there, by them, then: `in:`/`from:` (several match any), "
+        "`before:`/`after:` a day, `during:` a year, month or day (UTC)",
         "`/find query:<text> image:<attachment>` · the same as a slash command",
         "Pages: ◀️ ▶️ turn, ⏹️ stops (only the member who asked). The word weights under a "
         "result show which words of each phrase the model attended to.",
@@ -214,6 +230,7 @@ def help_text(prefix: str = "!") -> str:
         f"`{p}why N` replying to a result page (or 🔍 under it, `/why N`) · a heatmap of where "
         "in result #N the model saw each term",
         "Grammar — " + USAGE,
+        "Filters — " + FILTER_USAGE,
     ])
 
 
@@ -318,6 +335,7 @@ class Core:
         text, urls = split_urls(req.text, first=len(sources) + 1)
         sources.extend(urls)
         query = parse_query(text, len(sources))  # QueryError: one line with the usage
+        query = await resolve_filters(query, req)
         if (why := self.unavailable()) is not None:
             return error(why)
         # taken before the downloads (a member held back costs no download), given back when
@@ -419,7 +437,7 @@ class Core:
         async def run() -> None:
             try:
                 await asyncio.sleep(self.prefetch_delay_s)
-                nxt = await scope.engine.search(state.text, state.images, k=state.k,
+                nxt = await scope.engine.search(state.parsed_query(), state.images, k=state.k,
                                                 offset=state.offset + state.k, also=scope.also,
                                                 explain=False)
                 await asyncio.to_thread(render.prefetch_thumbnails, nxt.hits, store,
@@ -430,6 +448,49 @@ class Core:
         task = asyncio.create_task(run())
         self._prefetching.add(task)
         task.add_done_callback(self._prefetching.discard)
+
+
+def _refuse(problem: str) -> QueryError:
+    return QueryError(f"{problem} — {FILTER_USAGE}")
+
+
+async def resolve_filters(query: Query, req: FindRequest) -> Query:
+    """The query with its filters' channels and members as ids of the asking server.
+
+    A channel id must be one of this server's (another server's, or none, is refused in
+    the same words, naming nothing); a member id is taken as it is (a member who left still
+    has posts here); names are looked up in this server only."""
+    f = query.filters
+    if not f:
+        return query
+    d = req.directory
+    if req.guild_id is None or d is None:
+        if f.names:
+            raise _refuse(f"{f.names[0]}: channel and member names are known only in a "
+                          "server; search from one of its channels")
+        return query
+    channels = []
+    for ref in f.channels:
+        if ref.id is not None:
+            if not d.has_channel(ref.id):
+                raise _refuse("a channel given to in: is not one of this server's; filters "
+                              "search only this server's library: type # and pick a channel")
+            channels.append(ref.id)
+        elif (cid := await d.channel_named(ref.name)) is not None:
+            channels.append(cid)
+        else:
+            raise _refuse(f"in:#{render._clip(ref.name, 40)}: this server has no such channel; "
+                          "type # and pick one from the list")
+    members = []
+    for ref in f.members:
+        if ref.id is not None:
+            members.append(ref.id)
+        elif (mid := await d.member_named(ref.name)) is not None:
+            members.append(mid)
+        else:
+            raise _refuse(f"from:@{render._clip(ref.name, 40)}: no member of this server has "
+                          "that name; type @ and pick one from the list")
+    return replace(query, filters=f.resolved(tuple(channels), tuple(members)))
 
 
 def error(text: str) -> Reply:

@@ -33,6 +33,8 @@ _EXPORTS: dict[str, str] = {
     "Term": "query",
     "parse_query": "query",
     "USAGE": "query",
+    "Filters": "filters",  # in:/from:/before:/after:/during: of a query (Query.filters)
+    "FILTER_USAGE": "filters",
     # items and collections
     "NewItem": "store",  # what to store about an image being added
     "Item": "store",

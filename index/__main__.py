@@ -18,7 +18,10 @@ from .errors import ClipfindError, QueryError, SourceError
 MILVUS_TOKEN_ENV = "MILVUS_TOKEN"  # read when set; the token is never an argument
 EPILOG = """query grammar: words run into one phrase; *W weights a term (-10..10, negative pushes
 away); + and - separate terms; "quotes" keep a phrase; #N is the N-th --image.
-examples:  red circle*1 blue square*2 | horse + stripes - brown | --image cat.jpg '#1*0.5 cars'"""
+examples:  red circle*1 blue square*2 | horse + stripes - brown | --image cat.jpg '#1*0.5 cars'
+filters (a server library): in:CHANNEL_ID from:USER_ID before:2025-06-01 after:2025-01-31
+during:2025-03, or --in/--from/--before/--after/--during; several in:/from: match any of them,
+different kinds all apply; dates are UTC days"""
 
 
 def _progress(total: int, desc: str):
@@ -138,19 +141,22 @@ async def _search(a) -> int:
     if a.offset < 0:
         raise QueryError(f"--offset {a.offset}: give how many results to skip, 0 or more")
     images = _load_images(a.image)
-    query = parse_query(" ".join(a.query), len(images))
+    query = parse_query(" ".join([*a.query, *_filter_words(a)]), len(images))
+    query.filters.need_ids()
     engine = _open_engine(a)
     try:
         result = await engine.search(query, images, k=a.k, offset=a.offset,
                                      keep_near_duplicates=a.keep_duplicates)
     finally:
         engine.close()
+    filters = result.query.filters.labels()
     terms = [{"kind": t.kind, **({"text": t.text} if t.kind == "text" else {"image": t.image + 1}),
               "weight": t.weight} for t in result.query.terms]
     hits = [_hit_json(h) for h in result.hits]
     attention = [[{"word": w, "weight": round(v, 4)} for w, v in (att or [])] for att in result.attention]
     if a.json:
-        out = {"terms": terms, "results": hits, "attention": attention,
+        out = {"terms": terms, **({"filters": filters} if filters else {}), "results": hits,
+               "attention": attention,
                "floor": None if result.floor is None else round(result.floor, 6)}
         if result.attention_note:
             out["attention_note"] = result.attention_note
@@ -207,6 +213,23 @@ def floor_line(result, hits: list[dict], weak: bool) -> str | None:
                 f"{n_weak} weak match{'es' if n_weak > 1 else ''}\n")
     return (f"{n_weak} weaker match{'es' if n_weak > 1 else ''} under the floor "
             f"({result.floor:.3f}) not shown; --weak shows them\n")
+
+
+def _filter_words(a) -> list[str]:
+    """--in/--from/--before/--after/--during as the query's own filter words (one grammar)."""
+    words = []
+    for option, key, values in (("--in", "in", a.in_), ("--from", "from", a.from_),
+                                ("--before", "before", [a.before]), ("--after", "after", [a.after]),
+                                ("--during", "during", [a.during])):
+        for v in values:
+            if v is None:
+                continue
+            if not v.strip() or any(c.isspace() or c in '"*' for c in v):
+                raise QueryError(f"{option} {v!r}: give one "
+                                 f"{'id' if key in ('in', 'from') else 'date like 2025-06-01'} "
+                                 f"per {option}")
+            words.append(f"{key}:{v}")
+    return words
 
 
 def cmd_export(a) -> int:
@@ -403,6 +426,14 @@ def parser() -> argparse.ArgumentParser:
                    help="keep results that are near-copies of a query image")
     s.add_argument("--weak", action="store_true",
                    help="also show the results under the collection's relevance floor")
+    s.add_argument("--in", dest="in_", action="append", default=[], metavar="CHANNEL_ID",
+                   help="only pictures posted in this channel (repeat: any of them); "
+                        "a server library's collection")
+    s.add_argument("--from", dest="from_", action="append", default=[], metavar="USER_ID",
+                   help="only pictures posted by this member (repeat: any of them)")
+    s.add_argument("--before", metavar="DATE", help="posted before this UTC day: YYYY-MM-DD")
+    s.add_argument("--after", metavar="DATE", help="posted after this UTC day: YYYY-MM-DD")
+    s.add_argument("--during", metavar="DATE", help="posted within YYYY, YYYY-MM or YYYY-MM-DD")
     s.add_argument("query", nargs="*", help="the query (see the grammar below)")
     s.set_defaults(run=_search)
 

@@ -24,6 +24,7 @@ from .nearcopies import Group, Ranked, group
 from .query import Query, parse_query
 from .ranking import STRATEGIES, WeightedVector, compose, normalise, zsum_scores
 from .store import Collection, Forgotten, Item, NewItem, Post
+from .store.filtered import PostFilter
 from .thumbnails import ThumbnailStore
 
 if TYPE_CHECKING:  # torch: not imported by a process that encodes through the service
@@ -210,9 +211,10 @@ class Engine:
                      else t for t in terms]
         t1 = time.perf_counter()
         zterms = terms if bool(query.image_terms) and self.options.image_composition == "zsum" else None
+        where, also = await asyncio.to_thread(self._filtered_scope, query, list(also))
         floors = await asyncio.gather(*(e._query_floor(query, terms) for e in [self, *also]))
         groups = await asyncio.to_thread(self._rank_all, terms, zterms, offset + k + 1,
-                                         keep_near_duplicates, also, floors, collapse)
+                                         keep_near_duplicates, also, floors, collapse, where)
         t2 = time.perf_counter()
         attention, note = self._explained(query, codes) if explain else ([], None)
         hits = [Hit(offset + i + 1, g.leader.score, g.leader.item, g.leader.weak,
@@ -235,8 +237,27 @@ class Engine:
             background = (await asyncio.to_thread(self._spread_sample)).mean(axis=0)
         return query_floor(floor.value, terms, background)
 
+    def _filtered_scope(self, query: Query, also: list[Engine]
+                        ) -> tuple[PostFilter | None, list[Engine]]:
+        """The store filter of the query's filters, and the `also` collections it can match
+        in (those whose items have posts); QueryError when a filter names a channel or
+        member by name (only a server can resolve it) or no collection has posts."""
+        f = query.filters
+        if not f:
+            return None, also
+        f.need_ids()
+        if not self.collection.has_posts():
+            raise QueryError(
+                "filters (in:, from:, before:, after:, during:) need a server library, whose "
+                "pictures know their channel, poster and date; this collection's do not: "
+                "search without them")
+        where = PostFilter(frozenset(r.id for r in f.channels), frozenset(r.id for r in f.members),
+                           f.since, f.until)
+        return where, [e for e in also if e.collection.has_posts()]
+
     def _rank_all(self, terms: list[WeightedVector], zterms, n: int, keep_near_duplicates: bool,
-                  also: list[Engine], floors: list[float | None], collapse: bool) -> list[Group]:
+                  also: list[Engine], floors: list[float | None], collapse: bool,
+                  where: PostFilter | None = None) -> list[Group]:
         """Compose and rank over this collection and `also`, merged by cosine and grouped
         into near-copies, until n groups (or all there are) are found (in a worker thread)."""
         q = compose(terms)
@@ -245,7 +266,7 @@ class Engine:
         while True:
             ranked, more = [], False
             for engine, floor in zip([self, *also], floors, strict=True):
-                found = engine._ranked(q, zterms, depth, avoid)
+                found = engine._ranked(q, zterms, depth, avoid, where)
                 more |= len(found) >= depth
                 vecs = engine.collection.vectors([it.id for it, _ in found]) if collapse and found else None
                 ranked += [Ranked(it, s, None if vecs is None else vecs[j], floor)
@@ -266,12 +287,15 @@ class Engine:
         note = UNAVAILABLE if query.text_terms and all(w is None for w in weights) else None
         return weights, note
 
-    def _candidates(self, q: np.ndarray, zterms: list[WeightedVector] | None, want: int):
+    def _candidates(self, q: np.ndarray, zterms: list[WeightedVector] | None, want: int,
+                    where: PostFilter | None = None):
         """(id, cosine with q) best first: by cosine, or by z-scored sum over each term's top."""
+        scope = {} if where is None else {"where": where}  # only the items the filter allows
         if zterms is None:
-            return self.collection.search(q, want)
+            return self.collection.search(q, want, **scope)
         pool = {i for t in zterms if t.weight > 0
-                for i, _ in self.collection.search(normalise(t.vector), max(want, ZSUM_CANDIDATES))}
+                for i, _ in self.collection.search(normalise(t.vector), max(want, ZSUM_CANDIDATES),
+                                                   **scope)}
         ids = sorted(pool)
         if not ids:
             return []
@@ -288,11 +312,11 @@ class Engine:
         return self._sample[1]
 
     def _ranked(self, q: np.ndarray, zterms: list[WeightedVector] | None, n: int,
-                avoid: list[np.ndarray]) -> list[tuple[Item, float]]:
-        """The best n items, near-duplicates of query images left out."""
+                avoid: list[np.ndarray], where: PostFilter | None = None) -> list[tuple[Item, float]]:
+        """The best n items (those `where` allows), near-duplicates of query images left out."""
         want = n
         while True:
-            found = self._candidates(q, zterms, want)
+            found = self._candidates(q, zterms, want, where)
             ids = [i for i, _ in found]
             if avoid and ids:
                 vecs = self.collection.vectors(ids)

@@ -23,6 +23,11 @@ Rules, in the order the parser applies them:
   the query at the end, in order, with weight 1. An image may be named more than once (each
   `#N` is a term of its own).
 - At most MAX_TERMS terms (joining images count), at least one with a positive weight.
+- Filters, in the words of Discord's own search (index/filters.py): `in:#channel`,
+  `from:@member`, `before:DATE`, `after:DATE`, `during:DATE`. A filter is a word of its
+  own (its value may be quoted: `from:"Sam Smith"`); it ends a phrase like `#N` does, takes
+  no weight and no `-`. They narrow where the terms are looked for, and are kept apart from
+  the terms in `Query.filters`.
 
 Every malformed query raises `QueryError` whose message is one line: the problem, quoting the
 offending piece, then " — " and USAGE. No other exception escapes `parse_query` for any string.
@@ -38,6 +43,8 @@ from decimal import Decimal
 from typing import Literal
 
 from index.errors import QueryError
+
+from .filters import FilterParser, Filters, filter_key
 
 MAX_TERMS = 16
 MAX_ABS_WEIGHT = 10.0
@@ -90,6 +97,7 @@ class Term:
 @dataclass(frozen=True)
 class Query:
     terms: tuple[Term, ...]
+    filters: Filters = Filters()
 
     @property
     def text_terms(self) -> tuple[Term, ...]:
@@ -100,8 +108,8 @@ class Query:
         return tuple(t for t in self.terms if t.kind == "image")
 
     def describe(self) -> str:
-        """The canonical form of the whole query, e.g. 'blue sky*1 flower*2 #1*1'."""
-        return " ".join(t.label() for t in self.terms)
+        """The canonical form of the whole query, e.g. 'blue sky*1 flower*2 #1*1 in:#memes'."""
+        return " ".join([*(t.label() for t in self.terms), *self.filters.labels()])
 
 
 def parse_query(text: str, n_images: int = 0) -> Query:
@@ -226,6 +234,8 @@ class _Parser:
         self.named: set[int] = set()
         self.current: _Pending | None = None
         self.sign: _Token | None = None  # a separator waiting for its term
+        self.filters = FilterParser()
+        self.last_filter: str | None = None  # the filter just read (a weight after it is an error)
 
     def parse(self) -> Query:
         toks = _tokens(self.s)
@@ -234,8 +244,27 @@ class _Parser:
             tok = toks[i]
             if tok.kind == "star":
                 nxt = toks[i + 1] if i + 1 < len(toks) else None
+                if self.last_filter is not None and self.current is None:
+                    raise self.filters.fail(
+                        f"filter {_piece(self.last_filter)} takes no weight; weigh the words instead"
+                    )
                 self._weight(tok, nxt)
                 i += 2
+                continue
+            self.last_filter = None
+            if tok.kind == "word" and filter_key(tok.value) is not None:
+                self._flush()
+                if self.sign is not None:
+                    raise self.filters.fail(
+                        f"{_piece(self.sign.value + ' ' + tok.value)}: a filter cannot be pushed "
+                        "away with -; it only narrows where to look"
+                    )
+                nxt = toks[i + 1] if i + 1 < len(toks) else None
+                value_tok = None
+                if nxt is not None and nxt.kind == "quoted" and nxt.start == tok.end:
+                    value_tok = nxt  # from:"Sam Smith"
+                self.last_filter = self.filters.add(tok.value, value_tok.value if value_tok else None)
+                i += 2 if value_tok is not None else 1
                 continue
             if tok.kind == "quoted":
                 if not tok.value:
@@ -260,10 +289,13 @@ class _Parser:
         if self.sign is not None:
             raise _fail(f"{_piece(self.sign.value)} at the end has no term after it")
 
+        filters = self.filters.done()
         for k in range(self.n_images):
             if k not in self.named:
                 self.terms.append(Term("image", 1.0, image=k))
         if not self.terms:
+            if filters:
+                raise _fail("a query needs words or an image to look for, not only filters")
             raise _fail("empty query: give some words or attach an image")
         if len(self.terms) > MAX_TERMS:
             joined = self.n_images - len(self.named)
@@ -275,7 +307,7 @@ class _Parser:
                 f"no term has a positive weight in {_piece(desc)}: "
                 "a query needs something to look for, not only things to push away"
             )
-        return Query(tuple(self.terms))
+        return Query(tuple(self.terms), filters)
 
     def _start(self, kind, tok: _Token, words: list[str], image=None, quoted=False) -> None:
         self._flush()

@@ -46,6 +46,36 @@ async def _replied_attachments(ctx: commands.Context) -> list[Attachment]:
     return [_wrap(a) for a in msg.attachments]
 
 
+class GuildDirectory:
+    """The asking server's channels and members for the filters (core.Directory), looked up
+    with discord.py's converters, in this server only."""
+
+    def __init__(self, ctx: commands.Context) -> None:
+        self.ctx, self.guild = ctx, ctx.guild
+
+    def has_channel(self, channel_id: int) -> bool:
+        return self.guild.get_channel_or_thread(channel_id) is not None
+
+    async def channel_named(self, name: str) -> int | None:
+        for converter in (commands.GuildChannelConverter(), commands.ThreadConverter()):
+            try:
+                found = await converter.convert(self.ctx, name)
+            except commands.BadArgument:
+                continue
+            if found.guild.id == self.guild.id:
+                return found.id
+        folded = name.casefold()  # `in:#Memes`: Discord shows channel names in lower case
+        hit = discord.utils.find(lambda c: c.name.casefold() == folded, self.guild.channels)
+        return hit.id if hit is not None else None
+
+    async def member_named(self, name: str) -> int | None:
+        try:  # the cache, then a gateway query by name (works without the members intent)
+            member = await commands.MemberConverter().convert(self.ctx, name)
+        except commands.BadArgument:
+            return None
+        return member.id if member.guild.id == self.guild.id else None
+
+
 class Search(commands.Cog):
     """Search the image collection."""
 
@@ -69,7 +99,8 @@ class Search(commands.Cog):
         else:
             attachments = [_wrap(a) for a in ctx.message.attachments]
         request = FindRequest(query, ctx.author.id, attachments, await _replied_attachments(ctx),
-                              guild_id=ctx.guild.id if ctx.guild is not None else None)
+                              guild_id=ctx.guild.id if ctx.guild is not None else None,
+                              directory=GuildDirectory(ctx) if ctx.guild is not None else None)
         # a slash command defers (publicly: results page in the channel) only once its input
         # passed the checks, so a refusal can still go to the member alone
         defer = ctx.defer if ctx.interaction is not None else None

@@ -8,6 +8,7 @@ Rooms (read in this order):
     items.py       the item table (meta.sqlite): schema, rows <-> Item/NewItem
     posts.py       provenance: every Discord post of every stored picture (meta.sqlite)
     records.py     small named values beside the items (a face's state, e.g. a library's)
+    filtered.py    search filters over the posts (channel, author, time): the allowed items
     faissindex.py  the FAISS index: make, load (verified), save (atomic), in-memory state
     tuning.py      the policy: which index for how many items, and its search-time knob
     rebuild.py     building an index from SQLite, in the caller's thread or in the background

@@ -14,6 +14,7 @@ from types import TracebackType
 import numpy as np
 
 from ..errors import StoreError
+from .filtered import PostFilter
 from .items import Item, NewItem
 from .manifest import Manifest
 from .posts import Forgotten, Post
@@ -67,8 +68,15 @@ class VectorStore(abc.ABC):
         """Wait for the background rebuild in progress, if any; False if still running."""
 
     @abc.abstractmethod
-    def search(self, query: np.ndarray, k: int, offset: int = 0) -> list[tuple[int, float]]:
-        """(id, inner product), best first, ranks offset .. offset+k-1."""
+    def search(
+        self, query: np.ndarray, k: int, offset: int = 0, where: PostFilter | None = None
+    ) -> list[tuple[int, float]]:
+        """(id, inner product), best first, ranks offset .. offset+k-1; with `where`, ranks
+        among the items one of whose posts passes it (the others are never ranked)."""
+
+    @abc.abstractmethod
+    def has_posts(self) -> bool:
+        """Whether any item has a Discord post (a channel, author and time to filter by)."""
 
     # -- writing -------------------------------------------------------------------------
 

@@ -41,6 +41,7 @@ from .faissindex import (
     write_index_file,
 )
 from .files import remove_dead_tmp_files
+from .filtered import Allowed, PostFacts, PostFilter, search_allowed
 from .items import (
     META,
     Item,
@@ -150,6 +151,8 @@ class Collection(VectorStore):
         self.background_rebuilds = background_rebuilds
         self._bg = BackgroundRebuild(path, self._lock)
         self._cache_warned = False  # said once that vectors.faiss could not be written
+        self._writes = 0  # our own write transactions (the post facts follow them)
+        self._facts: tuple[tuple[int, int], PostFacts] | None = None  # (version, facts)
         try:
             with self._lock:
                 table.check_schema()
@@ -219,7 +222,9 @@ class Collection(VectorStore):
 
     # -- search ------------------------------------------------------------------------
 
-    def search(self, query: np.ndarray, k: int, offset: int = 0) -> list[tuple[int, float]]:
+    def search(
+        self, query: np.ndarray, k: int, offset: int = 0, where: PostFilter | None = None
+    ) -> list[tuple[int, float]]:
         if k <= 0:
             return []
         offset = max(0, int(offset))
@@ -232,9 +237,38 @@ class Collection(VectorStore):
             n = int(index.ntotal)
             if n == 0 or offset >= n:
                 return []
-            scores, labels = index.search(q[None, :], min(n, offset + int(k)))
-        hits = [(int(i), float(s)) for s, i in zip(scores[0], labels[0], strict=True) if i >= 0]
+            if where is None:
+                scores, labels = index.search(q[None, :], min(n, offset + int(k)))
+                scores, labels = scores[0], labels[0]
+            else:
+                allowed = self._post_facts().allowed(where)
+                if offset >= allowed.count:
+                    return []
+                depth = min(allowed.count, offset + int(k))
+                found = search_allowed(index, q, depth, allowed, self._ix.params)
+                scores, labels = found if found is not None else self._exact(q, depth, allowed)
+        hits = [(int(i), float(s)) for s, i in zip(scores, labels, strict=True) if i >= 0]
         return hits[offset : offset + int(k)]
+
+    def has_posts(self) -> bool:
+        with self._lock:
+            return self._db().conn.execute("SELECT 1 FROM posts LIMIT 1").fetchone() is not None
+
+    def _post_facts(self) -> PostFacts:
+        """The posts' facts, read again when the table changed (by us or another
+        connection: SQLite's data_version). Lock held."""
+        conn = self._db().conn
+        version = (int(conn.execute("PRAGMA data_version").fetchone()[0]), self._writes)
+        if self._facts is None or self._facts[0] != version:
+            self._facts = (version, PostFacts.read(conn))
+        return self._facts[1]
+
+    def _exact(self, q: np.ndarray, depth: int, allowed: Allowed) -> tuple[np.ndarray, np.ndarray]:
+        """The allowed items ranked exactly, from their stored vectors. Lock held."""
+        ids = allowed.ids()
+        scores = self._db().vectors(ids) @ q
+        order = np.argsort(-scores, kind="stable")[:depth]
+        return scores[order], ids[order]
 
     # -- writing -----------------------------------------------------------------------
 
@@ -456,6 +490,7 @@ class Collection(VectorStore):
 
         Lock held. If someone else wrote since our index was made, it is marked stale.
         """
+        self._writes += 1
         result, before, after = self._db().write(body, items_changed)
         if after is None:
             return result

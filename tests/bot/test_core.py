@@ -388,3 +388,55 @@ async def test_page_turns_only_read_thumbnails_made_before(settings, engine, tmp
     again = await core.turn(second.state, -1)  # back: read, not made again
     assert [c.file.data for c in again.cards] == [c.file.data for c in first.cards]
     await core.close()
+
+
+# -------------------------------------------------------------------------- filters (issue 12)
+
+
+class Dir:
+    """A server's channels and members, as a transport would look them up."""
+
+    channels = {"memes": 501, "art": 502}
+    members = {"sam": 701}
+
+    def has_channel(self, channel_id):
+        return channel_id in self.channels.values()
+
+    async def channel_named(self, name):
+        return self.channels.get(name)
+
+    async def member_named(self, name):
+        return self.members.get(name)
+
+
+async def find_in_server(core, text):
+    return await core.find(FindRequest(text, ALICE, guild_id=9, directory=Dir()))
+
+
+@pytest.mark.parametrize("text, words, absent", [
+    ("red in:#nope", ["in:#nope", "no such channel", "filters:"], []),
+    ("red in:<#123456789>", ["not one of this server's", "filters:"], ["123456789"]),
+    ("red from:@nobody", ["from:@nobody", "no member", "filters:"], []),
+    ("red before:2025-13-45", ["not a real date", "filters:"], []),
+    ("red after:2025-06-01 before:2025-05-01", ["leaves no time"], []),
+    ("red " + " ".join(f"in:#c{i}" for i in range(50)), ["too many in: filters"], []),
+    # resolved, then refused by the engine: the global collection has no posts
+    ("red in:#memes from:@sam", ["need a server library"], []),
+])
+async def test_bad_filters_get_one_line_naming_nothing_of_other_servers(core, text, words, absent):
+    reply = await find_in_server(core, text)
+    assert_one_line_error(reply, *words)
+    for w in absent:
+        assert w not in reply.text
+
+
+async def test_filter_names_resolve_to_this_servers_ids_and_need_a_server(core):
+    from bot.core import resolve_filters
+    from index import parse_query
+
+    q = await resolve_filters(parse_query("red in:#memes in:<#502> from:@sam from:<@42>"),
+                              FindRequest("", ALICE, guild_id=9, directory=Dir()))
+    assert [r.id for r in q.filters.channels] == [501, 502]
+    assert [r.id for r in q.filters.members] == [701, 42] and not q.filters.names
+    assert_one_line_error(await find(core, "red in:#memes"), "known only in a server")
+    assert "in:#channel" in core.help().text and "from:@" in core.help().text

@@ -487,3 +487,34 @@ async def test_an_attachment_edited_out_of_its_message_leaves_the_library(world)
     assert titles(page) == {"green-again.png", "alpha-blue-square-1.png"}
     status = await say(w, w.a, "!library status")
     assert "1 channel(s), 2 images" in status["content"], status["content"]
+
+
+async def test_filters_resolve_in_the_asking_server_and_narrow_its_library(world):
+    """in:#name / from:@name typed as text resolve to this server's channel and member;
+    another server's channel is refused without naming it; unknown names get one line."""
+    w = world
+    w.a.tag = "alpha"
+    await post_pics(w, w.a, [("red", "circle", i) for i in range(2)])  # a-member in #pics
+    await post_pics(w, w.a, [("red", "circle", 10 + i) for i in range(2)], chan=w.a.other,
+                    author=w.a.admin)  # a-admin in #chat
+    await w.start()
+    await add_and_wait(w, w.a)
+    await add_and_wait(w, w.a, w.a.other)
+
+    def where(page):
+        return {e["url"].split("/")[-2] for e in page["embeds"]}
+
+    everything = await say(w, w.a, "!find red circle")
+    assert len(everything["embeds"]) == 4
+    pics = await say(w, w.a, "!find red circle in:#pics")
+    assert len(pics["embeds"]) == 2 and where(pics) == {str(w.a.pics)}
+    by_admin = await say(w, w.a, "!find red circle from:@a-admin in:#pics in:#chat")
+    assert len(by_admin["embeds"]) == 2 and where(by_admin) == {str(w.a.other)}
+    mention = await say(w, w.a, f"!find red circle in:<#{w.a.pics}> from:<@{w.a.member}>")
+    assert where(mention) == {str(w.a.pics)} and len(mention["embeds"]) == 2
+    other = await say(w, w.a, f"!find red circle in:<#{w.b.pics}>")
+    assert "not one of this server's" in other["content"] and not other["embeds"]
+    assert str(w.b.pics) not in other["content"] and "pics" not in other["content"]
+    for text, words in (("in:#nope", "no such channel"), ("from:@nobody", "no member")):
+        reply = await say(w, w.a, f"!find red circle {text}")
+        assert words in reply["content"] and "\n" not in reply["content"]

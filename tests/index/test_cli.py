@@ -123,6 +123,8 @@ def test_search_json_and_text(demo_collection, demo_gallery):
         (["build", "--index", "{tmp}/x", "{tmp}/missing"], "missing"),
         (["build", "--index", "{tmp}/x", "--model", "Nope-Net:x", "{g}"], "unknown model"),
         (["embed", "--index", "{c}"], "nothing to embed"),
+        (["search", "--index", "{c}", "--in", "5", "--after", "2025-01-31", "red"],
+         "need a server library"),
         (["import-features", "--index", "{tmp}/f", "--features", "{tmp}/none.npy", "--ids", "{tmp}/none.csv"], "none.npy"),
     ],
 )
@@ -238,7 +240,11 @@ def test_refused_searches_exit_at_once_with_one_line(demo_collection, tmp_path):
             (tmp_path / "far", [], "cat*abc", "usage"),
             (demo_collection, ["-k", "-1"], "red", "-k -1"),
             (demo_collection, ["-k", "0"], "red", "-k 0"),
-            (tmp_path / "far", ["--offset", "-3"], "red", "--offset -3")]
+            (tmp_path / "far", ["--offset", "-3"], "red", "--offset -3"),
+            (tmp_path / "far", ["--before", "2025-13-45"], "red", "not a real date"),
+            (tmp_path / "far", ["--after", "2025-06-01", "--before", "2025-05-01"], "red",
+             "leaves no time"),
+            (tmp_path / "far", [], "red in:#memes", "by name")]
     procs = [subprocess.Popen([sys.executable, "-m", "index", "search", "--index", str(c), *opts,
                                "--", q], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for c, opts, q, _ in runs]

@@ -502,3 +502,56 @@ def test_fuzz_any_code_points():
 
 def test_usage_is_one_line():
     assert USAGE.startswith("usage: ") and "\n" not in USAGE
+
+
+# -- filters (issue 12): in: from: before: after: during: ------------------------------------
+
+def test_filters_are_kept_apart_from_the_terms_and_end_a_phrase():
+    from index.filters import Ref
+    q = parse_query('red circle in:#memes blue from:"Sam Smith" in:<#12> from:<@!34> IN:56')
+    assert q.terms == (T("red circle"), T("blue"))
+    assert q.filters.channels == (Ref(name="memes"), Ref(id=12), Ref(id=56))
+    assert q.filters.members == (Ref(name="Sam Smith"), Ref(id=34))
+    assert q.filters.names == ["in:#memes", 'from:"Sam Smith"']
+    assert parse_query(q.describe()) == q
+    assert parse_query('"from:space" cat').filters.channels == ()  # quoted: text
+
+
+def test_dates_are_utc_days_and_combine():
+    f = parse_query("cat after:2025-01-31 before:2025-06").filters
+    assert f.since == 1738368000.0  # 2025-02-01 00:00 UTC: after the 31st ended
+    assert f.until == 1748736000.0  # 2025-06-01 00:00 UTC: before June began
+    d = parse_query("cat during:2024-02").filters  # a leap year's February
+    assert (d.until - d.since) / 86400 == 29
+    both = parse_query("cat during:2025 after:2025-11-30").filters
+    assert both.since == 1764547200.0 and both.until == 1767225600.0  # December 2025
+    assert parse_query("cat during:2025 after:2025-11-30").describe() == \
+        "cat*1 after:2025-11-30 during:2025"
+
+
+@pytest.mark.parametrize("text, says", [
+    ("cat before:2025-13-45", "not a real date"),
+    ("cat during:2025-02-30", "not a real date"),
+    ("cat after:yesterday", "not a date"),
+    ("cat after:2025-06-01 before:2025-05-01", "leaves no time"),
+    ("cat after:2025-05-01 before:2025-05-02", "leaves no time"),  # after the 1st = from the 2nd
+    ("cat before:2025 before:2026", "two before: filters"),
+    ("cat " + " ".join(f"in:#c{i}" for i in range(50)), "too many in: filters"),
+    ("cat " + " ".join(f"from:<@{i + 1}>" for i in range(11)), "too many from: filters"),
+    ("in:#memes", "not only filters"),
+    ("cat in:", "needs a channel"),
+    ("cat in:#memes*2", "takes no weight"),
+    ("cat - from:@sam", "cannot be pushed away"),
+    ("cat in:@sam", "for a member write from:@sam"),
+    ("cat from:#memes", "for a channel write in:#memes"),
+    ("cat from:<@&5>", "is a role"),
+    ("cat has:link", "no has: filter"),
+    ("cat in:0", "not a Discord id"),
+])
+def test_bad_filters_are_one_line_with_the_filter_usage(text, says):
+    from index.filters import FILTER_USAGE
+    with pytest.raises(QueryError) as e:
+        parse_query(text)
+    msg = str(e.value)
+    assert says in msg and "\n" not in msg
+    assert msg.endswith(FILTER_USAGE) or msg.endswith(USAGE)

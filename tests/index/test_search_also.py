@@ -86,3 +86,45 @@ async def test_a_search_queues_its_explanation_with_its_encoding(tmp_path, tiny,
         release.set()
         spaces.close()
         enc.close()
+
+
+async def test_filters_rank_only_the_posts_they_allow_and_need_post_facts(tmp_path, tiny,
+                                                                           demo_gallery):
+    """in:/from:/after:/before: over a library (issue 12): exactly the allowed items, in
+    score order, paged without repeats; a collection without posts (a folder) in `also` is
+    left out, and alone it refuses filters; names need a server to resolve them."""
+    import pytest
+
+    from index.errors import QueryError
+
+    t0, day = 1735689600.0 + 3600, 86400.0  # 2025-01-01 01:00 UTC
+    enc = Encoder(tiny)
+    spaces = Namespaces(tmp_path / "libs", enc)
+    try:
+        lib, plain = spaces.get("1", create=True), spaces.get("plain", create=True)
+        pics = sorted(demo_gallery.glob("*.png"))
+        posts = [NewItem(source=f"discord:1/{1 + i % 2}/{i + 1}/{i + 1}", guild_id=1,
+                         channel_id=1 + i % 2, message_id=i + 1, attachment_id=i + 1,
+                         author_id=10 + i % 3, posted_at=t0 + i * day) for i in range(12)]
+        await lib.add_images(posts, [p.read_bytes() for p in pics[:12]])
+        await plain.add_images([NewItem(source=str(p)) for p in pics[12:18]],
+                               [p.read_bytes() for p in pics[12:18]])
+        everything = [h.item for h in (await lib.search("red circle", k=50)).hits]
+        want = [it.source for it in everything if it.channel_id == 2 and it.author_id != 10]
+        got = await lib.search("red circle in:<#2> from:<@11> from:<@12>", k=50, also=[plain])
+        assert [h.item.source for h in got.hits] == want and len(want) == 4
+        p1 = await lib.search("red circle in:<#2> from:<@11> from:<@12>", k=2, also=[plain])
+        p2 = await lib.search("red circle in:<#2> from:<@11> from:<@12>", k=2, offset=2)
+        assert [h.item.source for h in p1.hits + p2.hits] == want and p1.has_more
+        assert not p2.has_more
+        dated = await lib.search("red circle after:2025-01-05 before:2025-01-09", k=50)
+        assert sorted(h.item.message_id for h in dated.hits) == [6, 7, 8]
+        during = await lib.search("red circle during:2025-01-03", k=50)
+        assert [h.item.message_id for h in during.hits] == [3]
+        with pytest.raises(QueryError, match="need a server library"):
+            await plain.search("red circle in:<#2>")
+        with pytest.raises(QueryError, match="by name"):
+            await lib.search("red circle in:#pics")
+    finally:
+        spaces.close()
+        enc.close()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from storekit import DIM, MODEL, rand_vecs
+from storekit import DIM, MODEL, rand_vecs, unit
 
 from index.errors import StoreError
 from index.store import Collection, Forgotten, NewItem
@@ -175,3 +175,94 @@ def test_a_killed_forget_leaves_posts_and_items_agreeing(tmp_path, when):
             assert p.returncode == 0 and p.stdout.strip() == f"[{ids['y']}]"
             assert holder(c, "hx") == (2, 20, 200) and holder(c, "hy") is None
             assert [h for h, _ in c.search(vecs[1], 5)] == [ids["x"]]  # the index agrees
+
+
+# -- filtered search (issue 12 part 2) -------------------------------------------------------
+
+
+def test_a_filtered_search_ranks_exactly_the_items_a_post_allows_and_pages_on(tmp_path, store):
+    from index.store.filtered import PostFilter
+
+    vecs = rand_vecs(60, seed=11)
+    day = 86400.0
+    posts_ = [NewItem(source=f"discord:{G}/{1 + i % 3}/{1000 + i}/{5000 + i}", guild_id=G,
+                      channel_id=1 + i % 3, message_id=1000 + i, attachment_id=5000 + i,
+                      author_id=40 + i % 2, posted_at=1.7e9 + i * day, content_hash=f"h{i}")
+              for i in range(60)]
+    with store.create(tmp_path / "c", MODEL, DIM) as c:
+        ids = c.add(posts_, vecs)
+        # picture 0 (channel 1, author 40) posted again in channel 9 by author 99, undated
+        assert c.add_posts([NewItem(source=f"discord:{G}/9/9000/9001", guild_id=G, channel_id=9,
+                                    message_id=9000, attachment_id=9001, author_id=99,
+                                    content_hash="h0")]) == [ids[0]]
+        assert c.has_posts()
+        q = unit(vecs[7] + vecs[30])
+
+        def exact(ok) -> list[int]:
+            allowed = [i for i in range(60) if ok(i)]
+            order = sorted(allowed, key=lambda i: -float(vecs[i] @ q))
+            return [ids[i] for i in order]
+
+        cases = [
+            (PostFilter(channels=frozenset({1})), lambda i: i % 3 == 0),
+            (PostFilter(channels=frozenset({2, 3}), authors=frozenset({41})),
+             lambda i: i % 3 != 0 and i % 2 == 1),
+            (PostFilter(since=1.7e9 + 10 * day, until=1.7e9 + 20 * day), lambda i: 10 <= i < 20),
+            (PostFilter(channels=frozenset({9})), lambda i: i == 0),  # through its repost
+            (PostFilter(channels=frozenset({9}), authors=frozenset({40})), lambda i: False),
+            (PostFilter(channels=frozenset({9}), until=2e9), lambda i: False),  # undated repost
+            (PostFilter(authors=frozenset({12345})), lambda i: False),
+        ]
+        for where, ok in cases:
+            want = exact(ok)
+            page1 = [i for i, _ in c.search(q, 5, where=where)]
+            page2 = [i for i, _ in c.search(q, 5, offset=5, where=where)]
+            assert page1 + page2 == want[:10], where
+        # an item removed leaves the filtered results too
+        c.remove([ids[3]])
+        assert ids[3] not in [i for i, _ in c.search(q, 30, where=cases[0][0])]
+
+
+def test_faiss_filtered_search_on_ivf_and_hnsw_equals_the_exact_top_of_the_allowed():
+    import faiss
+    from storekit import clustered
+
+    from index.store.faissindex import make_index
+    from index.store.filtered import Allowed, search_allowed
+
+    x = clustered(2000, 32, seed=4)
+    q = x[17]
+    for factory, params in (("IVF32,Flat", {"nprobe": 4}), ("HNSW16", {"efSearch": 16})):
+        index = make_index(32, factory)
+        index.train(x)
+        index.add_with_ids(x, np.arange(2000, dtype=np.int64))
+        for share in (0.5, 0.1, 0.01):
+            ids = np.random.default_rng(1).choice(2000, int(2000 * share), replace=False)
+            flags = np.zeros(2000, dtype=bool)
+            flags[ids] = True
+            allowed = Allowed(np.packbits(flags, bitorder="little"), len(ids))
+            found = search_allowed(index, q, 10, allowed, params)
+            want = ids[np.argsort(-(x[ids] @ q))[:10]]
+            if found is None:  # HNSW with few allowed: the store ranks them exactly
+                assert factory.startswith("HNSW") and share < 0.02
+                continue
+            got = found[1]
+            assert set(got) <= set(ids.tolist())
+            assert len(set(got) & set(want)) >= 9, (factory, share)
+    assert faiss.IDSelectorBitmap  # the selector the store uses
+
+
+def test_an_hnsw_collection_ranks_a_tiny_allowed_set_exactly(tmp_path):
+    """Below EXACT_SHARE an HNSW walk would meet almost no allowed item: the allowed
+    vectors are ranked exactly from SQLite instead."""
+    from index.store.filtered import PostFilter
+
+    vecs = rand_vecs(120, seed=5)
+    with Collection.create(tmp_path / "h", MODEL, DIM, "HNSW8") as c:
+        ids = c.add([NewItem(source=f"discord:{G}/{1 + (i == 7)}/{i + 1}/{i + 1}", guild_id=G,
+                             channel_id=1 + (i == 7), message_id=i + 1, attachment_id=i + 1)
+                     for i in range(120)], vecs)
+        assert "HNSW" in c.index_description
+        far = unit(-vecs[7])  # item 7 is the worst match of all, and the only one in channel 2
+        assert c.search(far, 3, where=PostFilter(channels=frozenset({2}))) == [
+            (ids[7], pytest.approx(float(vecs[7] @ far), abs=1e-2))]

@@ -1,0 +1,255 @@
+"""Filtered search in the embedded store (issue 12 part 2): exact about the filter, and fast.
+
+    python -m bench.filters                      # N = 100k and 1M, 512-d, 200 queries
+    python -m bench.filters --n 100000 --queries 100
+    python -m bench.filters --n --milvus 20000 --milvus-queries 50   # Milvus Lite only
+
+For each N: the same synthetic CLIP-like vectors as bench.stores (bench/vectors.py, rounded
+through float16 as the store keeps them), the FAISS index the store's `auto` builds and
+tunes (bench.search.build_like_store: IVF,SQ8 with nprobe tuned for recall@10 >= 0.95),
+and one Discord post per item: a channel (100 channels), an author and a time. Filters
+that pass ~10% and ~1% of the items:
+
+- `in:` random: channels drawn at random per item (the filter is unrelated to content);
+- `in:` clustered: each item's channel is the nearest of 100 sampled items (a channel is a
+  region of the picture space, as #cats is): the hard case for IVF, whose probed lists
+  near the query hold few or none of the allowed items;
+- `after:`: the newest 10% / 1% by time.
+
+Each query runs unfiltered and filtered back to back (so both see the same load):
+unfiltered = `index.search(q, 10)`; filtered = what Collection.search does with a filter:
+`PostFacts.allowed` (the bitmap of allowed items) + `search_allowed` (FAISS with an
+IDSelectorBitmap and nprobe scaled by the share). Recall@10 is against the exact float32
+top 10 of the allowed subset. "top-100 then drop" shows what the naive way would find.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sqlite3
+import time
+
+import numpy as np
+
+from bench.common import header, machine, median, ms, pct, ratio, table
+from bench.search import build_like_store
+from bench.vectors import Space
+
+K = 10
+N_CHANNELS = 100
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.1f} / {five:.1f} / {fifteen:.1f} (1/5/15 min), {os.cpu_count()} cores"
+
+
+def region_channels(X: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each item's channel: the nearest of N_CHANNELS sampled items (a region of the space)."""
+    centres = X[rng.choice(len(X), N_CHANNELS, replace=False)]
+    out = np.empty(len(X), dtype=np.int64)
+    for s in range(0, len(X), 100_000):
+        out[s:s + 100_000] = np.argmax(X[s:s + 100_000] @ centres.T, axis=1)
+    return out
+
+
+def channels_passing(channel: np.ndarray, share: float) -> frozenset[int]:
+    """Channels, taken in a fixed random order, whose items add up to about `share`."""
+    counts = np.bincount(channel, minlength=N_CHANNELS)
+    want, got, picked = share * len(channel), 0, []
+    for c in np.random.default_rng(7).permutation(N_CHANNELS):
+        if got >= want:
+            break
+        if got + counts[c] <= 1.5 * want or not picked:
+            picked.append(int(c))
+            got += counts[c]
+    return frozenset(picked)
+
+
+def facts_read_seconds(facts) -> float:
+    """How long PostFacts.read takes for these posts (an in-memory posts table)."""
+    from index.store.filtered import PostFacts
+    from index.store.posts import SCHEMA
+
+    conn = sqlite3.connect(":memory:")
+    conn.executescript(SCHEMA.replace("REFERENCES items(id)", ""))
+    n = len(facts.item)
+    conn.executemany(
+        "INSERT INTO posts VALUES (?, 1, ?, ?, ?, ?, ?, '', '', ?)",
+        ((f"discord:1/{c}/{i}/{i}", int(c), int(i), int(i), int(a), float(t), int(i))
+         for i, c, a, t in zip(facts.item, facts.channel, facts.author, facts.posted, strict=True)))
+    t0 = time.perf_counter()
+    got = PostFacts.read(conn)
+    took = time.perf_counter() - t0
+    assert len(got) == n
+    conn.close()
+    return took
+
+
+def run_n(n: int, args, space: Space) -> str:
+    from index.store import tuning
+    from index.store.filtered import PostFacts, PostFilter, search_allowed
+
+    log(f"N={n:,}: vectors")
+    X = space.items(n, seed=1).astype(np.float16).astype(np.float32)
+    Q, _ = space.queries(args.queries, seed=2)
+    factory = tuning.choose_factory(n)
+    log(f"N={n:,}: building {factory} as the store does")
+    index, params, build_s = build_like_store(X, factory)
+    log(f"N={n:,}: built in {build_s:.0f} s, params {params}")
+    rng = np.random.default_rng(3)
+    ids = np.arange(n, dtype=np.int64)
+    posted = 1.7e9 + rng.uniform(0, 1000 * 86400, n)
+    author = rng.integers(1, 500, n)
+    random_channel = rng.integers(0, N_CHANNELS, n)
+    region = region_channels(X, rng)
+    by_random = PostFacts(ids, random_channel, author, posted)
+    by_region = PostFacts(ids, region, author, posted)
+    cases = []
+    for share in (0.10, 0.01):
+        cases.append((f"in: random channels ({share:.0%})", by_random,
+                      PostFilter(channels=channels_passing(random_channel, share))))
+        cases.append((f"in: clustered channels ({share:.0%})", by_region,
+                      PostFilter(channels=channels_passing(region, share))))
+        cases.append((f"after: newest {share:.0%}", by_random,
+                      PostFilter(since=float(np.quantile(posted, 1 - share)))))
+    rows = []
+    for name, facts, where in cases:
+        allowed = facts.allowed(where)
+        keep = allowed.ids()
+        truth_scores = Q @ X[keep].T
+        truth = keep[np.argsort(-truth_scores, axis=1)[:, :K]]
+        keep_set = set(keep.tolist())
+        t_plain, t_filt, hits, naive = [], [], 0, 0
+        for qi, q in enumerate(Q):
+            t0 = time.perf_counter()
+            _, plain = index.search(q[None, :], K)
+            t1 = time.perf_counter()
+            a = facts.allowed(where)
+            found = search_allowed(index, q, K, a, params)
+            t2 = time.perf_counter()
+            assert found is not None  # IVF always answers (HNSW below 2% ranks exactly)
+            t_plain.append(t1 - t0)
+            t_filt.append(t2 - t1)
+            want = set(truth[qi].tolist())
+            got = [int(i) for i in found[1] if i >= 0]
+            assert set(got) <= keep_set  # only allowed items, ever
+            hits += len(want & set(got))
+            _, top100 = index.search(q[None, :], 100)
+            flags = np.unpackbits(a.bits, bitorder="little")
+            naive += len(want & {int(i) for i in top100[0] if i >= 0 and flags[i]})
+        r = hits / (K * len(Q))
+        rows.append([f"{n:,}", name, f"{allowed.count / n:.1%}", ms(median(t_plain)),
+                     ms(median(t_filt)), ms(pct(t_filt, 99)),
+                     ratio(median(t_filt) / median(t_plain)), f"{r:.3f}",
+                     f"{naive / (K * len(Q)):.3f}"])
+        log(f"N={n:,} {name}: share {allowed.count / n:.3f} recall {r:.3f} "
+            f"p50 {median(t_plain) * 1e3:.2f} -> {median(t_filt) * 1e3:.2f} ms; {load()}")
+    read_s = facts_read_seconds(by_random)
+    note = (f"N={n:,}: index {factory} {params}, built in {build_s:.0f} s; reading the post "
+            f"facts of {n:,} posts from SQLite (once per change of the posts table): "
+            f"{read_s * 1e3:,.0f} ms; {load()} at the end")
+    log(note)
+    return note, rows
+
+
+def milvus_rows(n: int, nq: int, space: Space, tmp: str) -> tuple[str, list]:
+    """A real MilvusStore (Milvus Lite in this process, `auto` = HNSW): n items, each one
+    post; unfiltered vs filtered MilvusStore.search, recall against the exact filtered top."""
+    from index.store import NewItem
+    from index.store.filtered import PostFilter
+    from index.store.milvus import MilvusStore
+
+    X = space.items(n, seed=1).astype(np.float16).astype(np.float32)
+    Q, _ = space.queries(nq, seed=2)
+    rng = np.random.default_rng(3)
+    posted = 1.7e9 + rng.uniform(0, 1000 * 86400, n)
+    channel = rng.integers(0, N_CHANNELS, n)
+    store = MilvusStore.create(f"{tmp}/lite.db", "filters_bench", "bench:synthetic", X.shape[1])
+    t0 = time.perf_counter()
+    ids = []
+    for s in range(0, n, 2000):
+        items = [NewItem(source=f"discord:1/{channel[i] + 1}/{i + 1}/{i + 1}", guild_id=1,
+                         channel_id=int(channel[i]) + 1, message_id=i + 1, attachment_id=i + 1,
+                         author_id=7, posted_at=float(posted[i])) for i in range(s, min(n, s + 2000))]
+        ids += store.add(items, X[s:s + 2000])
+    add_s = time.perf_counter() - t0
+    ids = np.asarray(ids, dtype=np.int64)
+    log(f"Milvus Lite N={n:,}: added in {add_s:.0f} s")
+    for _ in range(360):  # measure the indexed collection: wait for its HNSW builds
+        done = store._client.describe_index(store.name, "vector").get("indexed_rows")
+        if done == n:
+            break
+        time.sleep(5)
+    log(f"Milvus Lite N={n:,}: {done:,} rows indexed")
+    rows = []
+    for share in (0.10, 0.01):
+        chans = channels_passing(channel, share)
+        where = PostFilter(channels=frozenset(c + 1 for c in chans))
+        keep = np.flatnonzero(np.isin(channel, list(chans)))
+        truth = np.argsort(-(Q @ X[keep].T), axis=1)[:, :K]
+        t_plain, t_filt, hits = [], [], 0
+        store.search(Q[0], K)
+        store.search(Q[0], K, where=where)
+        for qi, q in enumerate(Q):
+            t0 = time.perf_counter()
+            store.search(q, K)
+            t1 = time.perf_counter()
+            found = store.search(q, K, where=where)
+            t2 = time.perf_counter()
+            t_plain.append(t1 - t0)
+            t_filt.append(t2 - t1)
+            hits += len(set(ids[keep[truth[qi]]].tolist()) & {i for i, _ in found})
+        r = hits / (K * len(Q))
+        rows.append([f"{n:,}", f"Milvus Lite HNSW: in: random channels ({share:.0%})",
+                     f"{len(keep) / n:.1%}", ms(median(t_plain)), ms(median(t_filt)),
+                     ms(pct(t_filt, 99)), ratio(median(t_filt) / median(t_plain)), f"{r:.3f}", "–"])
+        log(f"Milvus Lite N={n:,} {share:.0%}: recall {r:.3f} p50 {median(t_plain) * 1e3:.1f} -> "
+            f"{median(t_filt) * 1e3:.1f} ms; {load()}")
+    store.close()
+    return (f"Milvus Lite N={n:,} (in this process, `auto` = HNSW ef 128): added through "
+            f"MilvusStore.add in {add_s:.0f} s; {load()} at the end"), rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, nargs="*", default=[100_000, 1_000_000])
+    p.add_argument("--queries", type=int, default=200)
+    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--milvus", type=int, nargs="*", default=[], metavar="N",
+                   help="also Milvus Lite with N items (slow: ~250 items/s to add)")
+    p.add_argument("--milvus-queries", type=int, default=50)
+    args = p.parse_args(argv)
+    space = Space(args.dim)
+    notes, rows = [], []
+    started = load()
+    for n in args.n:
+        note, r = run_n(n, args, space)
+        notes.append(note)
+        rows += r
+    for n in args.milvus:
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmp:
+            note, r = milvus_rows(n, args.milvus_queries, space, tmp)
+        notes.append(note)
+        rows += r
+    print(header("Filtered search: embedded FAISS (`bench/filters.py`, issue 12 part 2)", argv))
+    print(f"At the start: {started}.\n")
+    print(table(["N", "filter", "passes", "p50 ms unfiltered", "p50 ms filtered",
+                 "p99 ms filtered", "filtered / unfiltered (p50)", "recall@10",
+                 "top-100 then drop: recall@10"], rows))
+    print()
+    for note in notes:
+        print(f"- {note}")
+    print()
+    print(machine())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

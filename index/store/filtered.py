@@ -1,0 +1,162 @@
+"""Filtered search in the embedded store: only the items a filter allows are ranked.
+
+A filter (channel, author, time: `PostFilter`) applies to the posts of a picture; an item
+is allowed when one of its posts passes all of it. The facts of every post are read from
+the posts table once into arrays (`PostFacts`, kept until the table changes), so finding
+the allowed items is a few vector operations, not a SQL query per search. The allowed
+items become a bitmap over item ids, handed to FAISS as an `IDSelectorBitmap` in the
+search parameters: FAISS computes distances only for allowed ids, so the top k it returns
+are the top k of the allowed items (never "the top 100, then drop"):
+
+- exact index (Flat): an exact search of the allowed items;
+- IVF: the probed lists hold only `share` of allowed codes, so nprobe is divided by the
+  share (capped at nlist: then every list is scanned, which is an exact scan of the
+  allowed codes). The number of distances computed stays about what an unfiltered search
+  computes; the recall this keeps is measured in bench/filters.py;
+- HNSW: efSearch grows the same way; graph walks degrade when most nodes are filtered
+  out, so below EXACT_SHARE the allowed vectors are ranked exactly from SQLite instead.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+from .tuning import unwrap
+
+EXACT_SHARE = 0.02  # HNSW: allowed shares below this are ranked exactly (see module doc)
+NO_TIME = -1e308  # a post without a time in PostFacts.posted (passes no date filter)
+
+
+@dataclass(frozen=True)
+class PostFilter:
+    """Which posts pass: any of `channels` (empty: any channel), any of `authors` (empty:
+    anyone), posted in [since, until) (None: unbounded). Guild: the store's own."""
+
+    channels: frozenset[int] = frozenset()
+    authors: frozenset[int] = frozenset()
+    since: float | None = None
+    until: float | None = None
+
+    def milvus(self) -> str:
+        """This filter as a Milvus boolean expression over the posts collection."""
+        parts = []
+        if self.channels:
+            parts.append(f"channel_id in {sorted(self.channels)}")
+        if self.authors:
+            parts.append(f"author_id in {sorted(self.authors)}")
+        if self.since is not None:
+            parts.append(f"posted_at >= {float(self.since)!r}")
+        if self.until is not None:
+            parts.append(f"posted_at < {float(self.until)!r}")
+        return " and ".join(parts)
+
+
+@dataclass(frozen=True)
+class Allowed:
+    """The items a filter allows: a little-endian bitmap over item ids, and how many."""
+
+    bits: np.ndarray  # uint8
+    count: int
+
+    def ids(self) -> np.ndarray:
+        return np.flatnonzero(np.unpackbits(self.bits, bitorder="little")).astype(np.int64)
+
+
+class PostFacts:
+    """Item id, channel, author and time of every post, as arrays, each kind also sorted
+    (so the posts of some channels, authors or a time span are found by binary search and
+    a filter costs about the number of posts it passes, not the number of posts)."""
+
+    def __init__(self, item: np.ndarray, channel: np.ndarray, author: np.ndarray,
+                 posted: np.ndarray):
+        self.item = np.asarray(item, dtype=np.int64)
+        self.channel = np.asarray(channel, dtype=np.int64)
+        self.author = np.asarray(author, dtype=np.int64)
+        self.posted = np.asarray(posted, dtype=np.float64)
+        self._size = int(self.item.max()) + 1 if len(self.item) else 0
+        self._sorted: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for name in ("channel", "author", "posted"):
+            values = getattr(self, name)
+            order = np.argsort(values, kind="stable")
+            self._sorted[name] = (order, values[order])
+
+    @classmethod
+    def read(cls, conn: sqlite3.Connection) -> PostFacts:
+        rows = conn.execute(
+            f"SELECT item_id, channel_id, COALESCE(author_id, 0), COALESCE(posted_at, {NO_TIME})"
+            " FROM posts"
+        ).fetchall()
+        if not rows:
+            return cls(*(np.zeros(0) for _ in range(4)))
+        item, channel, author, posted = zip(*rows, strict=True)
+        return cls(np.array(item), np.array(channel), np.array(author), np.array(posted))
+
+    def __len__(self) -> int:
+        return len(self.item)
+
+    def _ranges(self, name: str, lo: np.ndarray, hi: np.ndarray, side: str = "right"):
+        """The posts (indexes) whose `name` lies in [lo_i, hi_i) or [lo_i, hi_i] (side)."""
+        order, values = self._sorted[name]
+        a = np.searchsorted(values, lo, "left")
+        b = np.searchsorted(values, hi, side)
+        return order, a, b
+
+    def allowed(self, where: PostFilter) -> Allowed:
+        """The items one of whose posts passes `where`."""
+        picks = []  # (size, name, order, starts, ends) of each kind the filter names
+        if where.channels:
+            v = np.array(sorted(where.channels), dtype=np.int64)
+            picks.append(("channel", *self._ranges("channel", v, v)))
+        if where.authors:
+            v = np.array(sorted(where.authors), dtype=np.int64)
+            picks.append(("author", *self._ranges("author", v, v)))
+        if where.since is not None or where.until is not None:
+            lo = np.array([where.since if where.since is not None else np.nextafter(NO_TIME, 0)])
+            hi = np.array([where.until if where.until is not None else np.inf])
+            picks.append(("posted", *self._ranges("posted", lo, hi, "left")))
+        if not picks:
+            posts = np.arange(len(self.item))
+        else:  # start from the kind that passes fewest posts, check the others on those
+            name, order, a, b = min(picks, key=lambda p: int((p[3] - p[2]).sum()))
+            posts = np.concatenate([order[x:y] for x, y in zip(a, b, strict=True)])
+            if where.channels and name != "channel":
+                posts = posts[np.isin(self.channel[posts], list(where.channels))]
+            if where.authors and name != "author":
+                posts = posts[np.isin(self.author[posts], list(where.authors))]
+            if name != "posted":
+                t = self.posted[posts]
+                if where.since is not None:
+                    posts = posts[t >= where.since]
+                    t = self.posted[posts]
+                if where.until is not None:
+                    posts = posts[(t < where.until) & (t > NO_TIME)]
+        flags = np.zeros(self._size, dtype=bool)
+        flags[self.item[posts]] = True
+        return Allowed(np.packbits(flags, bitorder="little"), int(np.count_nonzero(flags)))
+
+
+def search_allowed(index: faiss.Index, q: np.ndarray, depth: int, allowed: Allowed,
+                   params: dict[str, int]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(scores, ids) of the best `depth` allowed items, or None when this index should not
+    be walked for so few (HNSW below EXACT_SHARE: rank the allowed vectors exactly)."""
+    n = max(int(index.ntotal), 1)
+    share = min(1.0, allowed.count / n)
+    sel = faiss.IDSelectorBitmap(len(allowed.bits), faiss.swig_ptr(allowed.bits))
+    inner = unwrap(index)
+    if isinstance(inner, faiss.IndexIVF):
+        nprobe = int(params.get("nprobe", inner.nprobe))
+        sp = faiss.SearchParametersIVF(sel=sel, nprobe=min(inner.nlist, math.ceil(nprobe / share)))
+    elif isinstance(inner, faiss.IndexHNSW):
+        if share < EXACT_SHARE:
+            return None
+        ef = int(params.get("efSearch", inner.hnsw.efSearch))
+        sp = faiss.SearchParametersHNSW(sel=sel, efSearch=max(depth, math.ceil(ef / share)))
+    else:
+        sp = faiss.SearchParameters(sel=sel)
+    scores, labels = index.search(q[None, :], depth, params=sp)
+    return scores[0], labels[0]
