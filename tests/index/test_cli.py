@@ -27,7 +27,13 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch):
+    """Offline as ENV makes a subprocess: huggingface_hub reads the variable when it is
+    imported, so a copy imported earlier in this process is told directly (otherwise a
+    download is tried, and waits for its time-outs on a machine without a network)."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub = sys.modules.get("huggingface_hub.constants")
+    if hub is not None:
+        monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
 
 
 def cli(*args, check=True):
