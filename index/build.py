@@ -138,6 +138,19 @@ async def _load(jobs: list[_Job], limits: FetchLimits, public_only: bool,
     return out
 
 
+def _read(pairs: list[tuple[_Job, bytes | None]], failed: list):
+    """Each job with its bytes: those it came with, or its file's (a file that cannot be
+    read goes to `failed`)."""
+    for j, data in pairs:
+        if data is None:
+            try:
+                data = Path(j.location).read_bytes()
+            except OSError as e:
+                failed.append((j.item.source, f"cannot read: {e.strerror or e}"))
+                continue
+        yield j, data
+
+
 def _decode(loaded, pairs: list[tuple[_Job, bytes | None]], failed: list) -> _Prepared:
     """Read (files), decode and preprocess one chunk; runs in a worker thread. A model
     without `preprocess` (the encoder service's stand-in) gets the checked bytes instead."""
@@ -146,14 +159,8 @@ def _decode(loaded, pairs: list[tuple[_Job, bytes | None]], failed: list) -> _Pr
     from .pixels import resize_stage, to_pixels
     stage = resize_stage(loaded.preprocess)
     jobs, hashes, images = [], [], []
-    for j, data in pairs:
+    for j, data in _read(pairs, failed):
         source = j.item.source
-        if data is None:
-            try:
-                data = Path(j.location).read_bytes()
-            except OSError as e:
-                failed.append((source, f"cannot read: {e.strerror or e}"))
-                continue
         try:
             images.append(stage(open_image(data, name=source)))
         except ClipfindError as e:
@@ -169,14 +176,8 @@ def _decode(loaded, pairs: list[tuple[_Job, bytes | None]], failed: list) -> _Pr
 def _checked_bytes(pairs: list[tuple[_Job, bytes | None]], failed: list) -> _Prepared:
     """Read (files) and check that each picture decodes; keep the bytes as they are."""
     jobs, hashes, datas = [], [], []
-    for j, data in pairs:
+    for j, data in _read(pairs, failed):
         source = j.item.source
-        if data is None:
-            try:
-                data = Path(j.location).read_bytes()
-            except OSError as e:
-                failed.append((source, f"cannot read: {e.strerror or e}"))
-                continue
         try:
             open_image(data, name=source)
         except ClipfindError as e:

@@ -108,3 +108,15 @@ def lite_server(tmp_path):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def milvus_server(tmp_path):
+    """A `milvus-lite server` on a free loopback port (a store several processes share);
+    its URI, and the server stopped by its pid at the end."""
+    server = LiteServer(tmp_path / "milvus-data")
+    server.start()
+    try:
+        yield server.uri
+    finally:
+        server.stop()

@@ -7,9 +7,9 @@ process of shard 0 is killed (-9) in the middle of its server's backfill. The la
 restarts it, the backfill resumes from the progress saved in the store (nothing lost,
 nothing twice), and neither server ever sees the other's images.
 
-The encoder service (`python -m index serve`) plugs in through the `encoder_config`
-fixture: the config keys that point the bot processes at it (none yet: each process
-loads the bundled model itself).
+The bot processes load no model: they encode through one encoder service
+(`python -m index serve`, a process of its own, started by the `encoder_config` fixture),
+and the test checks at the end that the service did their encoding.
 """
 
 from __future__ import annotations
@@ -17,50 +17,68 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 from fakediscord import FakeDiscord
-from twostores import LiteServer
-
-from index.synthetic import Scene, Shape, render
+from pictures import pic
+from twostores import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "builtin:tiny-shapes"
 N_BIG, N_SMALL = 40, 6  # pictures in server A's channel (shard 0) and server B's (shard 1)
 
 
-def pic(colour: str, shape: str, seed: int) -> bytes:
-    import io
-    import random
+TOKEN_ENV = "CLIPFIND_ENCODER_TOKEN"  # the service's and the bots' default token variable
 
-    rng = random.Random(seed)
-    r = rng.uniform(0.2, 0.3)
-    scene = Scene((Shape(colour, shape, rng.uniform(r, 1 - r), rng.uniform(r, 1 - r), r),),
-                  (rng.randint(0, 40), rng.randint(0, 40), rng.randint(0, 40)))
-    buf = io.BytesIO()
-    render(scene, 64).save(buf, "PNG")
-    return buf.getvalue()
+
+def service_json(url: str, path: str, token: str | None = None) -> dict:
+    req = urllib.request.Request(url + path, headers={"Authorization": f"Bearer {token}"}
+                                 if token else {})
+    with urllib.request.urlopen(req, timeout=10) as r:  # loopback only
+        return json.loads(r.read())
 
 
 @pytest.fixture
-def encoder_config() -> dict:
-    """Extra config keys for the bot processes: where the encoder service is (none yet)."""
-    return {}
-
-
-@pytest.fixture
-def milvus(tmp_path):
-    server = LiteServer(tmp_path / "milvus-data")
-    server.start()
+def encoder_config(tmp_path, monkeypatch) -> dict:
+    """An encoder service process on a free loopback port, ready; the config keys that point
+    the bot processes at it (its token reaches them through the environment)."""
+    token = secrets.token_hex(16)
+    monkeypatch.setenv(TOKEN_ENV, token)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = open(tmp_path / "encoder.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "index", "serve", "--model", MODEL, "--host", "127.0.0.1",
+         "--port", str(port), "--threads", "1"],
+        env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"},
+        stdout=log, stderr=subprocess.STDOUT)
     try:
-        yield server.uri
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, (tmp_path / "encoder.log").read_text()[-2000:]
+            try:
+                if service_json(url, "/health")["ready"]:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the encoder service did not get ready"
+            time.sleep(0.2)
+        yield {"encoder_url": url, "encoder_token_env": TOKEN_ENV}
     finally:
-        server.stop()
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
 
 
 def build_global(uri: str, path: Path) -> None:
@@ -118,8 +136,8 @@ def alive(pid: int) -> bool:
 
 
 async def test_two_shard_processes_share_the_store_and_survive_a_kill(
-        tmp_path, milvus, encoder_config):
-    uri = milvus
+        tmp_path, milvus_server, encoder_config):
+    uri = milvus_server
     await asyncio.to_thread(build_global, uri, tmp_path / "collection")
     libs = "libs"
     config = tmp_path / "config.toml"
@@ -266,3 +284,7 @@ async def test_two_shard_processes_share_the_store_and_survive_a_kill(
         assert "Traceback" not in err, err[-3000:]
         everyone = [p for ps in pids().values() for p in ps]
         assert len(everyone) == 3 and not any(alive(p) for p in everyone)
+        # the bot processes encoded through the service (they hold no model of their own)
+        served = service_json(encoder_config["encoder_url"], "/metrics", os.environ[TOKEN_ENV])
+        assert served["inputs"] > 0 and any(k.startswith("/v1/") and k.endswith(" 200")
+                                            for k in served["requests"]), served

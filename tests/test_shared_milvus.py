@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from twostores import LiteServer
 
 from index.store import NewItem
 from index.store.milvus import MilvusStore
@@ -30,17 +29,6 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PYTHONUNBU
 ENV.pop("DISCORD_TOKEN", None)
 MODEL, DIM = "builtin:tiny-shapes", 128  # the bundled model and its embedding size
 END = "hello there"  # an unknown command: its error line marks the end of a batch of replies
-
-
-@pytest.fixture
-def milvus_server(tmp_path):
-    """`milvus-lite server` on a free loopback port; stopped by its pid at the end."""
-    server = LiteServer(tmp_path / "milvus-data")
-    server.start()
-    try:
-        yield server.uri
-    finally:
-        server.stop()
 
 
 def cli(*args) -> subprocess.CompletedProcess:

@@ -7,9 +7,7 @@ forgets deleted ones, and a search in one server never sees the other's pictures
 from __future__ import annotations
 
 import asyncio
-import io
 import json
-import random
 import re
 import sqlite3
 from dataclasses import replace
@@ -19,12 +17,12 @@ import aiohttp
 import pytest
 from botutil import close_bots, quiesce, settle
 from fakediscord import FakeDiscord
+from pictures import pic
 
 from bot import library as library_mod
 from bot.app import ClipfindBot
 from bot.cogs.library import NEED_MANAGER
 from bot.library import STATE_RECORD
-from index.synthetic import Scene, Shape, render
 
 
 def linked(embeds) -> set[str]:
@@ -35,19 +33,6 @@ def linked(embeds) -> set[str]:
         found.update(re.findall(r"\]\(https://discord\.com/channels/\d+/\d+/(\d+)\)",
                                 e.get("description") or ""))
     return found
-
-
-def pic(colour: str, shape: str, seed: int) -> bytes:
-    """A PNG of one shape; `seed` moves it and tints the background (distinct bytes)."""
-    rng = random.Random(seed)
-    r = rng.uniform(0.2, 0.3)
-    scene = Scene((Shape(colour, shape, rng.uniform(r, 1 - r), rng.uniform(r, 1 - r), r),),
-                  (rng.randint(0, 40), rng.randint(0, 40), rng.randint(0, 40)))
-    buf = io.BytesIO()
-    render(scene, 96).save(buf, "PNG")
-    return buf.getvalue()
-
-
 
 
 @pytest.fixture
