@@ -60,18 +60,29 @@ def _collection_found(settings: config.Settings) -> bool | str:
         return str(e)
 
 
-def _encoder_problem(settings: config.Settings) -> str | None:
-    """With encoder_url: None when the encoder service answers and takes the token, else
-    the one line saying why not (the token refused names encoder_token)."""
+def _encoder_problem(settings: config.Settings, built: bool = True) -> str | None:
+    """With encoder_url: None when the encoder service answers, takes the token and runs the
+    model the collection was built with (`built`: the collection is there to ask), else the
+    one line saying why not (the token refused names encoder_token; another model, both)."""
     if not settings.encoder_url:
         return None
-    from index import RemoteEncoder
+    from index import RemoteEncoder, open_store
     from index.errors import ClipfindError
 
     try:
-        RemoteEncoder.connect(settings.encoder_url, settings.encoder_token or None).close()
+        encoder = RemoteEncoder.connect(settings.encoder_url, settings.encoder_token or None)
+        runs = encoder.loaded.name
+        encoder.close()
+        if not built:
+            return None
+        with open_store(settings.collection, **settings.store_options) as collection:
+            wants = collection.manifest.model
     except ClipfindError as e:
         return str(e)
+    if wants != runs:
+        return (f"the encoder service at {settings.encoder_url} runs {runs}, but the collection "
+                f"{settings.collection} was built with {wants}; start the service with "
+                f"--model {wants} or point encoder_url at one that runs it")
     return None
 
 
@@ -143,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"no collection at {settings.collection}: build one with "
                      f"`python -m index build --index {settings.collection} FOLDER` "
                      "(or try `python -m bot --console --demo`)")
-    if (problem := _encoder_problem(settings)) is not None:
+    if (problem := _encoder_problem(settings, built=not args.demo)) is not None:
         return _fail(problem)
     from .app import setup_logging
 

@@ -60,6 +60,21 @@ async def test_a_refused_token_stops_the_bot_at_start_with_one_line(service_enco
         assert len(lines) == 1 and "encoder_token" in lines[0] and "401" in lines[0], lines
 
 
+async def test_a_service_running_another_model_stops_the_bot_at_start_naming_both(
+        service_encoder, tmp_path, monkeypatch, capsys):
+    from index import open_store
+    open_store(tmp_path / "vit", "ViT-B-32:random", create_dim=512).close()  # no model loaded
+    async with served(service_encoder) as (_, url):
+        config = tmp_path / "config.toml"
+        config.write_text(f'collection = "{tmp_path / "vit"}"\nencoder_url = "{url}"\n')
+        monkeypatch.setenv("DISCORD_TOKEN", "discord.token.x")
+        monkeypatch.setenv("CLIPFIND_ENCODER_TOKEN", TOKEN)
+        assert await asyncio.to_thread(bot_main.main, ["--config", str(config)]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and "ViT-B-32:random" in lines[0], lines
+        assert service_encoder.loaded.name in lines[0], lines
+
+
 def _start_service(port: int) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CLIPFIND_ENCODER_TOKEN": TOKEN}
     proc = subprocess.Popen([sys.executable, "-m", "index", "serve", "--port", str(port),
