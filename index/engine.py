@@ -232,9 +232,7 @@ class Engine:
             return None
         if len(terms) == 1:
             return floor.value
-        background = None
-        if any(t.weight < 0 for t in terms):
-            background = (await asyncio.to_thread(self._spread_sample)).mean(axis=0)
+        background = (await asyncio.to_thread(self._spread_sample)).mean(axis=0)
         return query_floor(floor.value, terms, background)
 
     def _filtered_scope(self, query: Query, also: list[Engine]

@@ -143,21 +143,23 @@ def calibrate(sample: np.ndarray, concept_vecs: np.ndarray, gibberish_vecs: np.n
 
 
 def query_floor(floor: float, terms: list, background: np.ndarray | None = None) -> float:
-    """The floor of a text query's composed vector: what it gives a picture that matches
-    every positive term at `floor` and each negative term as the collection's average
-    picture does (`background`: the mean stored vector). A one-term query: `floor`."""
+    """The floor of a text query's composed vector: what it gives a picture that matches the
+    query's heaviest positive term (of equally heavy ones, any) at `floor` and every other
+    term as the collection's average picture does (`background`: the mean stored vector; None counts as 0). A picture
+    holding two asked-for things scores lower on each than a picture of one, so asking every
+    positive term to reach `floor` made the best matches of a two-term query read as weak.
+    A one-term query: `floor`."""
     total = sum((t.weight * t.vector / np.linalg.norm(t.vector) for t in terms),
                 start=np.zeros_like(terms[0].vector, dtype=np.float64))
     norm = float(np.linalg.norm(total))
-    if norm < 1e-9:
+    heaviest = max((t.weight for t in terms), default=0.0)
+    if norm < 1e-9 or heaviest <= 0:
         return floor
-    at = 0.0
-    for t in terms:
-        if t.weight > 0:
-            at += t.weight * floor
-        elif background is not None:
-            at += t.weight * float(_unit(t.vector) @ background)
-    return at / norm
+    average = [0.0 if background is None else float(_unit(t.vector) @ background) for t in terms]
+    base = sum(t.weight * a for t, a in zip(terms, average, strict=True))
+    # the main term: the heaviest; between equally heavy ones, whichever gives the lower floor
+    return min(base + t.weight * (floor - a) for t, a in zip(terms, average, strict=True)
+               if t.weight == heaviest) / norm
 
 
 def from_record(text: str | None) -> Floor | None:

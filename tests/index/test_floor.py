@@ -157,7 +157,38 @@ async def test_the_floor_is_stored_and_recalibrated_when_the_collection_doubles(
         again.close()
 
 
-def test_milvus_views_keep_their_own_notes(milvus_uri, tmp_path):
+async def test_a_two_term_query_answers_with_pictures_that_have_its_main_term(
+        demo_collection, tmp_path):
+    """The README's first query on the demo collection: its best pictures are answers. (The
+    floor asked every positive term to reach it, which a picture of both shapes never does:
+    the whole page read 'no good match'.)"""
+    import shutil
+
+    from index.engine import Engine
+    shutil.copytree(demo_collection, tmp_path / "c")  # the search writes the floor record
+    engine = Engine.open(tmp_path / "c")
+    try:
+        both = await engine.search("red circle*1 blue square*2", k=5, explain=False)
+        assert both.floor is not None and not both.hits[0].weak, both.hits
+        alone = await engine.search("blue square", k=5, explain=False)
+        assert both.floor < alone.floor  # the floor of its composed vector, not the term's
+    finally:
+        engine.close()
+
+
+def test_the_main_term_at_the_floor_the_others_at_the_average():
+    f = 0.6
+    x, y = np.eye(4)[0], np.eye(4)[1]
+    terms = [SimpleNamespace(weight=1.0, vector=x), SimpleNamespace(weight=2.0, vector=y)]
+    background = 0.1 * x + 0.2 * y
+    # the heaviest term (y) at f, x at the average picture's 0.1; the composed norm is sqrt(5)
+    assert floormod.query_floor(f, terms, background) == pytest.approx((2 * f + 0.1) / 5 ** 0.5)
+    same = [SimpleNamespace(weight=1.0, vector=x), SimpleNamespace(weight=1.0, vector=y)]
+    # equally heavy: the main term that gives the lower floor
+    assert floormod.query_floor(f, same, background) == pytest.approx(min(f + 0.2, f + 0.1) / 2 ** 0.5)
+
+
+def test_milvus_views_keep_their_own_floor_records(milvus_uri, tmp_path):
     from twostores import Stores
     store = Stores("milvus", milvus_uri).create(tmp_path / "shared", "builtin:tiny-shapes", 16)
     try:
