@@ -102,7 +102,7 @@ class Engine:
         if self.options.image_composition not in STRATEGIES:
             raise ClipfindError(f"unknown image_composition {self.options.image_composition!r}; "
                                 f"use one of: {', '.join(STRATEGIES)}")
-        self._sample: tuple[int, np.ndarray] | None = None
+        self._sample: tuple[int, np.ndarray, np.ndarray] | None = None  # (items, rows, their mean)
         self._image_explainer = None  # made on the first explain_image (see explain_image.py)
         self.floor = FloorKeeper(collection, encoder, collection.manifest.model)
         if self.options.background_rebuilds:  # also for collections opened by the caller
@@ -232,7 +232,7 @@ class Engine:
             return None
         if len(terms) == 1:
             return floor.value
-        background = (await asyncio.to_thread(self._spread_sample)).mean(axis=0)
+        background = await asyncio.to_thread(self._average_picture)
         return query_floor(floor.value, terms, background)
 
     def _filtered_scope(self, query: Query, also: list[Engine]
@@ -306,8 +306,14 @@ class Engine:
         if self._sample is None or abs(self._sample[0] - n) > 0.1 * max(n, 1):
             ids = self.collection.ids()
             pick = np.random.default_rng(0).choice(len(ids), min(len(ids), ZSUM_SAMPLE), replace=False)
-            self._sample = (n, self.collection.vectors(list(ids[np.sort(pick)])))
+            rows = self.collection.vectors(list(ids[np.sort(pick)]))
+            self._sample = (n, rows, rows.mean(axis=0))
         return self._sample[1]
+
+    def _average_picture(self) -> np.ndarray:
+        """The mean of the sampled stored vectors (made with the sample, not per search)."""
+        self._spread_sample()
+        return self._sample[2]
 
     def _ranked(self, q: np.ndarray, zterms: list[WeightedVector] | None, n: int,
                 avoid: list[np.ndarray], where: PostFilter | None = None) -> list[tuple[Item, float]]:
