@@ -167,3 +167,31 @@ def header(title: str, argv: Sequence[str] | None = None) -> str:
         [sys.modules["__main__"].__spec__.name if getattr(sys.modules["__main__"], "__spec__", None)
          else sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
     return f"## {title}\n\n`{cmd}` — {time.strftime('%Y-%m-%d %H:%M')}\n"
+
+
+class BusyHost:
+    """`n` processes of our own that spin on the CPU for as long as the block lasts: a
+    busier host, made on purpose and the same on every run (ratios measured under it show
+    what another process's load does to each path). Only these processes are stopped."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self._procs: list[subprocess.Popen] = []
+
+    def __enter__(self) -> BusyHost:
+        self._procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                       for _ in range(self.n)]
+        if self._procs:
+            time.sleep(0.5)  # let them get going
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for p in self._procs:
+            p.kill()
+        for p in self._procs:
+            p.wait()
+        self._procs = []
+
+    def describe(self) -> str:
+        return (f"{self.n} busy-loop process{'es' if self.n != 1 else ''} of the benchmark's "
+                f"own spinning beside it (`--busy {self.n}`)" if self.n else "")

@@ -2,6 +2,7 @@
 
     python -m bench.encoder                       # ViT-B-32 (random weights) and the bundled model
     python -m bench.encoder --models builtin:tiny-shapes --images 2048 --repeats 5
+    python -m bench.encoder --busy 1              # beside one busy-loop process of its own
 
 For each model, on CPU with --threads torch threads (and on CUDA too when a GPU is present):
 
@@ -38,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from bench.common import header, machine, median, ms, pct, ratio, table
+from bench.common import BusyHost, header, machine, median, ms, pct, ratio, table
 
 DEFAULT_MODELS = ("ViT-B-32:random", "builtin:tiny-shapes")
 TEXTS = (
@@ -294,12 +295,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2, help="torch threads on CPU")
     ap.add_argument("--chunk", type=int, default=64, help="build chunk = bare batch size")
+    ap.add_argument("--busy", type=int, default=0, metavar="N",
+                    help="run beside N busy-loop processes of its own (a busier host)")
     ap.add_argument("--devices", nargs="+", default=None,
                     help="default: cpu, plus cuda when a GPU is present")
     args = ap.parse_args(argv)
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     print(header("Encoder throughput", argv))
     print(machine() + "\n")
+    busy = BusyHost(args.busy)
+    if args.busy:
+        print(f"Busier host: {busy.describe()}.\n")
     if not torch.cuda.is_available():
         print("No CUDA GPU on this machine: CPU only.\n")
     workdir = Path(tempfile.mkdtemp(prefix="clipfind-bench-images-"))
@@ -307,7 +313,9 @@ def main(argv: list[str] | None = None) -> int:
         for spec in args.models:
             for device in devices:
                 try:
-                    sections = run_model(spec, device, args, workdir / spec.replace(":", "_"))
+                    with busy:
+                        sections = run_model(spec, device, args,
+                                             workdir / spec.replace(":", "_"))
                 except Exception as e:  # e.g. the bundled model missing in a checkout
                     print(f"### {spec} on {device}\n\nskipped: {type(e).__name__}: {e}\n")
                     continue

@@ -8,15 +8,16 @@
   `company_share` of what a lone pass of its kind costs; the default share is 0 (measured:
   waiting cost a lone query 10-30% of its time and bought nothing the two rules above
   do not already give).
-- A pass with one input (and a `call`, e.g. the attention read-out of one text) runs on
-  one torch thread when the warm-up measured that faster than the configured threads
-  (tiny matrices: the thread hand-offs cost more than they share, and on a busy machine
-  a multi-threaded pass waits for a second free core).
-- A batch of texts of different lengths runs packed: the tokens of all texts in one
-  sequence, each attending only to its own text, so no work goes to padding (a batch
-  of queries is ~30% padding when trimmed to its longest). Used when the warm-up found
-  it both equal to the padded pass (within 1e-5) and faster; the same measurement
-  picks the thread count of text batches (a small text tower runs them faster on one).
+- Each sort of pass (a lone text, a batch of texts, a lone image, a batch of images)
+  can run several ways that give the same vectors within 1e-5: on the configured torch
+  threads or on one (tiny matrices: the hand-offs between threads cost more than they
+  share, and on a busy host a multi-threaded pass waits for a second free core); texts
+  padded (open_clip's module walk) or packed (the tokens of all texts in one sequence,
+  each attending only to its own text, so no work goes to padding: a batch of queries is
+  ~30% padding when trimmed to its longest); images on the stock tower or on one with
+  oneDNN linear layers. Warm-up times every way; the choice is then kept current under
+  the host's load (passchoice.py), since a choice made once in a busy moment would hold
+  for the process's whole life.
 - glibc's malloc thresholds are pinned (see `_pin_malloc_thresholds`): without it every
   pass on the model thread page-faults its activations in afresh (700k faults and 30-40%
   of the time for 4096 images on the bundled model; the main thread does not suffer).
@@ -59,6 +60,7 @@ from .errors import Busy
 from .images import open_image
 from .lean import block_forward, lean_visual, onednn_linear, walkable
 from .models import LoadedModel
+from .passchoice import PassChoice, time_arms
 from .pixels import preprocess_images
 from .texttower import TextParts, encode_text_trimmed, eot_positions
 
@@ -193,51 +195,6 @@ class _Closing(Exception):
     """The encoder was closed during its warm-up: stop measuring, end the thread."""
 
 
-class ThreadChoice:
-    """The torch thread count of passes of one sort (lone texts, text batches, ...), kept to
-    the faster under the host's present load.
-
-    Warm-up measures each count once, at start-up, but load changes: where other processes
-    hold the cores, a multi-threaded pass waits at every parallel region for its second
-    thread to get a core (bench/RESULTS.md: "the thread count under load"). So now and then
-    a pass runs on a count not in use (its time replaces that count's old average), and
-    averages of recent passes (seconds per input) decide. A try that loses doubles the
-    interval to the next (up to `max_explore` passes), so a host that stays busy pays for
-    few slow tries; one that wins resets it."""
-
-    def __init__(self, seconds: dict[int, float], explore: int = 25, keep: float = 0.8,
-                 max_explore: int = 800):
-        self.avg = dict(seconds)
-        self.explore, self.keep, self.max_explore = explore, keep, max_explore
-        self.interval = explore
-        self._until = explore  # passes until the next try
-        self._trying: int | None = None
-
-    @property
-    def best(self) -> int:
-        return min(self.avg, key=self.avg.__getitem__)
-
-    def pick(self) -> int:
-        others = [n for n in self.avg if n != self.best]
-        self._until -= 1
-        if others and self._until <= 0:
-            self._trying = others[0] if len(others) == 1 else others[self.interval % len(others)]
-            return self._trying
-        return self.best
-
-    def record(self, threads: int, seconds: float) -> None:
-        if threads not in self.avg:
-            return
-        if threads == self._trying:  # its average is old: the fresh pass replaces it
-            self.avg[threads] = seconds
-        else:
-            self.avg[threads] = self.keep * self.avg[threads] + (1 - self.keep) * seconds
-        if threads == self._trying:
-            won = self.best == threads
-            self.interval = self.explore if won else min(2 * self.interval, self.max_explore)
-            self._until, self._trying = self.interval, None
-
-
 _PROBE_TEXTS = ("a dog", "a photo of a small red car parked in front of an old house at night",
                 "tokyo tower", "two cats sleeping on a sofa in the sun", "snow", "a bowl of ramen",
                 "a lighthouse in a storm", "sunflower field")
@@ -271,14 +228,18 @@ class Encoder:
         self.max_wait = max_wait_ms / 1000.0
         self.company_share = company_share
         # seconds a pass with one input takes, per kind (measured at warm-up, then tracked),
-        # and the torch thread count such a pass runs on (the faster at warm-up)
+        # and the torch thread count such a pass runs on now
         self.lone_pass: dict[str, float] = {}
         self.lone_threads: dict[str, int] = {}
-        self._lone_choice: dict[str, ThreadChoice] = {}  # revisits lone_threads under load
-        self._batch_choice: dict[str, ThreadChoice] = {}  # and batch_threads
-        self.packed = False  # batches of texts run packed (decided at warm-up)
-        self.lone_packed = False  # so does a lone text (decided at warm-up)
         self.batch_threads: dict[str, int] = {}  # threads of a batch pass, where measured
+        # how passes run, per (kind, lone): arms (threads, way) timed at warm-up, and the
+        # choice among them kept current under load (passchoice.py); the way is `packed`
+        # for texts and the tower's name for images
+        self._arm_times: dict[tuple[str, bool], dict] = {}
+        self._choices: dict[tuple[str, bool], PassChoice] = {}
+        self.packed = False  # batches of texts run packed (the present choice)
+        self.lone_packed = False  # so does a lone text
+        self._towers: dict[str, Callable] = {}  # image towers equal to the stock one
         self.queue_size = queue_size
         self.threads = threads
         self._model_threads = threads or torch.get_num_threads()
@@ -293,7 +254,6 @@ class Encoder:
         self._ready = threading.Event()
         self._packed_ok: bool | None = None
         self._linear: Callable = F.linear  # the packed pass's linear layers (see warm-up)
-        self._image_tower: Callable | None = None  # None: the model's encode_image
         self._decode_pool = ThreadPoolExecutor(decode_workers, thread_name_prefix="clipfind-decode")
         self._thread = threading.Thread(target=self._run, name="clipfind-encoder", daemon=True)
         self._thread.start()
@@ -481,23 +441,34 @@ class Encoder:
                 self._pending_inputs -= r.n
             return batch
 
-    def _forward(self, kind: str, inputs: torch.Tensor | list[str]) -> np.ndarray | list[TextCode]:
+    def _forward(self, kind: str, inputs: torch.Tensor | list[str],
+                 way=None) -> np.ndarray | list[TextCode]:
+        """One pass; `way`: packed or not (texts), the tower's name (images); None: the
+        present choice."""
         m = self.loaded
         if kind == "text":
-            return self._text_codes(inputs)
+            return self._text_codes(inputs, way)
         with torch.inference_mode():
-            tower = self._image_tower or m.model.encode_image
+            tower = self._towers.get(way) if way is not None else self._image_tower
+            tower = tower or m.model.encode_image
             v = F.normalize(tower(inputs.to(m.device, m.dtype)), dim=-1)
         return v.float().cpu().numpy()
 
-    def _text_codes(self, texts: list[str]) -> list[TextCode]:
+    @property
+    def _image_tower(self) -> Callable | None:
+        """The tower image batches run on now (None: the model's encode_image)."""
+        choice = self._choices.get(("image", False))
+        return self._towers.get(choice.best[1]) if choice is not None else None
+
+    def _text_codes(self, texts: list[str], packed: bool | None = None) -> list[TextCode]:
         """Tokenise and encode texts in one pass, capturing each one's word weights."""
         m = self.loaded
         tokens = m.tokenizer(texts).to(m.device)
         rows = None
         with torch.inference_mode():
             if m.text is not None:
-                packed = self.packed if len(texts) > 1 else self.lone_packed
+                if packed is None:
+                    packed = self.packed if len(texts) > 1 else self.lone_packed
                 v, rows = self._text_pass(tokens, packed, attend=True)
             else:
                 v = F.normalize(m.model.encode_text(tokens), dim=-1)
@@ -522,33 +493,6 @@ class Encoder:
             return vectors, None
         ends = eot_positions(tokens, self.loaded.text).tolist()
         return vectors, [rows[i, :e + 1] for i, e in enumerate(ends)]
-
-    def _calibrate_text_batches(self, choices: list[int], threads: int) -> None:
-        """How batches of texts run: packed or padded, on how many threads (the fastest on
-        a probe batch; packed only when it gives the padded pass's vectors within 1e-5)."""
-        m = self.loaded
-        if m.device.type != "cpu" or m.text is None:
-            return  # on a GPU padding is nearly free and threads are not ours to pick
-        tokens = m.tokenizer(list(_PROBE_TEXTS)).to(m.device)
-        ways = [False, True] if self._packed_matches() else [False]
-        with torch.inference_mode():
-            timings: dict[tuple[int, bool], float] = {}
-            for n in choices:
-                torch.set_num_threads(n)
-                for way in ways:
-                    self._stop_if_closed()
-                    self._text_pass(tokens, way, attend=True)
-                    times = []
-                    for _ in range(3):
-                        t0 = time.perf_counter()
-                        self._text_pass(tokens, way, attend=True)
-                        times.append(time.perf_counter() - t0)
-                    timings[(n, way)] = min(times)
-            torch.set_num_threads(threads)
-        n, way = min(timings, key=lambda k: timings[k])
-        self.batch_threads["text"], self.packed = n, way
-        self._batch_choice["text"] = ThreadChoice(
-            {c: timings[c, way] / len(_PROBE_TEXTS) for c in choices})
 
     def _packed_matches(self) -> bool:
         """Whether the packed pass gives the padded pass's vectors within 1e-5, for a batch
@@ -586,14 +530,15 @@ class Encoder:
             self._packed_ok = ok
         return self._packed_ok
 
-    def _choose_image_tower(self, pixels: torch.Tensor) -> None:
-        """The image tower with oneDNN linear layers (lean.lean_visual) where it gives the
-        stock vectors within 1e-5 and a probe batch runs faster; else the stock tower."""
+    def _equal_towers(self, pixels: torch.Tensor) -> dict[str, Callable]:
+        """The image towers that give the stock vectors within 1e-5: the stock one, and the
+        one with oneDNN linear layers (lean.lean_visual) where it does."""
         m = self.loaded
+        towers = {"stock": m.model.encode_image}
         fast = onednn_linear() if m.device.type == "cpu" and m.dtype == torch.float32 else None
         lean = lean_visual(m.model, fast) if fast else None
         if lean is None:
-            return
+            return towers
         gen = torch.Generator().manual_seed(0)
         probe = torch.cat([pixels, torch.randn((3, *pixels.shape[1:]), generator=gen)])
         try:
@@ -601,17 +546,68 @@ class Encoder:
                 stock = F.normalize(m.model.encode_image(probe), dim=-1)
                 if float((F.normalize(lean(probe), dim=-1) - stock).abs().max()) > 1e-5:
                     log.warning("image tower with oneDNN linear layers differs; not used")
-                    return
-                times = {}
-                for name, fn in (("stock", m.model.encode_image), ("lean", lean)):
-                    t0 = time.perf_counter()
-                    fn(probe)
-                    times[name] = time.perf_counter() - t0
+                    return towers
         except Exception:  # an unusual tower or torch build: the stock one serves
             log.debug("image tower with oneDNN linear layers failed", exc_info=True)
-            return
-        if times["lean"] < times["stock"]:
-            self._image_tower = lean
+            return towers
+        towers["lean"] = lean
+        return towers
+
+    def _warm_up(self) -> None:
+        """Time every way each sort of pass can run (threads × equal walks or towers) and
+        start each sort's choice from those times (passchoice.py)."""
+        m = self.loaded
+        threads = torch.get_num_threads()
+        cpu = m.device.type == "cpu"
+        counts = [threads, 1] if threads > 1 and cpu else [threads]
+        pixels = m.preprocess(Image.new("RGB", (32, 32))).unsqueeze(0)
+        self._towers = self._equal_towers(pixels)
+        gen = torch.Generator().manual_seed(0)
+        batch = torch.cat([pixels, torch.randn((3, *pixels.shape[1:]), generator=gen)])
+        ways = [False, True] if self._packed_matches() else [False]
+        sorts = {("text", True): (["a photo of a dog"], ways),
+                 ("image", True): (pixels, list(self._towers)),
+                 ("image", False): (batch, list(self._towers))}
+        if cpu and m.text is not None:  # on a GPU padding is nearly free; threads not ours
+            sorts["text", False] = (list(_PROBE_TEXTS), ways)
+        for (kind, lone), (inputs, sort_ways) in sorts.items():
+            def run(arm, kind=kind, inputs=inputs):
+                torch.set_num_threads(arm[0])
+                self._forward(kind, inputs, arm[1])
+            arms = [(n, w) for n in counts for w in sort_ways]
+            try:
+                seconds = time_arms(arms, run, rounds=5 if kind == "text" else 3,
+                                    stop=self._stop_if_closed)
+            finally:
+                torch.set_num_threads(threads)
+            per_input = {a: t / len(inputs) for a, t in seconds.items()}
+            self._arm_times[kind, lone] = per_input
+            self._choices[kind, lone] = PassChoice(per_input)
+            self._follow(kind, lone)
+
+    def _follow(self, kind: str, lone: bool) -> None:
+        """Mirror a sort's present choice in the attributes others read."""
+        choice = self._choices[kind, lone]
+        n, way = choice.best
+        (self.lone_threads if lone else self.batch_threads)[kind] = n
+        if lone:
+            self.lone_pass[kind] = choice.avg[n, way]
+        if kind == "text":
+            if lone:
+                self.lone_packed = way
+            else:
+                self.packed = way
+
+    def pin(self, kind: str, way) -> None:
+        """Run every pass of `kind` the `way` way from now on (tests and benchmarks compare
+        the ways); the thread count stays chosen by load."""
+        for (k, lone), times in self._arm_times.items():
+            if k == kind:
+                arms = {a: t for a, t in times.items() if a[1] == way}
+                if not arms:
+                    raise ValueError(f"{kind} passes cannot run {way!r} here")
+                self._choices[k, lone] = PassChoice(arms)
+                self._follow(k, lone)
 
     def _stop_if_closed(self) -> None:
         """Raise _Closing when close() was called: a process that exits early (a bad query on
@@ -619,40 +615,12 @@ class Encoder:
         if self._closed:
             raise _Closing()
 
-    def _timed_forward(self, kind: str, inputs: torch.Tensor | list[str]) -> float:
-        self._stop_if_closed()
-        t0 = time.perf_counter()
-        self._forward(kind, inputs)
-        return time.perf_counter() - t0
-
     def _run(self) -> None:
         # Always set here: a thread that never set its own count takes torch's process-wide
         # default, which any other thread's set_num_threads changes.
         torch.set_num_threads(self._model_threads)
         try:
-            tokens = ["a photo of a dog"]
-            pixels = self.loaded.preprocess(Image.new("RGB", (32, 32))).unsqueeze(0)
-            threads = torch.get_num_threads()
-            choices = [threads, 1] if threads > 1 and self.loaded.device.type == "cpu" else [threads]
-            self._choose_image_tower(pixels)
-            for kind, inputs in (("text", tokens), ("image", pixels)):
-                self._stop_if_closed()
-                ways = [False, True] if kind == "text" and self._packed_matches() else [False]
-                best: dict[tuple[int, bool], float] = {}
-                for n in choices:
-                    torch.set_num_threads(n)
-                    for way in ways:
-                        if kind == "text":
-                            self.lone_packed = way
-                        self._forward(kind, inputs)  # the first pass allocates: not timed
-                        best[n, way] = min(self._timed_forward(kind, inputs) for _ in range(3))
-                torch.set_num_threads(threads)
-                n, way = min(best, key=lambda k: best[k])
-                self.lone_threads[kind], self.lone_pass[kind] = n, best[n, way]
-                self._lone_choice[kind] = ThreadChoice({c: best[c, way] for c in choices})
-                if kind == "text":
-                    self.lone_packed = way
-            self._calibrate_text_batches(choices, threads)
+            self._warm_up()
         except _Closing:
             self._ready.set()
             return
@@ -686,16 +654,14 @@ class Encoder:
                 inputs = torch.cat([r.inputs for r in batch]) if len(batch) > 1 else batch[0].inputs
             count = sum(r.n for r in batch)
             threads = torch.get_num_threads()
-            choice = (self._lone_choice if count == 1 else self._batch_choice).get(kind)
-            if choice is not None:
-                use = choice.pick()
-            else:
-                use = (self.lone_threads if count == 1 else self.batch_threads).get(kind, threads)
+            choice = self._choices.get((kind, count == 1))
+            arm = choice.pick() if choice is not None else (threads, None)
+            use = arm[0]
             t0 = time.perf_counter()
             try:
                 if use != threads:
                     torch.set_num_threads(use)
-                out = self._forward(kind, inputs)
+                out = self._forward(kind, inputs, arm[1])
             except Exception as e:
                 log.exception("encoder forward pass failed")
                 for r in batch:
@@ -710,12 +676,9 @@ class Encoder:
             self.stats.model_seconds += seconds
             self.stats.sizes[count] = self.stats.sizes.get(count, 0) + 1
             self.stats.last_pass_seconds = seconds
-            if count == 1:  # keep the cost of a lone pass current (load changes)
-                old = self.lone_pass.get(kind, seconds)
-                self.lone_pass[kind] = 0.8 * old + 0.2 * seconds
             if choice is not None:
-                choice.record(use, seconds / count)
-                (self.lone_threads if count == 1 else self.batch_threads)[kind] = choice.best
+                choice.record(arm, seconds / count)
+                self._follow(kind, count == 1)
             start = 0
             for r in batch:
                 r.done(out[start:start + r.n])

@@ -61,7 +61,7 @@ async def test_captured_weights_equal_the_separate_read_out(model_encoder):
     if loaded.name.startswith("ViT-B-32"):
         assert taken == [False, True]  # both the stock walk and the lean one are checked
     for packed in taken:
-        enc.packed = enc.lone_packed = packed
+        enc.pin("text", packed)
         for how in ("batch", "alone"):
             enc._cache.clear()
             if how == "batch":

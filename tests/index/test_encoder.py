@@ -126,7 +126,7 @@ async def test_a_lone_text_gives_the_models_vector_whichever_pass_warm_up_chose(
     with torch.inference_mode():
         ref = tiny.model.encode_text(tiny.tokenizer(["purple triangle"]), normalize=True).numpy()
     for way in (False, True):
-        encoder.lone_packed = way
+        encoder.pin("text", way)
         encoder._cache.clear()
         got = await encoder.encode_texts(["purple triangle"])
         assert np.abs(got - ref).max() < 1e-5
@@ -139,10 +139,10 @@ def test_close_during_warm_up_stops_the_model_thread(tiny, monkeypatch):
     started = threading.Event()
     real_forward = Encoder._forward
 
-    def slow_forward(self, kind, inputs):
+    def slow_forward(self, kind, inputs, *way):
         started.set()
         time.sleep(0.5)  # a warm-up of ~24 passes: longer than any join timeout
-        return real_forward(self, kind, inputs)
+        return real_forward(self, kind, inputs, *way)
 
     monkeypatch.setattr(Encoder, "_forward", slow_forward)
     enc = Encoder(tiny)
@@ -154,9 +154,9 @@ def test_close_during_warm_up_stops_the_model_thread(tiny, monkeypatch):
 
 
 def test_pass_threads_follow_the_load():
-    from index.encoder import ThreadChoice
+    from index.passchoice import PassChoice
 
-    choice = ThreadChoice({2: 0.010, 1: 0.012}, explore=5)
+    choice = PassChoice({2: 0.010, 1: 0.012}, explore=5)
     picks = []
     for _ in range(10):
         picks.append(n := choice.pick())
@@ -179,7 +179,7 @@ def test_pass_threads_follow_the_load():
         n = choice.pick()
         choice.record(n, 0.008 if n == 2 else 0.012)
     assert choice.best == 2
-    alone = ThreadChoice({1: 0.01})
+    alone = PassChoice({1: 0.01})
     assert {alone.pick() for _ in range(50)} == {1}
 
 
@@ -188,9 +188,9 @@ def test_closing_during_warm_up_ends_the_model_thread_soon(tiny, monkeypatch):
     must stop at the next pass, not run on (torch still working at exit aborts the process)."""
     forward = Encoder._forward
 
-    def slow_forward(self, kind, inputs):  # a warm-up of many seconds, as on a busy host
+    def slow_forward(self, kind, inputs, *way):  # a warm-up of many seconds, as on a busy host
         time.sleep(0.2)
-        return forward(self, kind, inputs)
+        return forward(self, kind, inputs, *way)
 
     monkeypatch.setattr(Encoder, "_forward", slow_forward)
     enc = Encoder(tiny)
@@ -199,3 +199,43 @@ def test_closing_during_warm_up_ends_the_model_thread_soon(tiny, monkeypatch):
     enc.close()
     assert time.perf_counter() - t0 < 3.0
     assert not enc._thread.is_alive()
+
+
+def test_every_way_of_a_pass_is_revisited_not_only_the_thread_count():
+    """A lone text can run on 1 or 2 threads, padded or packed: a way that lost at a busy
+    warm-up is tried again and taken once it is the faster."""
+    from index.passchoice import PassChoice
+
+    arms = {(2, True): 0.004, (2, False): 0.003, (1, True): 0.009, (1, False): 0.005}
+    choice = PassChoice(arms, explore=4)
+    true = {(2, True): 0.001, (2, False): 0.003, (1, True): 0.002, (1, False): 0.005}
+    tried = set()
+    for _ in range(40):
+        arm = choice.pick()
+        tried.add(arm)
+        choice.record(arm, true[arm])
+    assert choice.best == (2, True)
+    assert tried == set(arms)  # each other way had its turn
+
+
+def test_warm_up_times_the_ways_in_interleaved_rounds_and_keeps_each_ones_least():
+    from index.passchoice import time_arms
+
+    order = []
+    slow_once = {"b": [0.05]}  # a burst of load during one of b's passes
+
+    def run(arm):
+        order.append(arm)
+        time.sleep(slow_once[arm].pop() if slow_once.get(arm) else 0.001)
+
+    best = time_arms(["a", "b"], run, rounds=3)
+    assert order == ["a", "b"] * 4  # one untimed pass each, then rounds that alternate
+    assert best["b"] < 0.02  # the least time: the burst does not decide
+
+
+def test_an_encoder_can_be_pinned_to_one_way_and_reports_it(encoder):
+    encoder.pin("text", False)
+    assert encoder.lone_packed is False and encoder.packed is False
+    assert {way for _, way in encoder._choices["text", True].avg} == {False}
+    with pytest.raises(ValueError):
+        encoder.pin("image", "no-such-tower")
