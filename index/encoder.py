@@ -557,7 +557,7 @@ class Encoder:
         """Time every way each sort of pass can run (threads × equal walks or towers) and
         start each sort's choice from those times (passchoice.py)."""
         m = self.loaded
-        threads = torch.get_num_threads()
+        threads = self._model_threads
         cpu = m.device.type == "cpu"
         counts = [threads, 1] if threads > 1 and cpu else [threads]
         pixels = m.preprocess(Image.new("RGB", (32, 32))).unsqueeze(0)
@@ -571,19 +571,24 @@ class Encoder:
         if cpu and m.text is not None:  # on a GPU padding is nearly free; threads not ours
             sorts["text", False] = (list(_PROBE_TEXTS), ways)
         for (kind, lone), (inputs, sort_ways) in sorts.items():
-            def run(arm, kind=kind, inputs=inputs):
-                torch.set_num_threads(arm[0])
-                self._forward(kind, inputs, arm[1])
             arms = [(n, w) for n in counts for w in sort_ways]
-            try:
-                seconds = time_arms(arms, run, rounds=5 if kind == "text" else 3,
-                                    stop=self._stop_if_closed)
-            finally:
-                torch.set_num_threads(threads)
+            seconds = time_arms(arms, lambda arm, kind=kind, inputs=inputs:
+                                self._forward(kind, inputs, arm[1]),
+                                rounds=5 if kind == "text" else 3, stop=self._stop_if_closed,
+                                switch=lambda arm: self._use_threads(arm[0]))
             per_input = {a: t / len(inputs) for a, t in seconds.items()}
             self._arm_times[kind, lone] = per_input
             self._choices[kind, lone] = PassChoice(per_input)
             self._follow(kind, lone)
+
+    def _use_threads(self, n: int) -> bool:
+        """Run the model thread's next passes on n torch threads; whether that changed it.
+        Kept between passes (not set back after each): a change makes the next parallel
+        region grow or shrink the thread team, which costs more than a tiny pass."""
+        if torch.get_num_threads() == n:
+            return False
+        torch.set_num_threads(n)
+        return True
 
     def _follow(self, kind: str, lone: bool) -> None:
         """Mirror a sort's present choice in the attributes others read."""
@@ -633,18 +638,12 @@ class Encoder:
                 return
             if batch[0].kind == "call":
                 # calls are small one-text jobs (the attention read-out): lone-text threads
-                threads = torch.get_num_threads()
-                alone = self.lone_threads.get("text", threads)
+                self._use_threads(self.lone_threads.get("text", self._model_threads))
                 try:
-                    if alone != threads:
-                        torch.set_num_threads(alone)
                     with torch.inference_mode():
                         result = batch[0].fn()
                 except Exception as e:
                     result = e
-                finally:
-                    if alone != threads:
-                        torch.set_num_threads(threads)
                 batch[0].done(result)
                 continue
             kind = batch[0].kind
@@ -653,23 +652,17 @@ class Encoder:
             else:
                 inputs = torch.cat([r.inputs for r in batch]) if len(batch) > 1 else batch[0].inputs
             count = sum(r.n for r in batch)
-            threads = torch.get_num_threads()
             choice = self._choices.get((kind, count == 1))
-            arm = choice.pick() if choice is not None else (threads, None)
-            use = arm[0]
+            arm = choice.pick() if choice is not None else (self._model_threads, None)
+            self._use_threads(arm[0])
             t0 = time.perf_counter()
             try:
-                if use != threads:
-                    torch.set_num_threads(use)
                 out = self._forward(kind, inputs, arm[1])
             except Exception as e:
                 log.exception("encoder forward pass failed")
                 for r in batch:
                     r.done(e)
                 continue
-            finally:
-                if use != threads:
-                    torch.set_num_threads(threads)
             seconds = time.perf_counter() - t0
             self.stats.batches += 1
             self.stats.inputs += count

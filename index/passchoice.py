@@ -63,21 +63,34 @@ class PassChoice:
 
 
 def time_arms(arms: Iterable[Hashable], run: Callable[[Hashable], object], rounds: int = 5,
-              stop: Callable[[], None] | None = None) -> dict[Hashable, float]:
-    """Each arm's least time over `rounds` interleaved rounds of `run(arm)` (after one
-    untimed pass per arm, which allocates); `stop` is called between passes (it raises to
-    end a warm-up early)."""
+              stop: Callable[[], None] | None = None,
+              switch: Callable[[Hashable], bool] | None = None) -> dict[Hashable, float]:
+    """Each arm's least time over `rounds` interleaved rounds of `run(arm)`.
+
+    `switch(arm)` makes the settings `arm` needs that outlive a pass (the thread count) and
+    says whether it changed any: the pass after a change is not timed (it pays for the
+    change, e.g. waking a thread team; passes in service do not, as the choice persists),
+    and every other round walks the arms backwards, so such changes are few. Each arm also
+    gets one untimed pass first (it allocates). `stop` is called between passes (it raises
+    to end a warm-up early)."""
     arms = list(arms)
     best = dict.fromkeys(arms, float("inf"))
-    for arm in arms:
+
+    def once(arm: Hashable, timed: bool) -> None:
         if stop:
             stop()
-        run(arm)
-    for _ in range(rounds):
-        for arm in arms:
-            if stop:
-                stop()
-            t0 = time.perf_counter()
+        if switch is not None and switch(arm):
             run(arm)
-            best[arm] = min(best[arm], time.perf_counter() - t0)
+        if not timed:
+            run(arm)
+            return
+        t0 = time.perf_counter()
+        run(arm)
+        best[arm] = min(best[arm], time.perf_counter() - t0)
+
+    for arm in arms:
+        once(arm, timed=False)
+    for r in range(rounds):
+        for arm in arms if r % 2 == 0 else reversed(arms):
+            once(arm, timed=True)
     return best

@@ -229,8 +229,31 @@ def test_warm_up_times_the_ways_in_interleaved_rounds_and_keeps_each_ones_least(
         time.sleep(slow_once[arm].pop() if slow_once.get(arm) else 0.001)
 
     best = time_arms(["a", "b"], run, rounds=3)
-    assert order == ["a", "b"] * 4  # one untimed pass each, then rounds that alternate
+    assert order == ["a", "b", "a", "b", "b", "a", "a", "b"]  # untimed each, then rounds
     assert best["b"] < 0.02  # the least time: the burst does not decide
+
+
+def test_the_pass_after_a_change_of_threads_is_not_the_one_timed():
+    from index.passchoice import time_arms
+
+    now = {"threads": 2}
+    passes = []
+
+    def switch(arm):
+        changed = now["threads"] != arm[0]
+        now["threads"] = arm[0]
+        now["fresh"] = changed
+        return changed
+
+    def run(arm):
+        passes.append(arm)
+        # the first pass on a new thread count pays for the team's change
+        time.sleep(0.03 if now.pop("fresh", False) else 0.001)
+
+    arms = [(2, "x"), (1, "x")]
+    best = time_arms(arms, run, rounds=4, switch=switch)
+    assert max(best.values()) < 0.02
+    assert len(passes) < 2 * len(arms) * 5  # few changes: rounds walk back and forth
 
 
 def test_an_encoder_can_be_pinned_to_one_way_and_reports_it(encoder):
