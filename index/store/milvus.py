@@ -698,6 +698,13 @@ class MilvusStore(VectorStore):
         # no flush (_settle): a record is read by its key, which a query finds unflushed;
         # the library writes its progress after every chunk, and a flush each time is slow
 
+    def all_records(self) -> dict[str, str]:
+        """name -> value of every record of this view's guild (of guild 0 on the whole
+        collection: the collection's own, as a folder collection keeps them)."""
+        rows = self._iterate(self.records_name, ["name", "value"],
+                             "" if self.guild_id is not None else "guild_id == 0")
+        return {str(r["name"]): str(r["value"]) for r in rows}
+
     def records_named(self, name: str) -> dict[int, str]:
         """guild id -> value of every guild's record `name` (this view's guild only, if any)."""
         records.checked(name, None, self.location)
@@ -1011,6 +1018,11 @@ class MilvusStore(VectorStore):
                 raise StoreError(f"item {source[:80]}: phash {ph!r} is not a perceptual hash")
             row["phash"] = ph or None
         return row
+
+    @property
+    def keeps_phash(self) -> bool:
+        """Whether this collection has the perceptual-hash field (see _fields_with_phash)."""
+        return "phash" in self._item_fields
 
     def _fields_with_phash(self) -> list[str]:
         """_ITEM_FIELDS, with `phash` where the collection has it, or the server can add it
