@@ -42,6 +42,7 @@ from .phash import HEX, valid
 COPY_COSINE = 0.98  # two stored vectors this close are the same picture (no perceptual hash)
 COPY_BITS = 12  # two perceptual hashes this close (of 256 bits) are the same picture
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.int32)
+_WORDS = HEX // 16  # a hash as 64-bit words
 
 
 @dataclass
@@ -73,42 +74,54 @@ def group(ranked: list[Ranked], threshold: float = COPY_COSINE,
     dim = next((np.asarray(r.vector).size for r in ranked if r.vector is not None), 0)
     vectors = np.zeros((n, dim), dtype=np.float32)  # unit vectors (zeros: none)
     has_vector = np.zeros(n, dtype=bool)
-    hashes = np.zeros((n, HEX // 2), dtype=np.uint8)  # perceptual hashes' bytes
+    hashes = np.zeros((n, _WORDS), dtype=np.uint64)  # perceptual hashes' bits
     has_hash = np.zeros(n, dtype=bool)
     for i, r in enumerate(ranked):
         if r.vector is not None:
             vectors[i], has_vector[i] = _unit(r.vector), True
         ph = getattr(r.item, "phash", None)
         if valid(ph):
-            hashes[i], has_hash[i] = np.frombuffer(bytes.fromhex(ph), dtype=np.uint8), True
+            hashes[i], has_hash[i] = np.frombuffer(bytes.fromhex(ph), dtype=np.uint64), True
     groups: list[Group] = []
     by_hash: dict[str, int] = {}
+    unhashed = 0  # leaders without a perceptual hash
     for i, r in enumerate(ranked):
         h = getattr(r.item, "content_hash", "") or ""
         g = by_hash.get(h) if h else None
         m = len(groups)
         if g is None and m:
-            both = has_hash[:m] & has_hash[i]  # (leaders' rows first: see below)
-            copy = np.zeros(m, dtype=bool)
-            if both.any():  # the perceptual hashes decide where both are known
-                copy[both] = _POPCOUNT[hashes[:m][both] ^ hashes[i]].sum(axis=1) <= bits
-            cosine = ~both & has_vector[:m] & has_vector[i]
-            if cosine.any():  # else the vectors
-                copy[cosine] = vectors[:m][cosine] @ vectors[i] >= threshold
-            if copy.any():
+            copy = None
+            if has_hash[i]:  # the perceptual hashes decide where both are known
+                copy = _bit_count(hashes[:m] ^ hashes[i]) <= bits
+                if unhashed:  # leaders without one: the cosine, below
+                    copy &= has_hash[:m]
+            if has_vector[i] and (unhashed or not has_hash[i]):  # else the vectors
+                near = vectors[:m] @ vectors[i] >= threshold
+                if has_hash[i]:
+                    near &= ~has_hash[:m]
+                copy = near if copy is None else copy | near
+            if copy is not None and copy.any():
                 g = int(np.argmax(copy))  # the first such group (the best-ranked leader)
         if g is None:
             g = len(groups)
             groups.append(Group(r))
+            unhashed += not has_hash[i]
             if g != i:  # rows 0..g-1 are the leaders', rows past i not yet read: row g
                 # (a copy's, read already) takes leader g's values
                 for a in (vectors, has_vector, hashes, has_hash):
-                    a[[g, i]] = a[[i, g]]
+                    a[g] = a[i]
             if h:
                 by_hash[h] = g
         else:
             groups[g].copies.append(r)
     return groups
+
+
+def _bit_count(words: np.ndarray) -> np.ndarray:
+    """How many bits are set in each row of 64-bit words."""
+    if hasattr(np, "bitwise_count"):  # numpy >= 2
+        return np.bitwise_count(words).sum(axis=1, dtype=np.int64)
+    return _POPCOUNT[words.view(np.uint8)].sum(axis=1)
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
