@@ -58,7 +58,8 @@ _PROJ = _projection()
 
 def layout(img: Image.Image) -> np.ndarray:
     """The picture's low frequencies (luma 8×8, chroma 4×4 each, constant terms out)."""
-    small = img.convert("RGB").resize((SIDE, SIDE), Image.Resampling.BOX, reducing_gap=2.0)
+    rgb = img if img.mode == "RGB" else img.convert("RGB")  # (open_image's are: no copy)
+    small = rgb.resize((SIDE, SIDE), Image.Resampling.BOX, reducing_gap=2.0)
     ycc = np.asarray(small.convert("YCbCr"), dtype=np.float64)
     parts = []
     for plane, n in ((0, LUMA), (1, CHROMA), (2, CHROMA)):
