@@ -8,7 +8,8 @@ bundled model. Galleries: the shapes gallery of each seed (128-px PNGs, as
 index.quality's reposted library) and photo-like pictures (bench.encoder.make_folder
 photo=True: 640×480 shapes with pixel noise, JPEG q85). For each picture: its copies'
 distances from it, and its nearest distinct picture's distance (and the distances of the
-distinct pairs the bundled model puts at cosine >= 0.98). Prints one table.
+distinct pairs the bundled model puts at cosine >= 0.98). Prints a table per gallery
+(bench/RESULTS.md, "Near-copies by perceptual hash").
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ async def measure(pictures: list[Image.Image], encoder) -> dict[str, list]:
     return rows
 
 
-def _q(a: np.ndarray | None, lo: bool) -> str:
+def _q(a: np.ndarray | None) -> str:
     if a is None or not len(a):
         return "-"
     fmt = "{:.0f}" if a.dtype.kind in "iu" else "{:.3f}"
@@ -127,7 +128,7 @@ async def main(argv: list[str] | None = None) -> None:
                 print("| pair | Hamming bits | cosine (bundled model) | pairs |")
                 print("|---|---|---|---|")
                 for name, (d, cos) in rows.items():
-                    print(f"| {name} | {_q(d, True)} | {_q(cos, False)} | {len(d)} |")
+                    print(f"| {name} | {_q(d)} | {_q(cos)} | {len(d)} |")
     finally:
         if encoder is not None:
             encoder.close()

@@ -6,8 +6,8 @@ posted; `Engine.add_images`) all go through `build`, with one de-duplication rul
 
 - by source: a source already stored with the same stamp is unchanged and not read again;
   with another stamp it is read again and its row updated (it keeps its id).
-- by content: an image whose content hash (sha256 of its bytes) is already stored under another source in its
-  scope, or came earlier in the same run, is a duplicate and not stored. The scope of an
+- by content: an image whose content hash (sha256 of its bytes) is already stored under
+  another source in its scope, or came earlier in the same run, is a duplicate and not stored. The scope of an
   item with a guild id is that guild; of one without, the whole collection. A duplicate
   Discord post is recorded as another post of the stored picture (provenance, see
   index/store/posts.py), so the picture stays while any of its posts remains.

@@ -5,8 +5,8 @@
 
 Items are copied in chunks, each chunk one `add` (one transaction in SQLite, one upsert in
 Milvus), with every field of the item (its perceptual hash too, unless the destination is
-a Milvus collection from before that field which cannot add it) and its vector. The destination itself is the
-progress record: an item whose source is already there is not copied again, and `add` keys
+a Milvus collection from before that field which cannot add it) and its vector. The
+destination itself is the progress record: an item whose source is already there is not copied again, and `add` keys
 items by source, so a migration killed at any point (kill -9 included) is resumed by running
 the same command again, and a second run adds nothing twice.
 

@@ -409,6 +409,7 @@ class Collection(VectorStore):
             return records.read(self._db().conn, name)
 
     def all_records(self) -> dict[str, str]:
+        """name -> value of every record (table `records`)."""
         with self._lock:
             return records.read_all(self._db().conn)
 

@@ -314,11 +314,15 @@ class ItemTable:
             cols = ", ".join(f"NULL AS {c}" if c in missing else c for c in META_COLUMNS)
             self.select = f"SELECT id, {cols}, added_at FROM items"
             return
+
+        def add(conn: sqlite3.Connection) -> None:  # (another process may have, meanwhile)
+            now = {r[1] for r in conn.execute("PRAGMA table_info(items)")}
+            for c in missing:
+                if c not in now:
+                    conn.execute(f"ALTER TABLE items ADD COLUMN {c} {_ADDED_COLUMNS[c]}")
+
         try:
-            self.write(lambda conn: [conn.execute(f"ALTER TABLE items ADD COLUMN {c} {_ADDED_COLUMNS[c]}")
-                                     for c in missing if c not in
-                                     {r[1] for r in conn.execute("PRAGMA table_info(items)")}],
-                       lambda _: False)
+            self.write(add, lambda _: False)
         except sqlite3.Error as e:
             raise StoreError(f"cannot add column(s) {', '.join(missing)} to {self.db}: {e}") from e
 
