@@ -218,3 +218,21 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, fragment):
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert code == 2 and len(lines) == 1, err
     assert lines[0].startswith("error:") and fragment in lines[0], err
+
+
+def test_into_an_old_milvus_collection_without_the_hash_field(tmp_path, monkeypatch):
+    """A Milvus Lite collection made before the perceptual-hash field cannot get it: the
+    items go in without their hashes, and the verification does not count that as lost."""
+    from pymilvus.orm.schema import CollectionSchema
+    make_folder(tmp_path / "photos", 40)
+    uri = str(tmp_path / "m.db")
+    add_field = CollectionSchema.add_field
+    monkeypatch.setattr(CollectionSchema, "add_field", lambda self, name, *a, **kw:
+                        self if name == "phash" else add_field(self, name, *a, **kw))
+    MilvusStore.create(uri, "photos", MODEL, DIM).close()
+    monkeypatch.undo()
+    there = migrate(Endpoint(str(tmp_path / "photos")), Endpoint(uri, "photos"), sample=40)
+    assert (there.copied, there.checked, there.records) == (40, 40, 2)
+    with MilvusStore.open(uri, "photos") as mil:
+        assert not mil.keeps_phash
+        assert {it.phash for it in mil.get([int(i) for i in mil.ids()])} == {None}
