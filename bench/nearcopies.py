@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import io
 import sys
 import tempfile
@@ -63,13 +64,17 @@ def _webp(img: Image.Image) -> Image.Image:
     return open_image(buf.getvalue())
 
 
-def galleries(seeds: list[int], count: int, photos: int, tmp: Path) -> dict[str, list[Image.Image]]:
+def galleries(seeds: list[int], count: int, photos: int, tmp: Path,
+              extra: list[Path] | None = None) -> dict[str, list[Image.Image]]:
     from bench.encoder import make_folder
     from index.synthetic import render, scenes
     out = {f"shapes seed {s}": [render(sc) for sc in scenes(count, s)] for s in seeds}
     if photos:
         make_folder(tmp / "photos", photos, photo=True, seed=5)
         out["photo-like"] = [open_image(p) for p in sorted((tmp / "photos").iterdir())]
+    if extra:  # (the same file twice is one picture)
+        unique = {hashlib.sha256(p.read_bytes()).hexdigest(): p for p in extra}
+        out[f"given files ({len(unique)} distinct)"] = [open_image(p) for p in unique.values()]
     return out
 
 
@@ -110,10 +115,12 @@ def _q(a: np.ndarray | None) -> str:
 
 async def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[4242, 777, 1234])
+    p.add_argument("--seeds", type=int, nargs="*", default=[4242, 777, 1234])
     p.add_argument("--count", type=int, default=300)
     p.add_argument("--photos", type=int, default=100)
     p.add_argument("--no-model", action="store_true", help="hash distances only")
+    p.add_argument("--files", type=Path, nargs="*", default=[],
+                   help="more pictures to measure as a gallery of their own (distinct files)")
     a = p.parse_args(argv)
     encoder = None
     if not a.no_model:
@@ -122,7 +129,7 @@ async def main(argv: list[str] | None = None) -> None:
         encoder = Encoder(load_model("builtin:tiny-shapes", device="cpu"))
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            for gname, pictures in galleries(a.seeds, a.count, a.photos, Path(tmp)).items():
+            for gname, pictures in galleries(a.seeds, a.count, a.photos, Path(tmp), a.files).items():
                 rows = await measure(pictures, encoder)
                 print(f"\n{gname} ({len(pictures)} pictures): min / 1% / 5% / median / 95% / 99% / max")
                 print("| pair | Hamming bits | cosine (bundled model) | pairs |")

@@ -16,12 +16,12 @@ their hashes differ in at most COPY_BITS of 256 bits; else (either was stored wi
 one: a collection from before the hash, a Milvus Lite collection that could not add the
 field, imported vectors, a flat picture) when their vectors are within COPY_COSINE.
 
-Where both hashes are known the cosine is not asked. With the bundled 64-px model,
-distinct pictures of one shape sit at cosine >= 0.98 (their hashes 14-160 bits apart),
-which merged different pictures; a JPEG re-encode can fall to 0.85, where the hash moves
-at most 11 bits. The cosine could still catch crops the hash misses (a 3% crop moves it
-1-38 bits, a 5% crop 4-56), but at 0.98 it takes distinct pictures from 14 bits up too:
-no second bound separates them, so a crop beyond COPY_BITS is shown as its own result
+Where both hashes are known the cosine is not asked: the bundled 64-px model puts
+distinct pictures of one shape at cosine >= 0.98 (which merged different pictures) and a
+JPEG re-encode as low as 0.85, while the hash keeps resized and re-encoded copies within
+COPY_BITS and distinct pictures beyond it. The cosine could still catch crops the hash
+misses, but at 0.98 it also takes distinct pictures whose hashes are as near as the crops'
+(no bound separates them), so a crop beyond COPY_BITS is shown as its own result
 (measured: bench/RESULTS.md, "Near-copies by perceptual hash").
 
 A result's group depends only on the results ranked above it, so the groups of a page do
