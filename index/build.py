@@ -6,11 +6,14 @@ posted; `Engine.add_images`) all go through `build`, with one de-duplication rul
 
 - by source: a source already stored with the same stamp is unchanged and not read again;
   with another stamp it is read again and its row updated (it keeps its id).
-- by content: an image whose content hash is already stored under another source in its
-  scope, or came earlier in the same run, is a duplicate and not stored. The scope of an
+- by content: an image whose content hash (sha256 of its bytes) is already stored under
+  another source in its scope, or came earlier in the same run, is a duplicate and not stored. The scope of an
   item with a guild id is that guild; of one without, the whole collection. A duplicate
   Discord post is recorded as another post of the stored picture (provenance, see
   index/store/posts.py), so the picture stays while any of its posts remains.
+
+Every picture stored also gets its perceptual hash (index/phash.py), made from the decoded
+pixels here, whatever the path: what index/nearcopies.py recognises re-encoded copies by.
 
 Each chunk of images is committed to SQLite in one transaction with its vectors, so a
 killed build resumes where it stopped: sources already stored with the same stamp are
@@ -33,6 +36,7 @@ from .codes import BULK
 from .errors import BadItem, ClipfindError
 from .images import content_hash, open_image
 from .netfetch import FetchLimits, fetch_many
+from .phash import phash
 from .sources import SourceRecord
 from .store import Collection, NewItem
 
@@ -92,6 +96,7 @@ class _Prepared:
     jobs: list[_Job]
     hashes: list[str]
     pixels: torch.Tensor | list[bytes] | None  # bytes: for an encoder that decodes them itself
+    phashes: list[str | None] = field(default_factory=list)  # perceptual hash, per job
 
 
 def _stored_stamps(collection: Collection, sources: list[str]) -> dict[str, str]:
@@ -158,35 +163,38 @@ def _decode(loaded, pairs: list[tuple[_Job, bytes | None]], failed: list) -> _Pr
         return _checked_bytes(pairs, failed)
     from .pixels import resize_stage, to_pixels
     stage = resize_stage(loaded.preprocess)
-    jobs, hashes, images = [], [], []
+    jobs, hashes, images, phashes = [], [], [], []
     for j, data in _read(pairs, failed):
         source = j.item.source
         try:
-            images.append(stage(open_image(data, name=source)))
+            img = open_image(data, name=source)
+            images.append(stage(img))
         except ClipfindError as e:
             failed.append((source, str(e)))
             continue
         jobs.append(j)
         hashes.append(j.item.content_hash or content_hash(data))
+        phashes.append(j.item.phash or phash(img))
     if not images:
-        return _Prepared(jobs, hashes, None)
-    return _Prepared(jobs, hashes, to_pixels(loaded.preprocess, images))
+        return _Prepared(jobs, hashes, None, phashes)
+    return _Prepared(jobs, hashes, to_pixels(loaded.preprocess, images), phashes)
 
 
 def _checked_bytes(pairs: list[tuple[_Job, bytes | None]], failed: list) -> _Prepared:
     """Read (files) and check that each picture decodes; keep the bytes as they are."""
-    jobs, hashes, datas = [], [], []
+    jobs, hashes, datas, phashes = [], [], [], []
     for j, data in _read(pairs, failed):
         source = j.item.source
         try:
-            open_image(data, name=source)
+            img = open_image(data, name=source)
         except ClipfindError as e:
             failed.append((source, str(e)))
             continue
         jobs.append(j)
         datas.append(data)
         hashes.append(j.item.content_hash or content_hash(data))
-    return _Prepared(jobs, hashes, datas or None)
+        phashes.append(j.item.phash or phash(img))
+    return _Prepared(jobs, hashes, datas or None, phashes)
 
 
 def _store(collection: Collection, prepared: _Prepared, vectors: np.ndarray,
@@ -196,7 +204,8 @@ def _store(collection: Collection, prepared: _Prepared, vectors: np.ndarray,
     those records: their sources are not known, so the next run reads them again); runs in
     a thread."""
     items, keep, repeats = [], [], []
-    for i, (j, h) in enumerate(zip(prepared.jobs, prepared.hashes, strict=True)):
+    for i, (j, h, ph) in enumerate(zip(prepared.jobs, prepared.hashes, prepared.phashes,
+                                       strict=True)):
         scope = j.item.guild_id
         dup = collection.find_hash(h, scope)
         if (scope, h) in seen or (dup is not None and dup.source != j.item.source):
@@ -205,7 +214,7 @@ def _store(collection: Collection, prepared: _Prepared, vectors: np.ndarray,
             if _is_post(j.item):
                 repeats.append(replace(j.item, content_hash=h))
             continue
-        items.append(replace(j.item, content_hash=h))
+        items.append(replace(j.item, content_hash=h, phash=ph))
         keep.append(i)
         seen.add((scope, h))
     vectors = np.asarray(vectors)

@@ -4,8 +4,9 @@
     python -m index migrate --from http://milvus:19530 --to /data/photos
 
 Items are copied in chunks, each chunk one `add` (one transaction in SQLite, one upsert in
-Milvus), with every field of the item and its vector. The destination itself is the
-progress record: an item whose source is already there is not copied again, and `add` keys
+Milvus), with every field of the item (its perceptual hash too, unless the destination is
+a Milvus collection from before that field which cannot add it) and its vector. The
+destination itself is the progress record: an item whose source is already there is not copied again, and `add` keys
 items by source, so a migration killed at any point (kill -9 included) is resumed by running
 the same command again, and a second run adds nothing twice.
 
@@ -16,6 +17,12 @@ stores keep vectors rounded through float16).
 The provenance of library pictures (every Discord post of a stored picture) goes along: an
 item's own post comes with the item, other posts of the same picture are recorded after
 the items, per guild, and counted again at the end.
+
+So do the collection's records (index/store/records.py: the relevance floor "floor", a
+library's state): each one written whole after the posts (again only where the
+destination's differs, so a second run writes nothing) and compared at the end. A Milvus
+side's records are those of the collection itself (guild 0), which a folder's are; the
+records of the servers sharing a Milvus collection belong to their namespaces.
 
 Ids are the destination's own (sequential in a folder, a hash of the source in Milvus);
 items are matched by source. `added_at` becomes the time of the copy.
@@ -70,6 +77,8 @@ class MigrateReport:
     copied: int = 0  # items this run added
     already: int = 0  # items found in the destination already (an earlier, stopped run)
     posts: int = 0  # Discord posts of the pictures (provenance), verified per guild
+    records: int = 0  # records of the collection (the floor, a library's state), verified
+    records_written: int = 0  # of them, written by this run
     destination_items: int = 0  # items in the destination at the end
     checked: int = 0  # vectors compared
     max_difference: float = 0.0
@@ -79,6 +88,7 @@ class MigrateReport:
             f"migrated {self.source} -> {self.destination}: {self.copied} copied, "
             f"{self.already} already there, {self.destination_items} items in the destination; "
             f"verified: all {self.total} source items present once, {self.posts} posts, "
+            f"{self.records} records, "
             f"{self.checked} sampled "
             f"vectors equal within {self.max_difference:.1e}"
         )
@@ -138,9 +148,11 @@ def migrate(
         try:
             guilds = _copy(source, destination, report, chunk, progress)
             _copy_posts(source, destination, guilds, chunk)
+            _copy_records(source, destination, report)
             destination.save()
             _verify(source, destination, report, sample, seed)
             _verify_posts(source, destination, guilds, report)
+            _verify_records(source, destination, report)
         finally:
             destination.close()
     finally:
@@ -212,6 +224,25 @@ def _verify_posts(source: Any, destination: Any, guilds: list[int],
         report.posts += len(want)
 
 
+def _copy_records(source: Any, destination: Any, report: MigrateReport) -> None:
+    """Write each record the destination lacks or holds another value of."""
+    for name, value in source.all_records().items():
+        if destination.read_record(name) != value:
+            destination.write_record(name, value)
+            report.records_written += 1
+
+
+def _verify_records(source: Any, destination: Any, report: MigrateReport) -> None:
+    want = source.all_records()
+    for name, value in want.items():
+        if destination.read_record(name) != value:
+            raise StoreError(
+                f"verification failed: record {name} is not in {report.destination} as in the "
+                "source; run the same command again"
+            )
+    report.records = len(want)
+
+
 def _as_new(item: Any) -> NewItem:
     return NewItem(**{f: getattr(item, f) for f in _NEW_FIELDS})
 
@@ -242,7 +273,10 @@ def _verify(source: Any, destination: Any, report: MigrateReport, sample: int, s
     lost = [it.source for it, c in zip(items, copies, strict=True) if c is None]
     if lost:
         raise StoreError(f"verification failed: {lost[0]} is not in {report.destination}")
+    keeps_phash = getattr(destination, "keeps_phash", True)  # (an old Milvus Lite collection)
     for it, c in zip(items, copies, strict=True):
+        if not keeps_phash:
+            it = dataclasses.replace(it, phash=None)
         if _as_new(it) != _as_new(c):
             raise StoreError(
                 f"verification failed: {it.source} arrived with other metadata in "

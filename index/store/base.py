@@ -148,6 +148,10 @@ class VectorStore(abc.ABC):
         """Set the record (None deletes it)."""
 
     @abc.abstractmethod
+    def all_records(self) -> dict[str, str]:
+        """name -> value of every record (what a migration copies)."""
+
+    @abc.abstractmethod
     def save(self) -> None:
         """Make what is held in memory durable (a no-op where nothing is)."""
 

@@ -408,6 +408,11 @@ class Collection(VectorStore):
         with self._lock:
             return records.read(self._db().conn, name)
 
+    def all_records(self) -> dict[str, str]:
+        """name -> value of every record (table `records`)."""
+        with self._lock:
+            return records.read_all(self._db().conn)
+
     def write_record(self, name: str, value: str | None) -> None:
         """Set the record (None deletes it), in one transaction."""
         records.checked(name, value, f"collection {self.path}")

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from index.errors import BadItem, StoreError
+from index.phash import valid as phash_valid
 
 META = "meta.sqlite"
 
@@ -40,9 +41,11 @@ META_COLUMNS = (
     "posted_at",
     "content_hash",
     "stamp",
+    "phash",
 )
 _INT_COLUMNS = frozenset({"guild_id", "channel_id", "message_id", "attachment_id", "author_id"})
 ITEM_SELECT = "SELECT id, " + ", ".join(META_COLUMNS) + ", added_at FROM items"
+_ADDED_COLUMNS = {"phash": "TEXT"}  # columns newer than some meta.sqlite files: name -> type
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -59,6 +62,7 @@ CREATE TABLE IF NOT EXISTS items (
     posted_at     REAL,
     content_hash  TEXT NOT NULL DEFAULT '',
     stamp         TEXT NOT NULL DEFAULT '',
+    phash         TEXT,
     added_at      REAL NOT NULL,
     vector        BLOB NOT NULL
 );
@@ -85,6 +89,7 @@ class NewItem:
     posted_at: float | None = None
     content_hash: str = ""
     stamp: str = ""  # freshness of the source, e.g. 'mtime_ns:size', for incremental builds
+    phash: str | None = None  # perceptual hash of the pixels (index/phash.py); None: not known
 
 
 @dataclass(kw_only=True)
@@ -216,6 +221,11 @@ def item_values(it: NewItem) -> tuple[Any, ...]:
                 v = None if v is None else float(v)
             elif col == "source":
                 v = source_key(v)
+            elif col == "phash":
+                if v in (None, ""):
+                    v = None
+                elif not phash_valid(v):
+                    raise BadItem(source, f"phash {v!r} is not a perceptual hash")
             else:
                 v = "" if v is None else _text(str(v))
         except (TypeError, ValueError) as e:
@@ -270,6 +280,7 @@ class ItemTable:
 
     def __init__(self, conn: sqlite3.Connection, db: Path, dim: int, readonly: bool = False):
         self.conn, self.db, self.dim, self.readonly = conn, db, dim, readonly
+        self.select = ITEM_SELECT  # (a read-only table from before a column: see check_schema)
 
     @classmethod
     def open(cls, db: Path, dim: int) -> ItemTable:
@@ -290,6 +301,30 @@ class ItemTable:
             raise StoreError(f"{self.db} is not a usable SQLite database: {e}") from e
         if not {"items", "state"} <= tables:
             raise StoreError(f"{self.db} is not a clipfind database (no items/state tables)")
+        self._add_new_columns()
+
+    def _add_new_columns(self) -> None:
+        """A table from before a column (`phash`) gets it, NULL in the old rows; read-only,
+        it is read as NULL."""
+        have = {r[1] for r in self.conn.execute("PRAGMA table_info(items)")}
+        missing = [c for c in _ADDED_COLUMNS if c not in have]
+        if not missing:
+            return
+        if self.readonly:
+            cols = ", ".join(f"NULL AS {c}" if c in missing else c for c in META_COLUMNS)
+            self.select = f"SELECT id, {cols}, added_at FROM items"
+            return
+
+        def add(conn: sqlite3.Connection) -> None:  # (another process may have, meanwhile)
+            now = {r[1] for r in conn.execute("PRAGMA table_info(items)")}
+            for c in missing:
+                if c not in now:
+                    conn.execute(f"ALTER TABLE items ADD COLUMN {c} {_ADDED_COLUMNS[c]}")
+
+        try:
+            self.write(add, lambda _: False)
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot add column(s) {', '.join(missing)} to {self.db}: {e}") from e
 
     def state(self, key: str) -> int:
         row = self.conn.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
@@ -349,12 +384,12 @@ class ItemTable:
         wanted = [int(i) for i in ids]
         found = {
             row[0]: row_to_item(row)
-            for row in rows_in(self.conn, f"{ITEM_SELECT} WHERE id IN (%s)", sorted(set(wanted)))
+            for row in rows_in(self.conn, f"{self.select} WHERE id IN (%s)", sorted(set(wanted)))
         }
         return [found[i] for i in wanted if i in found]
 
     def by_source(self, source: str) -> Item | None:
-        row = self.conn.execute(f"{ITEM_SELECT} WHERE source = ?", (source_key(source),)).fetchone()
+        row = self.conn.execute(f"{self.select} WHERE source = ?", (source_key(source),)).fetchone()
         return row_to_item(row) if row else None
 
     def stamps(self) -> dict[str, str]:
@@ -362,7 +397,7 @@ class ItemTable:
         return {source_of_key(source): stamp for source, stamp in rows}
 
     def find_hash(self, content_hash: str, guild_id: int | None = None) -> Item | None:
-        q = f"{ITEM_SELECT} WHERE content_hash = ?"
+        q = f"{self.select} WHERE content_hash = ?"
         args: tuple[Any, ...] = (content_hash,)
         if guild_id is not None:
             q += " AND guild_id = ?"

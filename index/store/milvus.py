@@ -7,7 +7,9 @@ shards, a CLI build) that share one Milvus see one collection:
   L2-normalised vector, rounded through float16 exactly as the embedded store keeps it, so
   both stores rank alike) and every field of `Item` (source, title, credit, page_url, the
   Discord guild/channel/message/attachment/author ids, posted_at, content hash, stamp,
-  added_at);
+  added_at, and the perceptual hash `phash` (nullable); a collection made before that
+  field gets it where the server can add a field (Milvus 2.6), else (Milvus Lite) it goes
+  on without: its items have no perceptual hash, and near-copies fall back to the cosine);
 - the manifest (model, dim, index type, format version) is a property of that Milvus
   collection (`clipfind.manifest`, JSON);
 - `guild_id` is the partition key (0 for items from no Discord server), so a server's
@@ -47,6 +49,7 @@ import numpy as np
 from pymilvus import DataType, MilvusClient
 
 from index.errors import ModelMismatch, StoreError, StoreUnavailable
+from index.phash import valid as phash_valid
 
 from . import records
 from .base import VectorStore, checked_query
@@ -80,6 +83,7 @@ _TEXT_MAX = 65535  # Milvus VARCHAR max_length (bytes)
 _INT_FIELDS = ("channel_id", "message_id", "attachment_id", "author_id")
 _TEXT_FIELDS = ("source", "title", "credit", "page_url", "content_hash", "stamp")
 _ITEM_FIELDS = ["id", "guild_id", *_INT_FIELDS, "posted_at", *_TEXT_FIELDS, "added_at"]
+_PHASH_MAX = 64  # hex digits of a perceptual hash (index/phash.py)
 _POST_FIELDS = ("source", "guild_id", "channel_id", "message_id", "attachment_id", "author_id",
                 "posted_at", "title", "page_url")  # as index.store.posts.Post, less item_id
 _POST_KEYS = ("guild_id", "channel_id", "message_id", "attachment_id")  # all set: a post
@@ -287,6 +291,7 @@ class MilvusStore(VectorStore):
         guild_id: int | None = None,
         owns_client: bool = False,
         manifest: Manifest | None = None,
+        item_fields: list[str] | None = None,
     ):
         """Use create(), open() or view()."""
         self._client = client
@@ -301,6 +306,8 @@ class MilvusStore(VectorStore):
         kind, _, search_params = INDEX_TYPES.get(self.manifest.index_type, INDEX_TYPES["auto"])
         self._kind, self._search_params = kind, dict(search_params)
         self._load()
+        # the item fields this collection has (one made before `phash` may lack it)
+        self._item_fields = item_fields if item_fields is not None else self._fields_with_phash()
         # Milvus Lite searches its unflushed rows by rebuilding them into a matrix per search:
         # its writes are flushed at once so searches go through sealed, indexed segments.
         self._lite = "lite" in str(self._rpc(lambda c: c.get_server_version())).lower()
@@ -312,7 +319,8 @@ class MilvusStore(VectorStore):
         """This collection as server `guild_id` sees it (shares this store's connection)."""
         self._check_open()
         return MilvusStore(
-            self._client, self.uri, self.name, None, guild_id=guild_id, manifest=self.manifest
+            self._client, self.uri, self.name, None, guild_id=guild_id, manifest=self.manifest,
+            item_fields=self._item_fields,
         )
 
     def __enter__(self) -> MilvusStore:
@@ -342,11 +350,11 @@ class MilvusStore(VectorStore):
     def get(self, ids: Sequence[int]) -> list[Item]:
         """Items for `ids` in the given order; ids with no item (in this view) are skipped."""
         wanted = [int(i) for i in ids]
-        found = {r["id"]: r for r in self._rows_by_id(wanted, _ITEM_FIELDS)}
+        found = {r["id"]: r for r in self._rows_by_id(wanted, self._item_fields)}
         return [_to_item(found[i]) for i in wanted if i in found]
 
     def by_source(self, source: str) -> Item | None:
-        rows = self._query(f"source == {_quote(source)}", _ITEM_FIELDS)
+        rows = self._query(f"source == {_quote(source)}", self._item_fields)
         return _to_item(_oldest(rows)) if rows else None
 
     def stamps(self) -> dict[str, str]:
@@ -360,7 +368,7 @@ class MilvusStore(VectorStore):
         where = f"content_hash == {_quote(content_hash)}"
         if guild_id is not None:
             where += f" and guild_id == {int(guild_id)}"
-        rows = self._query(where, _ITEM_FIELDS)
+        rows = self._query(where, self._item_fields)
         return _to_item(_oldest(rows)) if rows else None
 
     def ids(self) -> np.ndarray:
@@ -623,7 +631,7 @@ class MilvusStore(VectorStore):
         left = [r for r in self._posts_where(guild_id, None, None, items) if r["source"] not in gone]
         for r in sorted(left, key=lambda r: (r["message_id"], r["attachment_id"])):
             heirs.setdefault(int(r["item_id"]), r)
-        current = {int(r["id"]): r for r in self._rows_by_id(items, [*_ITEM_FIELDS, "vector"])}
+        current = {int(r["id"]): r for r in self._rows_by_id(items, [*self._item_fields, "vector"])}
         orphans = [i for i in items if i not in heirs and i in current]
         repoint = []
         for item_id, heir in heirs.items():
@@ -634,7 +642,7 @@ class MilvusStore(VectorStore):
             if holder is not None and holder.id != item_id:  # cannot happen if consistent
                 orphans.append(item_id)
                 continue
-            new = {k: row[k] for k in (*_ITEM_FIELDS, "vector")}
+            new = {k: row[k] for k in (*self._item_fields, "vector")}
             for k in _POST_FIELDS:
                 if k != "guild_id":
                     new[k] = heir[k]
@@ -689,6 +697,13 @@ class MilvusStore(VectorStore):
             self._rpc(lambda c: c.upsert(self.records_name, [row], timeout=CALL_TIMEOUT))
         # no flush (_settle): a record is read by its key, which a query finds unflushed;
         # the library writes its progress after every chunk, and a flush each time is slow
+
+    def all_records(self) -> dict[str, str]:
+        """name -> value of every record of this view's guild (of guild 0 on the whole
+        collection: the collection's own, as a folder collection keeps them)."""
+        rows = self._iterate(self.records_name, ["name", "value"],
+                             "" if self.guild_id is not None else "guild_id == 0")
+        return {str(r["name"]): str(r["value"]) for r in rows}
 
     def records_named(self, name: str) -> dict[int, str]:
         """guild id -> value of every guild's record `name` (this view's guild only, if any)."""
@@ -795,7 +810,7 @@ class MilvusStore(VectorStore):
             c, self.posts_name, lambda c2: _create_posts_collection(c2, self.posts_name)))
         rows = [
             r
-            for r in self._scan(_ITEM_FIELDS, "message_id is not null and attachment_id is not null")
+            for r in self._scan(self._item_fields, "message_id is not null and attachment_id is not null")
             if _is_post(r)
         ]
         self._record_posts([(int(r["id"]), r) for r in rows])
@@ -997,7 +1012,35 @@ class MilvusStore(VectorStore):
             if len(text.encode("utf-8")) > _TEXT_MAX:
                 raise StoreError(f"item {source[:80]}: {f} is longer than {_TEXT_MAX} bytes")
             row[f] = text
+        if "phash" in self._item_fields:  # (a collection from before the field: not kept)
+            ph = getattr(it, "phash", None)
+            if ph not in (None, "") and not phash_valid(ph):
+                raise StoreError(f"item {source[:80]}: phash {ph!r} is not a perceptual hash")
+            row["phash"] = ph or None
         return row
+
+    @property
+    def keeps_phash(self) -> bool:
+        """Whether this collection has the perceptual-hash field (see _fields_with_phash)."""
+        return "phash" in self._item_fields
+
+    def _fields_with_phash(self) -> list[str]:
+        """_ITEM_FIELDS, with `phash` where the collection has it, or the server can add it
+        to a collection made before it (Milvus Lite cannot: its items then have none)."""
+        def has(c: Any) -> bool:
+            desc = c.describe_collection(self.name, timeout=CALL_TIMEOUT)
+            return any(f.get("name") == "phash" for f in desc.get("fields", []))
+
+        if self._rpc(has):
+            return [*_ITEM_FIELDS, "phash"]
+        try:
+            self._client.add_collection_field(self.name, field_name="phash",
+                                              data_type=DataType.VARCHAR,
+                                              max_length=_PHASH_MAX, nullable=True,
+                                              timeout=CALL_TIMEOUT)
+        except Exception as e:  # Lite: not implemented; a server: another process added it
+            log.info("%s: no phash field added (%s)", self.location, _one_line(e))
+        return [*_ITEM_FIELDS, "phash"] if self._rpc(has) else list(_ITEM_FIELDS)
 
     def _read_manifest(self, model: str | None) -> Manifest:
         where = self.location
@@ -1144,6 +1187,7 @@ def _create_collection(client: Any, name: str, model: str, dim: int, index_type:
     schema.add_field("added_at", DataType.DOUBLE)
     for f in _TEXT_FIELDS:
         schema.add_field(f, DataType.VARCHAR, max_length=_TEXT_MAX)
+    schema.add_field("phash", DataType.VARCHAR, max_length=_PHASH_MAX, nullable=True)
     schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
     kind, build, _ = INDEX_TYPES[index_type]
     params = client.prepare_index_params()
@@ -1262,5 +1306,6 @@ def _to_item(r: dict[str, Any]) -> Item:
         posted_at=r["posted_at"],
         content_hash=r["content_hash"],
         stamp=r["stamp"],
+        phash=r.get("phash") or None,
         added_at=float(r["added_at"]),
     )

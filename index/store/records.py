@@ -46,6 +46,12 @@ def read(conn: sqlite3.Connection, name: str) -> str | None:
     return None if row is None else str(row[0])
 
 
+def read_all(conn: sqlite3.Connection) -> dict[str, str]:
+    if not has_table(conn):
+        return {}
+    return {str(n): str(v) for n, v in conn.execute("SELECT name, value FROM records ORDER BY name")}
+
+
 def write(conn: sqlite3.Connection, name: str, value: str | None) -> None:
     """Inside the caller's transaction: set (or with None, delete) the record."""
     conn.execute(SCHEMA)

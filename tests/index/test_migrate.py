@@ -37,12 +37,15 @@ def make_folder(path: Path, n: int, seed: int = 0) -> np.ndarray:
             message_id=i + 1 if i % 3 == 0 else None, attachment_id=i + 1 if i % 3 == 0 else None,
             author_id=99 if i % 3 == 0 else None, posted_at=1.7e9 + i if i % 3 == 0 else None,
             content_hash=f"h{i}", stamp=f"mtime_ns:{i}",
+            phash=f"{i:064x}" if i % 2 else None,  # (a collection from before the hash: None)
         )
         for i in range(n)
     ]
     with Collection.create(path, MODEL, DIM) as c:
         for s in range(0, n, 500):
             c.add(items[s:s + 500], vecs[s:s + 500])
+        c.write_record("floor", f'{{"value": 0.6, "items": {n}}}')  # the relevance floor
+        c.write_record("library", '{"channels": {"8": "done ✓"}}')
         # the same pictures posted again elsewhere: more posts of the same items
         c.add_posts([NewItem(source=f"discord:7/9/{10**6 + i}/{i}", guild_id=7, channel_id=9,
                              message_id=10**6 + i, attachment_id=i + 1, content_hash=f"h{i}")
@@ -64,7 +67,7 @@ def by_source(store) -> dict[str, tuple]:
     for it, v in zip(store.get(ids), store.vectors(ids), strict=True):
         meta = tuple(getattr(it, f) for f in ("title", "credit", "page_url", "guild_id", "channel_id",
                                               "message_id", "attachment_id", "author_id",
-                                              "posted_at", "content_hash", "stamp"))
+                                              "posted_at", "content_hash", "stamp", "phash"))
         out[it.source] = (meta, v)
     return out
 
@@ -83,6 +86,7 @@ def test_folder_to_milvus_and_back_keeps_every_item(tmp_path):
     assert (there.total, there.copied, there.already, there.destination_items) == (1200, 1200, 0, 1200)
     assert there.checked == 100 and there.max_difference < 2e-3
     assert there.posts == 400 + 20  # each guild item's own post + 20 posted again
+    assert (there.records, there.records_written) == (2, 2)
     back = migrate(Endpoint(uri, "photos"), Endpoint(str(tmp_path / "back"), "photos"), chunk=300)
     assert (back.copied, back.destination_items) == (1200, 1200)
     with Collection.open(tmp_path / "photos") as orig, MilvusStore.open(uri, "photos") as mil, \
@@ -96,6 +100,10 @@ def test_folder_to_milvus_and_back_keeps_every_item(tmp_path):
         assert ret.manifest.model == mil.manifest.model == MODEL
         want = provenance(orig)
         assert len(want) == 420 and provenance(mil) == want and provenance(ret) == want
+        for name in ("floor", "library"):  # the records came along both ways
+            assert ret.read_record(name) == mil.read_record(name) == orig.read_record(name)
+        assert ret.read_record("floor") == '{"value": 0.6, "items": 1200}'
+        assert ret.all_records() == orig.all_records() and len(orig.all_records()) == 2
 
 
 def test_second_run_adds_nothing_and_a_lost_item_comes_back(tmp_path):
@@ -104,13 +112,16 @@ def test_second_run_adds_nothing_and_a_lost_item_comes_back(tmp_path):
     first = migrate(src, dst)
     again = migrate(src, dst)
     assert (first.copied, again.copied, again.already, again.destination_items) == (600, 0, 600, 600)
+    assert (first.records_written, again.records_written, again.records) == (2, 0, 2)
     with Collection.open(tmp_path / "copy") as c:
         victim = c.get([int(c.ids()[10])])[0]
         c.remove([victim.id])
+        c.write_record("floor", None)  # a record lost too
     third = migrate(src, dst)
-    assert (third.copied, third.destination_items) == (1, 600)
+    assert (third.copied, third.destination_items, third.records_written) == (1, 600, 1)
     with Collection.open(tmp_path / "copy") as c:
         assert c.by_source(victim.source) is not None
+        assert c.read_record("floor") == '{"value": 0.6, "items": 600}'
 
 
 def test_verification_catches_a_destination_that_differs(tmp_path):
@@ -118,7 +129,8 @@ def test_verification_catches_a_destination_that_differs(tmp_path):
     dst = tmp_path / "copy"
     with Collection.create(dst, MODEL, DIM) as c:  # a stale copy of one item, other vector
         c.add([NewItem(source="/photos/é 1.jpg", title="title 1 ✓", credit="someone",
-                       page_url="https://x/1", content_hash="h1", stamp="mtime_ns:1")],
+                       page_url="https://x/1", content_hash="h1", stamp="mtime_ns:1",
+                       phash=f"{1:064x}")],
               -vecs[1:2])
     with pytest.raises(StoreError, match="differs"):
         migrate(Endpoint(str(tmp_path / "photos")), Endpoint(str(dst)), sample=50)
@@ -206,3 +218,21 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, fragment):
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert code == 2 and len(lines) == 1, err
     assert lines[0].startswith("error:") and fragment in lines[0], err
+
+
+def test_into_an_old_milvus_collection_without_the_hash_field(tmp_path, monkeypatch):
+    """A Milvus Lite collection made before the perceptual-hash field cannot get it: the
+    items go in without their hashes, and the verification does not count that as lost."""
+    from pymilvus.orm.schema import CollectionSchema
+    make_folder(tmp_path / "photos", 40)
+    uri = str(tmp_path / "m.db")
+    add_field = CollectionSchema.add_field
+    monkeypatch.setattr(CollectionSchema, "add_field", lambda self, name, *a, **kw:
+                        self if name == "phash" else add_field(self, name, *a, **kw))
+    MilvusStore.create(uri, "photos", MODEL, DIM).close()
+    monkeypatch.undo()
+    there = migrate(Endpoint(str(tmp_path / "photos")), Endpoint(uri, "photos"), sample=40)
+    assert (there.copied, there.checked, there.records) == (40, 40, 2)
+    with MilvusStore.open(uri, "photos") as mil:
+        assert not mil.keeps_phash
+        assert {it.phash for it in mil.get([int(i) for i in mil.ids()])} == {None}

@@ -23,6 +23,7 @@ from index.errors import (
 )
 from index.service.client import RemoteEncoder
 from index.store import Collection, NewItem
+from index.synthetic import Scene, Shape, render
 
 TEXTS = ["red circle", "a small blue square on grey", "green triangle*", "yellow star at night"]
 
@@ -74,12 +75,17 @@ async def test_the_remote_engine_answers_as_the_in_process_one(service_encoder, 
         made = await asyncio.to_thread(Engine.open, tmp_path / "new", create=True,
                                        options=remote(url))
         try:
+            shape = io.BytesIO()
+            render(Scene((Shape("red", "circle", 0.4, 0.5, 0.2),), (10, 10, 10))).save(shape, "PNG")
             report = await made.add_images(
-                [NewItem(source="a.png"), NewItem(source="b.png")], [png((200, 0, 0)), b"junk"])
-            assert len(report.ids) == 1 and report.failed[0][0] == "b.png"
-            stored = made.collection.vectors(report.ids)
+                [NewItem(source="a.png"), NewItem(source="b.png"), NewItem(source="c.png")],
+                [png((200, 0, 0)), b"junk", shape.getvalue()])
+            assert len(report.ids) == 2 and report.failed[0][0] == "b.png"
+            stored = made.collection.vectors(report.ids[:1])
             expected = await service_encoder.encode_images([png((200, 0, 0))])
             assert np.abs(stored - expected).max() <= 1e-3  # stored as float16
+            # the perceptual hash is made here too (a flat colour has none)
+            assert [it.phash is None for it in made.collection.get(report.ids)] == [True, False]
             assert made.collection.manifest.model == "builtin:tiny-shapes"
         finally:
             await asyncio.to_thread(made.close)
