@@ -77,7 +77,7 @@ class FilterCache:
         self.memory = memory
         self.version: Hashable = None
         self._plans: OrderedDict[PostFilter, Plan] = OrderedDict()
-        self._lists: np.ndarray | None = None  # list of each id (-1: none), this version
+        self._lists: tuple[np.ndarray, np.ndarray] | None = None  # list_of_ids, this version
         self._cents: np.ndarray | None = None  # the IVF's centroids, this version
         self._paths: dict[str, list[int]] = {}  # path taken -> [searches, lists scanned]
 
@@ -238,16 +238,21 @@ class FilterCache:
         )
         return scores[0], labels[0]
 
+    def _where(self, ivf: faiss.IndexIVF) -> tuple[np.ndarray, np.ndarray]:
+        """list_of_ids for this version's index (walked once per version)."""
+        if self._lists is None:
+            self._lists = list_of_ids(ivf)
+        return self._lists
+
     def _per_list(self, ivf: faiss.IndexIVF, plan: Plan) -> np.ndarray:
         if plan.per_list is None:
-            if self._lists is None:
-                self._lists = list_of_ids(ivf)
+            where_list = self._where(ivf)[0]
             # counted per passing post when those are known (an item posted twice in the
             # filter counts twice: this steers the budget, it decides no result)
             ids = plan.allowed.members
             if ids is None:
                 ids = plan.allowed.ids()
-            where = self._lists[ids[ids < len(self._lists)]]
+            where = where_list[ids[ids < len(where_list)]]
             plan.per_list = np.bincount(where[where >= 0], minlength=ivf.nlist)
         return plan.per_list
 
@@ -300,24 +305,25 @@ class FilterCache:
         if own.code_size != ivf.code_size or not self._make_room(size):
             return None
         own.is_trained = True
-        per_list = self._per_list(ivf, plan)
-        flags = np.unpackbits(plan.allowed.bits, bitorder="little").view(bool)
+        where_list, where_at = self._where(ivf)
+        ids = plan.allowed.ids()
+        ids = ids[ids < len(where_list)]
+        ids = ids[where_list[ids] >= 0]
+        order = np.argsort(where_list[ids], kind="stable")  # grouped by list
+        ids = np.ascontiguousarray(ids[order])
+        lst, at = where_list[ids], where_at[ids]
+        cuts = (np.flatnonzero(np.diff(lst)) + 1).tolist()
         lists = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
         src, width = ivf.invlists, ivf.code_size
-        for lst in np.flatnonzero(per_list):
-            n = src.list_size(int(lst))
-            ptr_ids, ptr_codes = src.get_ids(int(lst)), src.get_codes(int(lst))
-            ids = faiss.rev_swig_ptr(ptr_ids, n)
-            ok = flags[np.minimum(ids, len(flags) - 1)] & (ids < len(flags))
-            keep_ids = np.ascontiguousarray(ids[ok])  # named: swig_ptr holds no reference
-            keep_codes = np.ascontiguousarray(
-                faiss.rev_swig_ptr(ptr_codes, n * width).reshape(n, width)[ok]
-            )
-            src.release_ids(int(lst), ptr_ids)
-            src.release_codes(int(lst), ptr_codes)
-            if len(keep_ids):
-                lists.add_entries(int(lst), len(keep_ids), faiss.swig_ptr(keep_ids),
-                                  faiss.swig_ptr(keep_codes))
+        for a, b in zip([0, *cuts], [*cuts, len(ids)], strict=True):
+            if a == b:
+                continue
+            key = int(lst[a])
+            n, ptr = src.list_size(key), src.get_codes(key)
+            codes = faiss.rev_swig_ptr(ptr, n * width).reshape(n, width)[at[a:b]]  # a copy
+            src.release_codes(key, ptr)
+            mine = ids[a:b]  # named: swig_ptr holds no reference
+            lists.add_entries(key, b - a, faiss.swig_ptr(mine), faiss.swig_ptr(codes))
         own.replace_invlists(lists, True)
         lists.this.disown()  # the index owns it now
         own.ntotal = int(lists.compute_ntotal())
@@ -373,10 +379,11 @@ def exact_limit(ivf: faiss.IndexIVF, params: dict[str, int]) -> int:
     return int(min(EXACT_ITEMS, EXACT_FACTOR * scanned))
 
 
-def list_of_ids(ivf: faiss.IndexIVF) -> np.ndarray:
-    """The IVF list holding each id (-1: none), read from the inverted lists."""
+def list_of_ids(ivf: faiss.IndexIVF) -> tuple[np.ndarray, np.ndarray]:
+    """The IVF list holding each id (-1: none) and its place in that list, read from the
+    inverted lists."""
     invlists = ivf.invlists
-    parts, where = [], []
+    parts, where, at = [], [], []
     for lst in range(ivf.nlist):
         size = invlists.list_size(lst)
         if size:
@@ -384,9 +391,12 @@ def list_of_ids(ivf: faiss.IndexIVF) -> np.ndarray:
             parts.append(faiss.rev_swig_ptr(ptr, size).copy())
             invlists.release_ids(lst, ptr)
             where.append(np.full(size, lst, dtype=np.int32))
+            at.append(np.arange(size, dtype=np.int32))
     if not parts:
-        return np.full(0, -1, dtype=np.int32)
+        return np.full(0, -1, dtype=np.int32), np.zeros(0, dtype=np.int32)
     ids = np.concatenate(parts)
-    out = np.full(int(ids.max()) + 1, -1, dtype=np.int32)
-    out[ids] = np.concatenate(where)
-    return out
+    lists = np.full(int(ids.max()) + 1, -1, dtype=np.int32)
+    places = np.zeros(len(lists), dtype=np.int32)
+    lists[ids] = np.concatenate(where)
+    places[ids] = np.concatenate(at)
+    return lists, places
