@@ -48,7 +48,8 @@ MEMORY = 256 << 20  # bytes: all the plans' copies of vectors or codes together
 EXACT_FACTOR = 1.0  # exact when allowed <= this x the codes an unfiltered IVF walk scans
 BUDGET_FACTOR = 1.0  # IVF: allowed items to cover, x (unfiltered walk's) / sqrt(share)
 MORE_FACTOR = 1.0  # IVF: further lists per batch, x the first batch's (0: no further batch)
-OWN_FACTOR = 2.0  # IVF, own lists: probe this x nprobe / share lists
+OWN_FACTOR = 1.5  # IVF, own lists: probe this x nprobe / share lists
+OWN_MORE = 0.0  # IVF, own lists: as MORE_FACTOR (measured: no better than a higher OWN_FACTOR)
 PATIENCE = 1  # IVF: stop after this many batches in a row that improve nothing
 BUDGET_FLOOR = 256  # IVF: never cover fewer allowed items than this (times depth / K)
 
@@ -165,8 +166,8 @@ class FilterCache:
         params: dict[str, int],
         sel: faiss.IDSelector,
     ) -> Found:
-        """Scan the nearest lists holding allowed items until they hold the budget; then
-        further lists, a batch at a time, for as long as a batch still improves the top."""
+        """The shared lists, with the selector: the nearest lists holding allowed items
+        until they hold the budget, then further batches while they improve the top."""
         per_list = self._per_list(ivf, plan)
         count, nlist = plan.allowed.count, ivf.nlist
         nprobe = min(nlist, int(params.get("nprobe", ivf.nprobe)))
@@ -182,23 +183,34 @@ class FilterCache:
             lists, dists, held = self._ranked(ivf, x, wide, per_list)
         m = int(np.searchsorted(np.cumsum(held), budget)) + 1
         m = min(len(lists), max(m, nprobe))
-        if m == 0:  # no list holds an allowed id (the index does not hold them)
+        return self._walk("IVF", ivf, ivf, per_list, x, depth, (lists, dists, wide), m, sel,
+                          MORE_FACTOR)
+
+    def _walk(self, name: str, ivf: faiss.IndexIVF, scanned: faiss.IndexIVF,
+              per_list: np.ndarray, x: np.ndarray, depth: int,
+              ranked: tuple[np.ndarray, np.ndarray, int], first: int,
+              sel: faiss.IDSelector | None, more: float) -> Found:
+        """Scan the `first` ranked lists (of `scanned`: the index or the allowed codes' own
+        lists), then batches of `more` x as many further lists until PATIENCE batches
+        in a row add nothing to the top `depth` (ranking all lists when those ranked run
+        out)."""
+        lists, dists, wide = ranked
+        if first == 0:  # no list holds an allowed id (the index does not hold them)
             return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
-        scores, labels = self._scan(ivf, x, depth, lists[:m], dists[:m], sel)
-        step, done, scanned, idle = max(1, math.ceil(MORE_FACTOR * m)), m, m, 0
-        while MORE_FACTOR > 0:
+        scores, labels = self._scan(scanned, x, depth, lists[:first], dists[:first], sel)
+        step, done, count, idle = max(1, math.ceil(more * first)), first, first, 0
+        while more > 0:
             if done >= len(lists):
-                if wide >= nlist:
+                if wide >= ivf.nlist:
                     break
-                wide = nlist
-                seen = lists[:done]
-                lists, dists, held = self._ranked(ivf, x, wide, per_list)
+                wide, seen = ivf.nlist, lists[:done]
+                lists, dists, _ = self._ranked(ivf, x, wide, per_list)
                 fresh = ~np.isin(lists, seen)
                 lists, dists, done = lists[fresh], dists[fresh], 0
                 continue
             batch = slice(done, min(len(lists), done + step))
-            more_s, more_l = self._scan(ivf, x, depth, lists[batch], dists[batch], sel)
-            scanned += batch.stop - done
+            more_s, more_l = self._scan(scanned, x, depth, lists[batch], dists[batch], sel)
+            count += batch.stop - done
             done = batch.stop
             both_s = np.concatenate([scores, more_s])
             both_l = np.concatenate([labels, more_l])
@@ -208,7 +220,7 @@ class FilterCache:
             idle = 0 if improved else idle + 1
             if idle >= PATIENCE:
                 break
-        self._took("IVF", scanned)
+        self._took(name, count)
         return scores, labels
 
     def _ranked(self, ivf: faiss.IndexIVF, x: np.ndarray, wide: int, per_list: np.ndarray):
@@ -292,12 +304,12 @@ class FilterCache:
         None for an IVF kind not copied here, or when it would not fit in memory)."""
         if plan.own is not None:
             return plan.own
-        if isinstance(ivf, faiss.IndexIVFScalarQuantizer):
+        if type(ivf) is faiss.IndexIVFScalarQuantizer:  # (not a subclass: codes may differ)
             own = faiss.IndexIVFScalarQuantizer(
                 ivf.quantizer, ivf.d, ivf.nlist, ivf.sq.qtype, ivf.metric_type, ivf.by_residual
             )
             own.sq = ivf.sq
-        elif isinstance(ivf, faiss.IndexIVFFlat):
+        elif type(ivf) is faiss.IndexIVFFlat:
             own = faiss.IndexIVFFlat(ivf.quantizer, ivf.d, ivf.nlist, ivf.metric_type)
         else:
             return None
@@ -332,22 +344,28 @@ class FilterCache:
 
     def _in_own_lists(self, ivf: faiss.IndexIVF, own: faiss.IndexIVF, plan: Plan,
                       q: np.ndarray, depth: int, params: dict[str, int]) -> Found:
-        """Search the allowed codes alone: nprobe / share lists (capped at nlist) hold
-        about as many allowed codes as an unfiltered search scans, and lists holding
-        none cost nothing."""
+        """Search the allowed codes alone: the lists among the nearest OWN_FACTOR x nprobe /
+        share that hold any (about as many codes as an unfiltered search scans, for a
+        factor 1), then further batches while they improve the top (see _walk)."""
+        per_list = self._per_list(ivf, plan)
         nprobe = min(ivf.nlist, int(params.get("nprobe", ivf.nprobe)))
         share = plan.allowed.count / max(int(ivf.ntotal), 1)
-        probe = min(ivf.nlist, math.ceil(OWN_FACTOR * nprobe / share * max(1.0, depth / K)))
+        reach = min(ivf.nlist, math.ceil(OWN_FACTOR * nprobe / share * max(1.0, depth / K)))
         x = np.ascontiguousarray(q[None, :], dtype=np.float32)
-        centroids = self._centroids(ivf) if probe >= ivf.nlist else None
-        if centroids is None:
-            self._took("own lists", probe)
-            scores, labels = own.search(x, depth, params=faiss.SearchParametersIVF(nprobe=probe))
-            return scores[0], labels[0]
-        # every list: no ranking of the lists needed, only those holding allowed codes
-        lists = np.flatnonzero(self._per_list(ivf, plan))
-        self._took("own lists", len(lists))
-        return self._scan(own, x, depth, lists, inner_products(centroids, x[0])[lists], None)
+        if reach >= ivf.nlist and (centroids := self._centroids(ivf)) is not None:
+            # every list: no ranking needed, only the lists holding allowed codes
+            lists = np.flatnonzero(per_list)
+            self._took("own lists", len(lists))
+            return self._scan(own, x, depth, lists, inner_products(centroids, x[0])[lists], None)
+        wide = min(ivf.nlist, math.ceil(reach * (1 + OWN_MORE)))
+        dq, iq = ivf.quantizer.search(x, wide)
+        ok = iq[0] >= 0
+        ranks, dists = iq[0][ok], dq[0][ok]
+        holds = per_list[ranks] > 0
+        first = int(holds[:reach].sum())
+        lists, dists = ranks[holds], dists[holds]
+        return self._walk("own lists", ivf, own, per_list, x, depth, (lists, dists, wide),
+                          first, None, OWN_MORE)
 
     def _centroids(self, ivf: faiss.IndexIVF) -> np.ndarray | None:
         """The coarse centroids (nlist, d) of this version's index; None for a quantizer
