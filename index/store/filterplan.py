@@ -12,15 +12,19 @@ top k of the allowed items, never "the top 100, then drop". What the search cost
 - Per index version, once: the IVF list of every id (walked from the inverted lists), from
   which a filter's per-list counts are one bincount.
 - Per search, by the index type and the number of allowed items:
-  - few allowed (at most about the codes an unfiltered IVF search scans, `exact_limit`;
-    HNSW below EXACT_SHARE): the allowed vectors, kept as float16 (lossless: the store
-    keeps vectors as float16) in a flat FAISS index, are ranked exactly;
-  - IVF otherwise: the lists are ranked by the coarse quantizer as usual, lists holding no
-    allowed item are skipped, and lists are taken in order until they hold `budget`
-    allowed items and number at least the tuned nprobe; FAISS scans only those
-    (`search_preassigned` with the selector). The budget is the allowed items an
-    unfiltered walk would meet, divided by the square root of the share (a sparse filter's
-    top 10 lie deeper in the ranking of all items), times BUDGET_FACTOR;
+  - few allowed (at most the codes an unfiltered IVF search scans, `exact_limit`; HNSW
+    below EXACT_SHARE): the allowed vectors, kept as float16 (lossless: the store keeps
+    vectors as float16) in a flat FAISS index, are ranked exactly;
+  - IVF,SQ / IVF,Flat otherwise: the plan copies the allowed codes into an index of their
+    own lists (same quantizer, same codes); a search ranks the lists as usual and scans,
+    among the nearest OWN_FACTOR x nprobe / share, those holding any allowed code: about
+    OWN_FACTOR x the codes an unfiltered search scans, no id checked against a bitmap;
+  - other IVF kinds, or no room in MEMORY for the own lists: the shared lists ranked by
+    the quantizer, those holding no allowed item skipped, taken in order until they hold
+    a budget of allowed items (the allowed items an unfiltered walk would meet / sqrt of
+    the share, x BUDGET_FACTOR, at least the tuned nprobe lists), then further batches
+    while a batch improves the top; FAISS scans them (`search_preassigned`) with the
+    selector;
   - HNSW: efSearch grows with 1/share;
   - exact index (Flat): FAISS's exact search of the allowed ids.
 
@@ -51,7 +55,7 @@ MORE_FACTOR = 1.0  # IVF: further lists per batch, x the first batch's (0: no fu
 OWN_FACTOR = 1.5  # IVF, own lists: probe this x nprobe / share lists
 OWN_MORE = 0.0  # IVF, own lists: as MORE_FACTOR (measured: no better than a higher OWN_FACTOR)
 PATIENCE = 1  # IVF: stop after this many batches in a row that improve nothing
-BUDGET_FLOOR = 256  # IVF: never cover fewer allowed items than this (times depth / K)
+BUDGET_FLOOR = 256  # IVF: never cover fewer allowed items than this
 
 Vectors = Callable[[np.ndarray], np.ndarray]  # float32 vectors of some ids, in that order
 Found = tuple[np.ndarray, np.ndarray]  # (scores, ids), best first
@@ -173,8 +177,7 @@ class FilterCache:
         nprobe = min(nlist, int(params.get("nprobe", ivf.nprobe)))
         share = count / max(int(ivf.ntotal), 1)
         met = nprobe * count / nlist  # allowed items an unfiltered walk meets, on average
-        budget = min(count, max(BUDGET_FLOOR, BUDGET_FACTOR * met / math.sqrt(share))
-                     * max(1.0, depth / K))
+        budget = min(count, max(BUDGET_FLOOR, BUDGET_FACTOR * met / math.sqrt(share)))
         x = np.ascontiguousarray(q[None, :], dtype=np.float32)
         wide = min(nlist, math.ceil(nprobe / share))
         lists, dists, held = self._ranked(ivf, x, wide, per_list)
@@ -192,11 +195,14 @@ class FilterCache:
               sel: faiss.IDSelector | None, more: float) -> Found:
         """Scan the `first` ranked lists (of `scanned`: the index or the allowed codes' own
         lists), then batches of `more` x as many further lists until PATIENCE batches
-        in a row add nothing to the top `depth` (ranking all lists when those ranked run
-        out)."""
+        in a row add nothing to the top K (ranking all lists when those ranked run out).
+
+        Which lists are scanned depends on the query alone, not on `depth`: a deeper page
+        reads further down the same ranking, so pages neither repeat nor skip an item."""
         lists, dists, wide = ranked
         if first == 0:  # no list holds an allowed id (the index does not hold them)
             return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
+        want, depth = depth, max(depth, K)
         scores, labels = self._scan(scanned, x, depth, lists[:first], dists[:first], sel)
         step, done, count, idle = max(1, math.ceil(more * first)), first, first, 0
         while more > 0:
@@ -215,13 +221,14 @@ class FilterCache:
             both_s = np.concatenate([scores, more_s])
             both_l = np.concatenate([labels, more_l])
             top = np.argsort(-both_s, kind="stable")[:depth]
-            improved = bool((top >= depth).any() and (both_l[top[top >= depth]] >= 0).any())
+            best = top[:K]  # the stopping rule looks at the top K whatever the depth
+            improved = bool(((best >= depth) & (both_l[best] >= 0)).any())
             scores, labels = both_s[top], both_l[top]
             idle = 0 if improved else idle + 1
             if idle >= PATIENCE:
                 break
         self._took(name, count)
-        return scores, labels
+        return scores[:want], labels[:want]
 
     def _ranked(self, ivf: faiss.IndexIVF, x: np.ndarray, wide: int, per_list: np.ndarray):
         """The `wide` lists nearest x that hold allowed items: (lists, centroid scores,
@@ -350,7 +357,7 @@ class FilterCache:
         per_list = self._per_list(ivf, plan)
         nprobe = min(ivf.nlist, int(params.get("nprobe", ivf.nprobe)))
         share = plan.allowed.count / max(int(ivf.ntotal), 1)
-        reach = min(ivf.nlist, math.ceil(OWN_FACTOR * nprobe / share * max(1.0, depth / K)))
+        reach = min(ivf.nlist, math.ceil(OWN_FACTOR * nprobe / share))
         x = np.ascontiguousarray(q[None, :], dtype=np.float32)
         if reach >= ivf.nlist and (centroids := self._centroids(ivf)) is not None:
             # every list: no ranking needed, only the lists holding allowed codes
