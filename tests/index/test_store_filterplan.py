@@ -113,6 +113,35 @@ def test_deeper_pages_come_from_the_same_ranking(space, monkeypatch):
                     assert ranked[depth] == ranked[40][:depth], (cache.stats(), depth)
 
 
+def test_copies_beyond_the_memory_bound_evict_the_oldest_and_answers_stay_exact(
+    space, monkeypatch
+):
+    """Room for one filter's own lists: a second filter's copy evicts the first's; the
+    first, asked again, makes its copy again (or walks the shared lists) and answers the
+    same."""
+    x, _, far = space
+    monkeypatch.setattr(filterplan, "EXACT_FACTOR", 0.0)
+    index = ivf(x)
+    rng = np.random.default_rng(7)
+    sets = [np.sort(rng.choice(N, 1000, replace=False)) for _ in range(2)]
+    one = 1000 * (index.code_size + 8)
+    cache = FilterCache(memory=one + one // 2)
+    where = [PostFilter(channels=frozenset({i})) for i in range(2)]
+
+    def ask(i):
+        plan = cache.plan(where[i], 1, lambda: allowed_of(sets[i]))
+        _, got = cache.search(index, far, 10, plan, {"nprobe": 16}, lambda ids: x[ids])
+        return plan, [int(g) for g in got]
+
+    first, before = ask(0)
+    assert first.own is not None
+    second, other = ask(1)
+    assert second.own is not None and first.own is None  # evicted: both would not fit
+    assert other == brute(x, far, sets[1], 10)
+    again, after = ask(0)
+    assert again is first and after == before == brute(x, far, sets[0], 10)
+
+
 def test_a_plan_is_made_once_per_filter_and_version_and_few_are_kept():
     made = []
 
