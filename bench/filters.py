@@ -330,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="filterplan.BUDGET_FACTOR for this run (to choose it again)")
     p.add_argument("--exact-factor", type=float,
                    help="filterplan.EXACT_FACTOR for this run (0: no exact path)")
+    p.add_argument("--own-factor", type=float,
+                   help="filterplan.OWN_FACTOR for this run (how far the own lists are probed)")
     p.add_argument("--milvus", type=int, nargs="*", default=[], metavar="N",
                    help="also Milvus Lite with N items (slow: ~250 items/s to add)")
     p.add_argument("--milvus-queries", type=int, default=50)
@@ -339,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     started = load()
     from index.store import filterplan
 
-    for name in ("budget_factor", "exact_factor"):
+    for name in ("budget_factor", "exact_factor", "own_factor"):
         if getattr(args, name) is not None:
             setattr(filterplan, name.upper(), getattr(args, name))
     import tempfile
