@@ -69,7 +69,19 @@ class Plan:
     per_list: np.ndarray | None = None  # IVF: allowed items in each list
     exact: faiss.Index | None = None  # the allowed vectors (row i: allowed.ids()[i])
     own: faiss.IndexIVF | None = None  # IVF: an index of the allowed codes only
+    copy: _Copy | None = None  # how own's lists are filled (as searches reach them)
     held: int = 0  # bytes of exact or own
+
+
+@dataclass
+class _Copy:
+    """The allowed ids grouped by IVF list, their places there, and the lists copied."""
+
+    lists: faiss.ArrayInvertedLists  # own's lists (owned by own)
+    ids: np.ndarray  # int64, grouped by list
+    at: np.ndarray  # place of each in its list of the shared index
+    bounds: np.ndarray  # list l's ids are ids[bounds[l]:bounds[l + 1]]
+    done: np.ndarray  # bool per list: copied
 
 
 class FilterCache:
@@ -187,15 +199,17 @@ class FilterCache:
         m = int(np.searchsorted(np.cumsum(held), budget)) + 1
         m = min(len(lists), max(m, nprobe))
         return self._walk("IVF", ivf, ivf, per_list, x, depth, (lists, dists, wide), m, sel,
-                          MORE_FACTOR)
+                          MORE_FACTOR, None)
 
     def _walk(self, name: str, ivf: faiss.IndexIVF, scanned: faiss.IndexIVF,
               per_list: np.ndarray, x: np.ndarray, depth: int,
               ranked: tuple[np.ndarray, np.ndarray, int], first: int,
-              sel: faiss.IDSelector | None, more: float) -> Found:
+              sel: faiss.IDSelector | None, more: float,
+              before: Callable[[np.ndarray], None] | None) -> Found:
         """Scan the `first` ranked lists (of `scanned`: the index or the allowed codes' own
         lists), then batches of `more` x as many further lists until PATIENCE batches
         in a row add nothing to the top K (ranking all lists when those ranked run out).
+        `before(lists)` is called ahead of each scan (the own lists copy what they lack).
 
         Which lists are scanned depends on the query alone, not on `depth`: a deeper page
         reads further down the same ranking, so pages neither repeat nor skip an item."""
@@ -203,6 +217,8 @@ class FilterCache:
         if first == 0:  # no list holds an allowed id (the index does not hold them)
             return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
         want, depth = depth, max(depth, K)
+        if before is not None:
+            before(lists[:first])
         scores, labels = self._scan(scanned, x, depth, lists[:first], dists[:first], sel)
         step, done, count, idle = max(1, math.ceil(more * first)), first, first, 0
         while more > 0:
@@ -215,6 +231,8 @@ class FilterCache:
                 lists, dists, done = lists[fresh], dists[fresh], 0
                 continue
             batch = slice(done, min(len(lists), done + step))
+            if before is not None:
+                before(lists[batch])
             more_s, more_l = self._scan(scanned, x, depth, lists[batch], dists[batch], sel)
             count += batch.stop - done
             done = batch.stop
@@ -303,12 +321,13 @@ class FilterCache:
             if used + size <= self.memory:
                 break
             used -= p.held
-            p.exact, p.own, p.held = None, None, 0
+            p.exact, p.own, p.copy, p.held = None, None, None, 0
         return True
 
     def _own_lists(self, ivf: faiss.IndexIVF, plan: Plan) -> faiss.IndexIVF | None:
-        """An index of the same lists holding only the allowed codes (made once per plan;
-        None for an IVF kind not copied here, or when it would not fit in memory)."""
+        """An index of the same lists to hold only the allowed codes, filled list by list
+        as searches reach them (_fill); None for an IVF kind not copied here, or when it
+        would not fit in memory."""
         if plan.own is not None:
             return plan.own
         if type(ivf) is faiss.IndexIVFScalarQuantizer:  # (not a subclass: codes may differ)
@@ -330,24 +349,36 @@ class FilterCache:
         ids = ids[where_list[ids] >= 0]
         order = np.argsort(where_list[ids], kind="stable")  # grouped by list
         ids = np.ascontiguousarray(ids[order])
-        lst, at = where_list[ids], where_at[ids]
-        cuts = (np.flatnonzero(np.diff(lst)) + 1).tolist()
         lists = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
-        src, width = ivf.invlists, ivf.code_size
-        for a, b in zip([0, *cuts], [*cuts, len(ids)], strict=True):
-            if a == b:
-                continue
-            key = int(lst[a])
-            n, ptr = src.list_size(key), src.get_codes(key)
-            codes = faiss.rev_swig_ptr(ptr, n * width).reshape(n, width)[at[a:b]]  # a copy
-            src.release_codes(key, ptr)
-            mine = ids[a:b]  # named: swig_ptr holds no reference
-            lists.add_entries(key, b - a, faiss.swig_ptr(mine), faiss.swig_ptr(codes))
         own.replace_invlists(lists, True)
         lists.this.disown()  # the index owns it now
-        own.ntotal = int(lists.compute_ntotal())
+        own.ntotal = len(ids)
+        bounds = np.searchsorted(where_list[ids], np.arange(ivf.nlist + 1))
         plan.own, plan.held = own, size
+        plan.copy = _Copy(lists, ids, where_at[ids], bounds, np.zeros(ivf.nlist, dtype=bool))
         return own
+
+    @staticmethod
+    def _fill(ivf: faiss.IndexIVF, plan: Plan, keys: np.ndarray) -> None:
+        """Copy the allowed codes of these lists into the plan's own lists, those not yet
+        copied: a first search copies only the lists it scans (a quarter of them for a
+        10% filter at 1M), later searches the few more they reach."""
+        c = plan.copy
+        assert c is not None
+        keys = keys[~c.done[keys]]
+        if not len(keys):
+            return
+        c.done[keys] = True
+        src, width = ivf.invlists, ivf.code_size
+        for key in keys.tolist():
+            a, b = int(c.bounds[key]), int(c.bounds[key + 1])
+            if a == b:
+                continue
+            n, ptr = src.list_size(key), src.get_codes(key)
+            codes = faiss.rev_swig_ptr(ptr, n * width).reshape(n, width)[c.at[a:b]]  # a copy
+            src.release_codes(key, ptr)
+            mine = c.ids[a:b]  # named: swig_ptr holds no reference
+            c.lists.add_entries(key, b - a, faiss.swig_ptr(mine), faiss.swig_ptr(codes))
 
     def _in_own_lists(self, ivf: faiss.IndexIVF, own: faiss.IndexIVF, plan: Plan,
                       q: np.ndarray, depth: int, params: dict[str, int]) -> Found:
@@ -363,6 +394,7 @@ class FilterCache:
             # every list: no ranking needed, only the lists holding allowed codes
             lists = np.flatnonzero(per_list)
             self._took("own lists", len(lists))
+            self._fill(ivf, plan, lists)
             return self._scan(own, x, depth, lists, inner_products(centroids, x[0])[lists], None)
         wide = min(ivf.nlist, math.ceil(reach * (1 + OWN_MORE)))
         dq, iq = ivf.quantizer.search(x, wide)
@@ -372,7 +404,7 @@ class FilterCache:
         first = int(holds[:reach].sum())
         lists, dists = ranks[holds], dists[holds]
         return self._walk("own lists", ivf, own, per_list, x, depth, (lists, dists, wide),
-                          first, None, OWN_MORE)
+                          first, None, OWN_MORE, lambda keys: self._fill(ivf, plan, keys))
 
     def _centroids(self, ivf: faiss.IndexIVF) -> np.ndarray | None:
         """The coarse centroids (nlist, d) of this version's index; None for a quantizer

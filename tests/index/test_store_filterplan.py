@@ -113,6 +113,21 @@ def test_deeper_pages_come_from_the_same_ranking(space, monkeypatch):
                     assert ranked[depth] == ranked[40][:depth], (cache.stats(), depth)
 
 
+def test_own_lists_filled_as_searches_reach_them_answer_as_a_fresh_plan(space, monkeypatch):
+    """A plan's own lists are copied as searches reach them: the tenth query of a plan,
+    whose lists were partly copied by nine others, answers as a fresh plan does."""
+    x, region, far = space
+    monkeypatch.setattr(filterplan, "EXACT_FACTOR", 0.0)
+    index = ivf(x)
+    ids = np.sort(np.concatenate([region, np.arange(0, N, 7)]))
+    kept = FilterCache()
+    queries = [far, *(x[i] for i in range(100, 1000, 100))]
+    for q in queries:
+        got, _ = search(kept, index, x, q, 10, ids, {"nprobe": 2})
+        fresh, _ = search(FilterCache(), index, x, q, 10, ids, {"nprobe": 2})
+        assert got == fresh and len(got) == 10
+
+
 def test_copies_beyond_the_memory_bound_evict_the_oldest_and_answers_stay_exact(
     space, monkeypatch
 ):
