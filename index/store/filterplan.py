@@ -6,8 +6,9 @@ top k of the allowed items, never "the top 100, then drop". What the search cost
 
 - Per filter, once (a `Plan`, kept in a small LRU keyed by the filter and a version that
   changes with every write to the collection and every load of its index): the allowed
-  bitmap and ids, how many allowed items each IVF list holds, and for a small allowed set
-  the allowed vectors themselves. Turning a page or asking the same filter again pays none
+  bitmap and ids, how many allowed items each IVF list holds, and a copy of either the
+  allowed codes (own lists) or, for a small allowed set, the allowed vectors (all plans'
+  copies together within MEMORY, the least recently used dropped first). Turning a page or asking the same filter again pays none
   of it.
 - Per index version, once: the IVF list of every id (walked from the inverted lists), from
   which a filter's per-list counts are one bincount.
@@ -16,7 +17,8 @@ top k of the allowed items, never "the top 100, then drop". What the search cost
     below EXACT_SHARE): the allowed vectors, kept as float16 (lossless: the store keeps
     vectors as float16) in a flat FAISS index, are ranked exactly;
   - IVF,SQ / IVF,Flat otherwise: the plan copies the allowed codes into an index of their
-    own lists (same quantizer, same codes); a search ranks the lists as usual and scans,
+    own lists (same quantizer, same codes), list by list as searches first reach them; a
+    search ranks the lists as usual and scans,
     among the nearest OWN_FACTOR x nprobe / share, those holding any allowed code: about
     OWN_FACTOR x the codes an unfiltered search scans, no id checked against a bitmap;
   - other IVF kinds, or no room in MEMORY for the own lists: the shared lists ranked by
