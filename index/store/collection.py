@@ -41,7 +41,8 @@ from .faissindex import (
     write_index_file,
 )
 from .files import remove_dead_tmp_files
-from .filtered import Allowed, PostFacts, PostFilter, search_allowed
+from .filtered import PostFacts, PostFilter
+from .filterplan import FilterCache
 from .items import (
     META,
     Item,
@@ -153,6 +154,7 @@ class Collection(VectorStore):
         self._cache_warned = False  # said once that vectors.faiss could not be written
         self._writes = 0  # our own write transactions (the post facts follow them)
         self._facts: tuple[tuple[int, int], PostFacts] | None = None  # (version, facts)
+        self._filters = FilterCache()  # each recent filter's allowed items, for this version
         try:
             with self._lock:
                 table.check_schema()
@@ -241,12 +243,14 @@ class Collection(VectorStore):
                 scores, labels = index.search(q[None, :], min(n, offset + int(k)))
                 scores, labels = scores[0], labels[0]
             else:
-                allowed = self._post_facts().allowed(where)
-                if offset >= allowed.count:
+                version = (self._posts_version(), self._ix.loads)
+                plan = self._filters.plan(where, version, lambda: self._post_facts().allowed(where))
+                if offset >= plan.allowed.count:
                     return []
-                depth = min(allowed.count, offset + int(k))
-                found = search_allowed(index, q, depth, allowed, self._ix.params)
-                scores, labels = found if found is not None else self._exact(q, depth, allowed)
+                depth = min(plan.allowed.count, offset + int(k))
+                scores, labels = self._filters.search(
+                    index, q, depth, plan, self._ix.params, self._db().vectors
+                )
         hits = [(int(i), float(s)) for s, i in zip(scores, labels, strict=True) if i >= 0]
         return hits[offset : offset + int(k)]
 
@@ -254,21 +258,18 @@ class Collection(VectorStore):
         with self._lock:
             return self._db().conn.execute("SELECT 1 FROM posts LIMIT 1").fetchone() is not None
 
-    def _post_facts(self) -> PostFacts:
-        """The posts' facts, read again when the table changed (by us or another
-        connection: SQLite's data_version). Lock held."""
+    def _posts_version(self) -> tuple[int, int]:
+        """Changes whenever the database does: another connection's commit (SQLite's
+        data_version) or one of ours (every write of ours also moves the index). Lock held."""
         conn = self._db().conn
-        version = (int(conn.execute("PRAGMA data_version").fetchone()[0]), self._writes)
-        if self._facts is None or self._facts[0] != version:
-            self._facts = (version, PostFacts.read(conn))
-        return self._facts[1]
+        return int(conn.execute("PRAGMA data_version").fetchone()[0]), self._writes
 
-    def _exact(self, q: np.ndarray, depth: int, allowed: Allowed) -> tuple[np.ndarray, np.ndarray]:
-        """The allowed items ranked exactly, from their stored vectors. Lock held."""
-        ids = allowed.ids()
-        scores = self._db().vectors(ids) @ q
-        order = np.argsort(-scores, kind="stable")[:depth]
-        return scores[order], ids[order]
+    def _post_facts(self) -> PostFacts:
+        """The posts' facts, read again when the database changed. Lock held."""
+        version = self._posts_version()
+        if self._facts is None or self._facts[0] != version:
+            self._facts = (version, PostFacts.read(self._db().conn))
+        return self._facts[1]
 
     # -- writing -----------------------------------------------------------------------
 

@@ -1,34 +1,20 @@
-"""Filtered search in the embedded store: only the items a filter allows are ranked.
+"""Which items a filter allows, found from the posts of the pictures.
 
 A filter (channel, author, time: `PostFilter`) applies to the posts of a picture; an item
 is allowed when one of its posts passes all of it. The facts of every post are read from
 the posts table once into arrays (`PostFacts`, kept until the table changes), so finding
-the allowed items is a few vector operations, not a SQL query per search. The allowed
-items become a bitmap over item ids, handed to FAISS as an `IDSelectorBitmap` in the
-search parameters: FAISS computes distances only for allowed ids, so the top k it returns
-are the top k of the allowed items (never "the top 100, then drop"):
-
-- exact index (Flat): an exact search of the allowed items;
-- IVF: the probed lists hold only `share` of allowed codes, so nprobe is divided by the
-  share (capped at nlist: then every list is scanned, which is an exact scan of the
-  allowed codes). The number of distances computed stays about what an unfiltered search
-  computes; the recall this keeps is measured in bench/filters.py;
-- HNSW: efSearch grows the same way; graph walks degrade when most nodes are filtered
-  out, so below EXACT_SHARE the allowed vectors are ranked exactly from SQLite instead.
+the allowed items is a few vector operations, not a SQL query per search. The result,
+`Allowed`, is a bitmap over item ids (what FAISS's `IDSelectorBitmap` reads) and the
+sorted ids; how the allowed items are then searched is filterplan.py.
 """
 
 from __future__ import annotations
 
-import math
 import sqlite3
 from dataclasses import dataclass
 
-import faiss
 import numpy as np
 
-from .tuning import unwrap
-
-EXACT_SHARE = 0.02  # HNSW: allowed shares below this are ranked exactly (see module doc)
 NO_TIME = -1e308  # a post without a time in PostFacts.posted (passes no date filter)
 
 
@@ -58,13 +44,32 @@ class PostFilter:
 
 @dataclass(frozen=True)
 class Allowed:
-    """The items a filter allows: a little-endian bitmap over item ids, and how many."""
+    """The items a filter allows: a little-endian bitmap over item ids and how many.
+
+    `members` (when known) are the allowed ids as found, one per passing post (unsorted,
+    an item passing through two posts twice): enough to count allowed items per IVF list
+    or to sort the ids without walking the whole bitmap."""
 
     bits: np.ndarray  # uint8
     count: int
+    members: np.ndarray | None = None  # int64
+
+    @classmethod
+    def of(cls, flags: np.ndarray, members: np.ndarray | None = None) -> Allowed:
+        """From a boolean array over item ids (and the ids set in it, if known)."""
+        return cls(np.packbits(flags, bitorder="little"), int(np.count_nonzero(flags)), members)
 
     def ids(self) -> np.ndarray:
-        return np.flatnonzero(np.unpackbits(self.bits, bitorder="little")).astype(np.int64)
+        """The allowed ids in increasing order (worked out once)."""
+        got = self.__dict__.get("_ids")
+        if got is None:
+            if self.members is not None and len(self.members) * 16 < 8 * len(self.bits):
+                got = np.unique(self.members)  # few: sorting them beats walking the bitmap
+            else:
+                got = np.flatnonzero(np.unpackbits(self.bits, bitorder="little"))
+            got = got.astype(np.int64)
+            self.__dict__["_ids"] = got
+        return got
 
 
 class PostFacts:
@@ -123,40 +128,29 @@ class PostFacts:
             posts = np.arange(len(self.item))
         else:  # start from the kind that passes fewest posts, check the others on those
             name, order, a, b = min(picks, key=lambda p: int((p[3] - p[2]).sum()))
-            posts = np.concatenate([order[x:y] for x, y in zip(a, b, strict=True)])
+            posts = order[_spans(a, b)]
             if where.channels and name != "channel":
                 posts = posts[np.isin(self.channel[posts], list(where.channels))]
             if where.authors and name != "author":
                 posts = posts[np.isin(self.author[posts], list(where.authors))]
-            if name != "posted":
+            if name != "posted" and (where.since is not None or where.until is not None):
                 t = self.posted[posts]
                 if where.since is not None:
                     posts = posts[t >= where.since]
                     t = self.posted[posts]
                 if where.until is not None:
                     posts = posts[(t < where.until) & (t > NO_TIME)]
+        members = self.item[posts]
         flags = np.zeros(self._size, dtype=bool)
-        flags[self.item[posts]] = True
-        return Allowed(np.packbits(flags, bitorder="little"), int(np.count_nonzero(flags)))
+        flags[members] = True
+        return Allowed.of(flags, members)
 
 
-def search_allowed(index: faiss.Index, q: np.ndarray, depth: int, allowed: Allowed,
-                   params: dict[str, int]) -> tuple[np.ndarray, np.ndarray] | None:
-    """(scores, ids) of the best `depth` allowed items, or None when this index should not
-    be walked for so few (HNSW below EXACT_SHARE: rank the allowed vectors exactly)."""
-    n = max(int(index.ntotal), 1)
-    share = min(1.0, allowed.count / n)
-    sel = faiss.IDSelectorBitmap(len(allowed.bits), faiss.swig_ptr(allowed.bits))
-    inner = unwrap(index)
-    if isinstance(inner, faiss.IndexIVF):
-        nprobe = int(params.get("nprobe", inner.nprobe))
-        sp = faiss.SearchParametersIVF(sel=sel, nprobe=min(inner.nlist, math.ceil(nprobe / share)))
-    elif isinstance(inner, faiss.IndexHNSW):
-        if share < EXACT_SHARE:
-            return None
-        ef = int(params.get("efSearch", inner.hnsw.efSearch))
-        sp = faiss.SearchParametersHNSW(sel=sel, efSearch=max(depth, math.ceil(ef / share)))
-    else:
-        sp = faiss.SearchParameters(sel=sel)
-    scores, labels = index.search(q[None, :], depth, params=sp)
-    return scores[0], labels[0]
+def _spans(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The positions of all the spans [a_i, b_i), concatenated (without a Python loop)."""
+    lengths = np.maximum(b - a, 0)
+    total = int(lengths.sum())
+    if not total:
+        return np.zeros(0, dtype=np.int64)
+    ends = np.cumsum(lengths)
+    return np.arange(total, dtype=np.int64) + np.repeat(a - (ends - lengths), lengths)

@@ -1,0 +1,253 @@
+"""index/store/filterplan.py: filtered search is exact about the filter on every path, and
+what a filter costs is kept until the collection changes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from storekit import DIM, MODEL, clustered, rand_vecs, unit
+
+from index.store import Collection, NewItem, filterplan
+from index.store.faissindex import make_index
+from index.store.filtered import Allowed, PostFacts, PostFilter
+from index.store.filterplan import FilterCache, exact_limit
+
+N, D = 3000, 32
+G = 7
+
+
+@pytest.fixture(scope="module")
+def space():
+    x = clustered(N, D, seed=4, n_clusters=30)
+    x = x.astype(np.float16).astype(np.float32)  # as the store keeps vectors
+    centre = x[0]
+    region = np.argsort(-(x @ centre))[: N // 10]  # a channel that is a region of the space
+    far = unit(-centre)  # a query far from that region
+    return x, region, far
+
+
+def ivf(x: np.ndarray, factory: str = "IVF16,Flat"):
+    index = make_index(x.shape[1], factory)
+    index.train(x)
+    index.add_with_ids(x, np.arange(len(x), dtype=np.int64))
+    return index
+
+
+def allowed_of(ids: np.ndarray, n: int = N) -> Allowed:
+    flags = np.zeros(n, dtype=bool)
+    flags[ids] = True
+    return Allowed.of(flags, ids)
+
+
+def brute(x: np.ndarray, q: np.ndarray, ids: np.ndarray, k: int) -> list[int]:
+    return [int(i) for i in ids[np.argsort(-(x[ids] @ q), kind="stable")[:k]]]
+
+
+def search(cache, index, x, q, k, ids, params):
+    plan = cache.plan(PostFilter(), 1, lambda: allowed_of(ids))
+    scores, got = cache.search(index, q, k, plan, params, lambda i: x[i])
+    return [int(i) for i in got if i >= 0], scores
+
+
+def test_every_path_returns_the_exact_top_of_the_allowed_items(space, monkeypatch):
+    """Flat, the exact scan of a small allowed set, the allowed codes' own lists and the
+    budgeted walk of the shared lists: each equals a brute force over the allowed items
+    when it covers them all, and never returns an item the filter does not allow."""
+    x, region, far = space
+    rng = np.random.default_rng(1)
+    spread = np.sort(rng.choice(N, 600, replace=False))
+    flat = make_index(D, "Flat")
+    flat.add_with_ids(x, np.arange(N, dtype=np.int64))
+    index = ivf(x)
+    every = {"nprobe": 16}  # every list: the IVF paths are then exhaustive
+    for ids in (spread, np.sort(region)):
+        for q in (x[5], far, unit(x[3] + x[900])):
+            want = brute(x, q, ids, 10)
+            cases = {  # name: cache, index, params, allowed sets ranked exactly up to (x scan)
+                "flat": (FilterCache(), flat, {}, 1.0),
+                "exact": (FilterCache(), index, {"nprobe": 4}, 1.0),  # 600 <= 4/16 of N
+                "own lists": (FilterCache(), index, every, 0.0),
+                "budget": (FilterCache(memory=0), index, every, 0.0),  # no room for own lists
+            }
+            for name, (cache, idx, params, exact) in cases.items():
+                monkeypatch.setattr(filterplan, "EXACT_FACTOR", exact)
+                got, scores = search(cache, idx, x, q, 10, ids, params)
+                assert got == want, name
+                assert np.allclose(scores, x[want] @ q, atol=1e-4), name
+                path = cache.stats()
+                assert path.startswith({"flat": "IndexFlat", "exact": "exact",
+                                        "own lists": "own lists", "budget": "IVF"}[name]), path
+
+
+def test_a_clustered_filter_far_from_the_query_still_finds_its_best_items(space, monkeypatch):
+    """The allowed items are one region of the space and the query looks elsewhere: the
+    lists nearest the query hold none of them. With the tuned nprobe (a few lists), the
+    filtered search still returns 10 allowed items, nearly all of the exact top 10."""
+    x, region, far = space
+    index = ivf(x)
+    ids = np.sort(region)
+    monkeypatch.setattr(filterplan, "EXACT_FACTOR", 0.0)  # not ranked exactly
+    for cache in (FilterCache(), FilterCache(memory=0)):  # own lists; budgeted walk
+        hits = 0
+        for q in (far, unit(far + x[100]), unit(-x[200])):
+            got, _ = search(cache, index, x, q, 10, ids, {"nprobe": 2})
+            assert len(got) == 10 and set(got) <= set(ids.tolist())
+            hits += len(set(got) & set(brute(x, q, ids, 10)))
+        assert hits >= 27, cache.stats()
+
+
+def test_deeper_pages_come_from_the_same_ranking(space, monkeypatch):
+    """A deeper page scans the same lists as the first (with the tuned nprobe, not all of
+    them): it reads further down the same ranking, so pages neither repeat nor skip."""
+    x, region, far = space
+    monkeypatch.setattr(filterplan, "EXACT_FACTOR", 0.0)
+    index = ivf(x)
+    for ids in (np.sort(np.random.default_rng(2).choice(N, 1500, replace=False)),
+                np.sort(region)):
+        for q in (x[42], far):
+            for cache in (FilterCache(), FilterCache(memory=0)):  # own lists; shared lists
+                ranked = {depth: search(cache, index, x, q, depth, ids, {"nprobe": 1})[0]
+                          for depth in (5, 10, 20, 40)}
+                assert len(set(ranked[40])) == 40, cache.stats()
+                for depth in (5, 10, 20):
+                    assert ranked[depth] == ranked[40][:depth], (cache.stats(), depth)
+
+
+def test_own_lists_filled_as_searches_reach_them_answer_as_a_fresh_plan(space, monkeypatch):
+    """A plan's own lists are copied as searches reach them: the tenth query of a plan,
+    whose lists were partly copied by nine others, answers as a fresh plan does."""
+    x, region, far = space
+    monkeypatch.setattr(filterplan, "EXACT_FACTOR", 0.0)
+    index = ivf(x)
+    ids = np.sort(np.concatenate([region, np.arange(0, N, 7)]))
+    kept = FilterCache()
+    queries = [far, *(x[i] for i in range(100, 1000, 100))]
+    for q in queries:
+        got, _ = search(kept, index, x, q, 10, ids, {"nprobe": 2})
+        fresh, _ = search(FilterCache(), index, x, q, 10, ids, {"nprobe": 2})
+        assert got == fresh and len(got) == 10
+
+
+def test_copies_beyond_the_memory_bound_evict_the_oldest_and_answers_stay_exact(
+    space, monkeypatch
+):
+    """Room for one filter's own lists: a second filter's copy evicts the first's; the
+    first, asked again, makes its copy again (or walks the shared lists) and answers the
+    same."""
+    x, _, far = space
+    monkeypatch.setattr(filterplan, "EXACT_FACTOR", 0.0)
+    index = ivf(x)
+    rng = np.random.default_rng(7)
+    sets = [np.sort(rng.choice(N, 1000, replace=False)) for _ in range(2)]
+    one = 1000 * (index.code_size + 8)
+    cache = FilterCache(memory=one + one // 2)
+    where = [PostFilter(channels=frozenset({i})) for i in range(2)]
+
+    def ask(i):
+        plan = cache.plan(where[i], 1, lambda: allowed_of(sets[i]))
+        _, got = cache.search(index, far, 10, plan, {"nprobe": 16}, lambda ids: x[ids])
+        return plan, [int(g) for g in got]
+
+    first, before = ask(0)
+    assert first.own is not None
+    second, other = ask(1)
+    assert second.own is not None and first.own is None  # evicted: both would not fit
+    assert other == brute(x, far, sets[1], 10)
+    again, after = ask(0)
+    assert again is first and after == before == brute(x, far, sets[0], 10)
+
+
+def test_a_plan_is_made_once_per_filter_and_version_and_few_are_kept():
+    made = []
+
+    def make(tag):
+        def build():
+            made.append(tag)
+            return allowed_of(np.array([1, 2, 3]))
+        return build
+
+    cache = FilterCache(plans=2)
+    a, b, c = (PostFilter(channels=frozenset({i})) for i in (1, 2, 3))
+    first = cache.plan(a, 1, make("a"))
+    assert cache.plan(a, 1, make("a")) is first  # a page turn: nothing again
+    cache.plan(b, 1, make("b"))
+    cache.plan(c, 1, make("c"))  # three filters, two kept: a (least recent) goes
+    cache.plan(c, 1, make("c"))
+    cache.plan(a, 1, make("a"))
+    cache.plan(a, 2, make("a"))  # the collection changed: made again
+    assert made == ["a", "b", "c", "a", "a"]
+
+
+def test_an_ivf_exact_limit_follows_the_codes_an_unfiltered_search_scans(space):
+    x, _, _ = space
+    index = ivf(x)
+    assert exact_limit(index, {"nprobe": 4}) == pytest.approx(4 * N / 16, abs=1)
+
+
+def test_building_the_allowed_set_is_the_same_with_many_spans():
+    """Authors (hundreds of spans in the sorted posts) and channels give the same
+    items as a plain loop over the posts."""
+    rng = np.random.default_rng(5)
+    n = 5000
+    item = rng.integers(0, 3000, n)
+    channel, author = rng.integers(0, 50, n), rng.integers(0, 400, n)
+    posted = rng.uniform(0, 100, n)
+    facts = PostFacts(item, channel, author, posted)
+    authors = frozenset(int(a) for a in rng.choice(400, 150, replace=False))
+    where = PostFilter(channels=frozenset({1, 2, 3, 40}), authors=authors, since=20.0, until=80.0)
+    ok = [(c in where.channels and a in authors and 20.0 <= t < 80.0)
+          for c, a, t in zip(channel, author, posted, strict=True)]
+    want = np.unique(item[np.array(ok)])
+    got = facts.allowed(where)
+    assert got.count == len(want) and np.array_equal(got.ids(), want)
+    assert np.array_equal(Allowed(got.bits, got.count).ids(), want)  # from the bitmap alone
+
+
+# -- through a Collection ----------------------------------------------------------------
+
+
+def post(i: int, channel: int) -> NewItem:
+    return NewItem(source=f"discord:{G}/{channel}/{1000 + i}/{5000 + i}", guild_id=G,
+                   channel_id=channel, message_id=1000 + i, attachment_id=5000 + i,
+                   author_id=40, posted_at=1.7e9 + i, content_hash=f"h{i}")
+
+
+@pytest.mark.parametrize("index_type,exact", [("Flat", 1.0), ("IVF8,Flat", 1.0),
+                                               ("IVF8,Flat", 0.0)])
+def test_a_filtered_search_follows_new_and_forgotten_posts_and_pages_consistently(
+    tmp_path, monkeypatch, index_type, exact
+):
+    monkeypatch.setattr(filterplan, "EXACT_FACTOR", exact)  # 0: the allowed codes' own lists
+    vecs = rand_vecs(400, seed=9)
+    vecs = vecs.astype(np.float16).astype(np.float32)
+    where = PostFilter(channels=frozenset({2}))
+    with Collection.create(tmp_path / "c", MODEL, DIM, index_type) as c:
+        ids = c.add([post(i, 1 + i % 4) for i in range(400)], vecs)
+        assert index_type.split(",")[0] in c.index_description
+        q = unit(vecs[3] + vecs[4])  # items of channels 4 and 1
+
+        def exact() -> list[int]:
+            inside = [ids[i] for i in range(400) if 1 + i % 4 == 2]
+            return sorted(inside, key=lambda i: -float(vecs[ids.index(i)] @ q))
+
+        def pages() -> list[int]:
+            got = []
+            for page in range(3):
+                got += [i for i, _ in c.search(q, 5, offset=5 * page, where=where)]
+            return got
+
+        assert pages() == exact()[:15]
+        # the best match of all, posted again in channel 2: in the very next search
+        best = max(range(400), key=lambda i: float(vecs[i] @ q))
+        assert 1 + best % 4 != 2
+        c.add_posts([NewItem(source=f"discord:{G}/2/9000/9001", guild_id=G, channel_id=2,
+                             message_id=9000, attachment_id=9001, content_hash=f"h{best}")])
+        assert c.search(q, 1, where=where)[0][0] == ids[best]
+        # that post forgotten: gone again; the best of channel 2 forgotten: gone too
+        c.forget_posts(guild_id=G, message_ids=[9000])
+        top = exact()[0]
+        assert c.search(q, 1, where=where)[0][0] == top
+        i = ids.index(top)
+        c.forget_posts(guild_id=G, message_ids=[1000 + i])
+        assert top not in [h for h, _ in c.search(q, 50, where=where)]
+        assert pages() == exact()[1:16]
