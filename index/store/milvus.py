@@ -83,6 +83,10 @@ _ITEM_FIELDS = ["id", "guild_id", *_INT_FIELDS, "posted_at", *_TEXT_FIELDS, "add
 _POST_FIELDS = ("source", "guild_id", "channel_id", "message_id", "attachment_id", "author_id",
                 "posted_at", "title", "page_url")  # as index.store.posts.Post, less item_id
 _POST_KEYS = ("guild_id", "channel_id", "message_id", "attachment_id")  # all set: a post
+_FACTS = ("guild_id", "channel_id", "author_id", "posted_at")  # what a filter reads of a post
+# an item row that is a post (as _is_post says): its channel, author and time are that post's
+_ROW_IS_POST = " and ".join(f"{k} != 0" for k in _POST_KEYS)  # null != 0 is false in Milvus
+ON_ROW = "on_row"  # posts field: this post's facts are its item row's (see search)
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 _INT64_MAX = 2**63 - 1
 
@@ -304,6 +308,7 @@ class MilvusStore(VectorStore):
         # Milvus Lite searches its unflushed rows by rebuilding them into a matrix per search:
         # its writes are flushed at once so searches go through sealed, indexed segments.
         self._lite = "lite" in str(self._rpc(lambda c: c.get_server_version())).lower()
+        self._on_row: bool | None = None  # whether the posts collection has ON_ROW (lazily)
         if owns_client:
             self._ensure_posts()
             self._ensure_records()
@@ -311,9 +316,11 @@ class MilvusStore(VectorStore):
     def view(self, guild_id: int) -> MilvusStore:
         """This collection as server `guild_id` sees it (shares this store's connection)."""
         self._check_open()
-        return MilvusStore(
+        view = MilvusStore(
             self._client, self.uri, self.name, None, guild_id=guild_id, manifest=self.manifest
         )
+        view._on_row = self._on_row
+        return view
 
     def __enter__(self) -> MilvusStore:
         return self
@@ -379,15 +386,44 @@ class MilvusStore(VectorStore):
             raise StoreError(f"{self.location} has no item with id {missing[0]}")
         return self._stack([found[i] for i in wanted])
 
-    def _allowed(self, where: PostFilter) -> list[int]:
-        """The ids of the items one of whose posts passes `where`: one query, or (more
-        posts pass than a query returns) the iterator."""
-        expr = self._where(where.milvus())
-        rows = self._rpc(lambda c: c.query(self.posts_name, filter=expr, output_fields=["item_id"],
-                                           limit=MAX_TOPK, timeout=SEARCH_TIMEOUT))
+    def _allowed(self, where: PostFilter, extra: str = "") -> list[int]:
+        """The ids of the items one of whose posts passes `where` (and `extra`): one query,
+        or (more posts pass than a query returns) the iterator."""
+        cond = " and ".join(f"({c})" for c in (extra, where.milvus()) if c)
+        rows = self._rpc(lambda c: c.query(self.posts_name, filter=self._where(cond),
+                                           output_fields=["item_id"], limit=MAX_TOPK,
+                                           timeout=SEARCH_TIMEOUT))
         if len(rows) >= MAX_TOPK:
-            rows = self._iterate(self.posts_name, ["item_id"], where.milvus())
+            rows = self._iterate(self.posts_name, ["item_id"], cond)
         return sorted({int(r["item_id"]) for r in rows})
+
+    def _filter(self, where: PostFilter) -> tuple[str, int]:
+        """The items collection's expression for the items `where` allows, and how many.
+
+        A picture matches through ANY of its posts, and all facts of one post must hold
+        together, so the vector rows (each carrying one post) cannot answer alone. But each
+        item row's channel, author and time are those of one of its posts, the one its posts
+        row marks ON_ROW; most items have only that post. So the expression is the filter
+        on the row itself, or the ids of the items whose other posts (ON_ROW false: reposts,
+        usually few) pass, read from the posts collection. Without ON_ROW (a collection
+        from before it) every allowed id is read from the posts collection."""
+        if not self._has_on_row():
+            allowed = self._allowed(where)
+            return self._where(f"id in {allowed}"), len(allowed)
+        facts = where.milvus()
+        row = f"{_ROW_IS_POST} and ({facts})" if facts else _ROW_IS_POST
+        others = self._allowed(where, f"{ON_ROW} == false")
+        # a literal list: Milvus Lite does not take expression templates (filter_params)
+        expr = self._where(f"({row}) or id in {others}" if others else row)
+        rows = self._rpc(lambda c: c.query(self.name, filter=expr, output_fields=["count(*)"],
+                                           timeout=SEARCH_TIMEOUT))
+        return expr, int(rows[0]["count(*)"]) if rows else 0
+
+    def _has_on_row(self) -> bool:
+        if self._on_row is None:
+            desc = self._rpc(lambda c: c.describe_collection(self.posts_name, timeout=CALL_TIMEOUT))
+            self._on_row = any(f.get("name") == ON_ROW for f in desc.get("fields", []))
+        return self._on_row
 
     def has_posts(self) -> bool:
         rows = self._rpc(
@@ -417,9 +453,7 @@ class MilvusStore(VectorStore):
     ) -> list[tuple[int, float]]:
         """(id, inner product), best first, ranks offset .. offset+k-1 (at most MAX_TOPK deep).
 
-        With `where`: the items it allows are read from the posts collection first (a
-        picture matches through any of its posts, so the vector rows, which carry one post,
-        cannot answer it), then the search's own expression admits only their ids."""
+        With `where`: one search whose expression admits the items it allows (see _filter)."""
         if k <= 0:
             return []
         offset = max(0, int(offset))
@@ -429,18 +463,16 @@ class MilvusStore(VectorStore):
             return []
         expr = self._where()
         if where is not None:
-            allowed = self._allowed(where)
-            if offset >= len(allowed):
+            expr, count = self._filter(where)
+            if offset >= count:
                 return []
-            # a literal list: Milvus Lite does not take expression templates (filter_params)
-            expr = self._where(f"id in {allowed}")
         params = dict(self._search_params)
         if where is not None:
             # an HNSW walk (IVF probe) meets allowed items at the rate they are allowed: widen
             # it as the share shrinks (Milvus Lite's filtered HNSW kept half the exact top 10
             # at ef 128 with 1% allowed, all of it at ef 2048; ef/share (12800) cost 8x the
             # unfiltered search, ef/sqrt(share): see bench/RESULTS.md)
-            share = max(len(allowed) / max(len(self), 1), 1e-9)
+            share = max(count / max(len(self), 1), 1e-9)
             if "ef" in params:
                 params["ef"] = min(MAX_TOPK, math.ceil(params["ef"] / math.sqrt(share)))
             if "nprobe" in params:
@@ -489,7 +521,7 @@ class MilvusStore(VectorStore):
             row["vector"] = vecs[pos].astype(np.float32).tolist()
             data.append(row)
         self._rpc(lambda c: c.upsert(self.name, data, timeout=CALL_TIMEOUT))
-        self._record_posts([(row["id"], row) for row in data if _is_post(row)])
+        self._record_posts([(row["id"], row, True) for row in data if _is_post(row)])
         self._settle(self.name)
         return ids
 
@@ -549,7 +581,7 @@ class MilvusStore(VectorStore):
         content hash in its guild; None (not recorded) where no such picture is stored."""
         rows = [self._row(p) for p in new_posts]
         out: list[int | None] = []
-        found: list[tuple[int, dict[str, Any]]] = []
+        found: list[tuple[int, dict[str, Any], bool]] = []
         for p, row in zip(new_posts, rows, strict=True):
             if not _is_post(row):
                 raise StoreError(
@@ -559,8 +591,11 @@ class MilvusStore(VectorStore):
             if item is None and row["content_hash"]:
                 item = self.find_hash(row["content_hash"], row["guild_id"])
             out.append(None if item is None else item.id)
-            if item is not None:
-                found.append((item.id, row))
+            if item is not None:  # its item row says so only if it is that row's own post
+                same = item.source == row["source"] and all(
+                    (getattr(item, k) or 0) == (row[k] or 0) if k == "guild_id"
+                    else getattr(item, k) == row[k] for k in _FACTS)
+                found.append((item.id, row, same))
         self._record_posts(found)
         return out
 
@@ -642,6 +677,14 @@ class MilvusStore(VectorStore):
             out.repointed[item_id] = heir["source"]
         if repoint:
             self._rpc(lambda c: c.upsert(self.name, repoint, timeout=CALL_TIMEOUT))
+        # then the posts left that their rows now carry are marked so (a crash before this
+        # leaves them found through the posts collection; the same call, run again, marks)
+        self._record_posts([
+            (int(r["item_id"]), r, True) for r in left
+            if r["source"] == out.repointed.get(int(r["item_id"]))
+            or (r.get(ON_ROW) is False and r["item_id"] in current
+                and current[r["item_id"]]["source"] == r["source"])
+        ])
         out.removed = sorted(orphans)
         self._delete(out.removed)
         for chunk in _chunks(out.posts):
@@ -717,14 +760,17 @@ class MilvusStore(VectorStore):
     def posts_name(self) -> str:
         return posts_collection(self.name)
 
-    def _record_posts(self, pairs: list[tuple[int, dict[str, Any]]]) -> None:
-        """Upsert post rows (item id, item row describing the post)."""
-        if not pairs:
+    def _record_posts(self, posts: list[tuple[int, dict[str, Any], bool]]) -> None:
+        """Upsert post rows (item id, item row describing the post, whether that item's
+        own row carries this post's facts: ON_ROW, where the collection has it)."""
+        if not posts:
             return
-        last = {row["source"]: (i, row) for i, row in pairs}  # one row per post source
+        last = {row["source"]: (i, row, on) for i, row, on in posts}  # one row per source
+        flag = self._has_on_row()
         data = [
-            {**{k: row[k] for k in _POST_FIELDS}, "item_id": int(i), "v": [1.0, 0.0]}
-            for i, row in last.values()
+            {**{k: row[k] for k in _POST_FIELDS}, "item_id": int(i), "v": [1.0, 0.0],
+             **({ON_ROW: bool(on)} if flag else {})}
+            for i, row, on in last.values()
         ]
         self._rpc(lambda c: c.upsert(self.posts_name, data, timeout=CALL_TIMEOUT))
         self._settle(self.posts_name)  # Lite: unflushed rows are scanned by every query
@@ -736,7 +782,7 @@ class MilvusStore(VectorStore):
                 lambda c: c.query(
                     self.posts_name,
                     filter=self._where(where),
-                    output_fields=[*_POST_FIELDS, "item_id"],
+                    output_fields=self._post_fields(),
                     limit=MAX_TOPK,
                     timeout=CALL_TIMEOUT,
                 )
@@ -762,7 +808,10 @@ class MilvusStore(VectorStore):
         return out
 
     def _scan_posts(self, where: str) -> list[dict[str, Any]]:
-        return self._iterate(self.posts_name, [*_POST_FIELDS, "item_id"], where)
+        return self._iterate(self.posts_name, self._post_fields(), where)
+
+    def _post_fields(self) -> list[str]:
+        return [*_POST_FIELDS, "item_id", *([ON_ROW] if self._has_on_row() else [])]
 
     def _iterate(self, collection: str, fields: list[str], where: str) -> list[dict[str, Any]]:
         """Every row of `collection` in this view matching `where`, read in batches."""
@@ -798,7 +847,7 @@ class MilvusStore(VectorStore):
             for r in self._scan(_ITEM_FIELDS, "message_id is not null and attachment_id is not null")
             if _is_post(r)
         ]
-        self._record_posts([(int(r["id"]), r) for r in rows])
+        self._record_posts([(int(r["id"]), r, True) for r in rows])
 
     # -- internals -------------------------------------------------------------------
 
@@ -1184,6 +1233,9 @@ def _create_posts_collection(client: Any, name: str) -> None:
     schema.add_field("posted_at", DataType.DOUBLE, nullable=True)
     schema.add_field("title", DataType.VARCHAR, max_length=_TEXT_MAX)
     schema.add_field("page_url", DataType.VARCHAR, max_length=_TEXT_MAX)
+    # a process of a clipfind from before ON_ROW writes rows without it: False, which is
+    # always right (the post is then found through this collection)
+    schema.add_field(ON_ROW, DataType.BOOL, default_value=False)
     schema.add_field("v", DataType.FLOAT_VECTOR, dim=2)  # Milvus wants a vector field
     client.create_collection(name, schema=schema, consistency_level="Strong",
                              timeout=CALL_TIMEOUT)
