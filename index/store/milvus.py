@@ -87,6 +87,20 @@ _FACTS = ("guild_id", "channel_id", "author_id", "posted_at")  # what a filter r
 # an item row that is a post (as _is_post says): its channel, author and time are that post's
 _ROW_IS_POST = " and ".join(f"{k} != 0" for k in _POST_KEYS)  # null != 0 is false in Milvus
 ON_ROW = "on_row"  # posts field: this post's facts are its item row's (see search)
+# A filtered search widens its HNSW walk by the share of items the filter allows. That share
+# is estimated from the allowed items among a slice of the id space (ids are hashes: any
+# slice is a uniform sample) holding about SHARE_SLICE of the view's items, read by the
+# same query that reads the reposts: no count (Milvus Lite reads every row a query or
+# count(*) matches, ~0.06 ms a row: a count of a whole guild of 20k took over a second).
+# ef goes with 1/sqrt(share): a share known to 50% moves it by 25%.
+SHARE_SLICE = 400
+SHARE_HITS = 16  # a guild's size is counted in a slice 16x wider until this many are in it
+# Few allowed (about EXACT_ROWS / 2 or fewer, under EXACT_SHARE of the view): the graph walk
+# would meet almost none, so their vectors are read (at most EXACT_ROWS) and ranked exactly.
+EXACT_ROWS = 256
+EXACT_SHARE = 0.02
+SIZE_TTL_S = 60.0  # how long a view's size (the share's denominator) is reused
+_SIZES: dict[tuple[str, str, int | None], tuple[float, int]] = {}  # -> (monotonic time, size)
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 _INT64_MAX = 2**63 - 1
 
@@ -386,44 +400,77 @@ class MilvusStore(VectorStore):
             raise StoreError(f"{self.location} has no item with id {missing[0]}")
         return self._stack([found[i] for i in wanted])
 
-    def _allowed(self, where: PostFilter, extra: str = "") -> list[int]:
-        """The ids of the items one of whose posts passes `where` (and `extra`): one query,
-        or (more posts pass than a query returns) the iterator."""
+    def _passing(self, where: PostFilter, extra: str = "",
+                 fields: Sequence[str] = ("item_id",)) -> list[dict[str, Any]]:
+        """The posts rows that pass `where` (and `extra`): one query, or (more pass than a
+        query returns) the iterator."""
         cond = " and ".join(f"({c})" for c in (extra, where.milvus()) if c)
         rows = self._rpc(lambda c: c.query(self.posts_name, filter=self._where(cond),
-                                           output_fields=["item_id"], limit=MAX_TOPK,
+                                           output_fields=list(fields), limit=MAX_TOPK,
                                            timeout=SEARCH_TIMEOUT))
         if len(rows) >= MAX_TOPK:
-            rows = self._iterate(self.posts_name, ["item_id"], cond)
-        return sorted({int(r["item_id"]) for r in rows})
+            rows = self._iterate(self.posts_name, list(fields), cond)
+        return rows
 
-    def _filter(self, where: PostFilter) -> tuple[str, int]:
-        """The items collection's expression for the items `where` allows, and how many.
+    def _filter(self, where: PostFilter) -> tuple[str, int, bool]:
+        """The items collection's expression for the items `where` allows, about how many
+        it allows, and whether that number is exact.
 
         A picture matches through ANY of its posts, and all facts of one post must hold
         together, so the vector rows (each carrying one post) cannot answer alone. But each
         item row's channel, author and time are those of one of its posts, the one its posts
         row marks ON_ROW; most items have only that post. So the expression is the filter
         on the row itself, or the ids of the items whose other posts (ON_ROW false: reposts,
-        usually few) pass, read from the posts collection. Without ON_ROW (a collection
-        from before it) every allowed id is read from the posts collection."""
+        usually few) pass, read from the posts collection. The same query reads the posts
+        that pass within a slice of the item ids, which tells the share allowed (see
+        SHARE_SLICE). Without ON_ROW (a collection from before it) every allowed id is read
+        from the posts collection."""
         if not self._has_on_row():
-            allowed = self._allowed(where)
-            return self._where(f"id in {allowed}"), len(allowed)
+            allowed = sorted({int(r["item_id"]) for r in self._passing(where)})
+            return self._where(f"id in {allowed}"), len(allowed), True
+        part = min(1.0, SHARE_SLICE / max(self._size(), 1))
+        cut = int(part * _INT64_MAX)
+        rows = self._passing(where, f"{ON_ROW} == false or item_id < {cut}" if part < 1.0 else "",
+                             ("item_id", ON_ROW))
+        others = sorted({int(r["item_id"]) for r in rows if not r[ON_ROW]})
+        sampled = len({r["item_id"] for r in rows if part >= 1.0 or r["item_id"] < cut})
         facts = where.milvus()
         row = f"{_ROW_IS_POST} and ({facts})" if facts else _ROW_IS_POST
-        others = self._allowed(where, f"{ON_ROW} == false")
         # a literal list: Milvus Lite does not take expression templates (filter_params)
         expr = self._where(f"({row}) or id in {others}" if others else row)
-        rows = self._rpc(lambda c: c.query(self.name, filter=expr, output_fields=["count(*)"],
-                                           timeout=SEARCH_TIMEOUT))
-        return expr, int(rows[0]["count(*)"]) if rows else 0
+        return expr, round(sampled / part), part >= 1.0
 
     def _has_on_row(self) -> bool:
         if self._on_row is None:
             desc = self._rpc(lambda c: c.describe_collection(self.posts_name, timeout=CALL_TIMEOUT))
             self._on_row = any(f.get("name") == ON_ROW for f in desc.get("fields", []))
         return self._on_row
+
+    def _count(self, expr: str) -> int:
+        rows = self._rpc(lambda c: c.query(self.name, filter=expr, output_fields=["count(*)"],
+                                           timeout=SEARCH_TIMEOUT))
+        return int(rows[0]["count(*)"]) if rows else 0
+
+    def _size(self) -> int:
+        """About how many items this view holds (reused SIZE_TTL_S: it only sizes a walk;
+        a guild's is counted in a slice of the ids, as SHARE_SLICE says)."""
+        key = (self.uri, self.name, self.guild_id)
+        now = time.monotonic()
+        hit = _SIZES.get(key)
+        if hit is not None and now - hit[0] < SIZE_TTL_S:
+            return hit[1]
+        size = total = self._count("")  # the whole collection: no rows read
+        if self.guild_id is not None and total:
+            part = min(1.0, SHARE_SLICE / total)
+            while True:
+                inside = "" if part >= 1.0 else f"id < {int(part * _INT64_MAX)}"
+                hits = self._count(self._where(inside))
+                if hits >= SHARE_HITS or part >= 1.0:
+                    break
+                part = min(1.0, part * 16)
+            size = round(hits / part)
+        _SIZES[key] = (now, size)
+        return size
 
     def has_posts(self) -> bool:
         rows = self._rpc(
@@ -462,17 +509,24 @@ class MilvusStore(VectorStore):
         if offset >= depth:
             return []
         expr = self._where()
-        if where is not None:
-            expr, count = self._filter(where)
-            if offset >= count:
-                return []
         params = dict(self._search_params)
         if where is not None:
+            expr, count, exact = self._filter(where)
+            if exact and offset >= count:
+                return []
+            size = self._size()
+            if count <= EXACT_ROWS // 2 and count < EXACT_SHARE * size:
+                rows = self._rpc(lambda c: c.query(
+                    self.name, filter=expr, output_fields=["id", "vector"],
+                    limit=EXACT_ROWS + 1, timeout=SEARCH_TIMEOUT))
+                if len(rows) <= EXACT_ROWS:
+                    return _ranked(rows, q)[offset:depth]
+                count = len(rows)  # more than the slice said: at least these
             # an HNSW walk (IVF probe) meets allowed items at the rate they are allowed: widen
             # it as the share shrinks (Milvus Lite's filtered HNSW kept half the exact top 10
             # at ef 128 with 1% allowed, all of it at ef 2048; ef/share (12800) cost 8x the
             # unfiltered search, ef/sqrt(share): see bench/RESULTS.md)
-            share = max(count / max(len(self), 1), 1e-9)
+            share = min(1.0, max(count, 0.5) / max(size, 1))
             if "ef" in params:
                 params["ef"] = min(MAX_TOPK, math.ceil(params["ef"] / math.sqrt(share)))
             if "nprobe" in params:
@@ -1297,6 +1351,16 @@ def _quote(text: str) -> str:
 
 def _oldest(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return min(rows, key=lambda r: (r["added_at"], r["id"]))
+
+
+def _ranked(rows: list[dict[str, Any]], q: np.ndarray) -> list[tuple[int, float]]:
+    """(id, inner product) of rows with vectors, best first (ties: lower id first)."""
+    if not rows:
+        return []
+    ids = np.asarray([int(r["id"]) for r in rows], dtype=np.int64)
+    scores = np.asarray([r["vector"] for r in rows], dtype=np.float32) @ q
+    order = np.lexsort((ids, -scores))
+    return [(int(ids[i]), float(scores[i])) for i in order]
 
 
 def _to_item(r: dict[str, Any]) -> Item:

@@ -179,3 +179,44 @@ def test_a_post_an_older_clipfind_writes_without_on_row_is_still_found(milvus_ur
         store._client.upsert(store.posts_name, [row])
         store._client.flush(store.posts_name)
         assert found(store.view(G), vecs[0], PostFilter(channels=frozenset({5}))) == [a]
+
+
+def test_the_share_is_sampled_in_a_slice_of_ids_and_reposts_are_never_missed(
+        milvus_uri, name, monkeypatch):
+    """The share allowed is read among the posts of a slice of the ids; a repost outside
+    that slice still admits its item, and the answer is the exact filtered top."""
+    monkeypatch.setattr(milvus_store, "SHARE_SLICE", 6)  # a slice of ~6 of the 60 items
+    vecs = rand_vecs(60, seed=26)
+    q = unit(vecs[5] + vecs[50])
+    with MilvusStore.create(milvus_uri, name, MODEL, DIM) as store:
+        view = store.view(G)
+        ids = view.add([post(1 + i % 4, 100 + i, f"h{i}") for i in range(60)], vecs)
+        # every picture of channel 4 posted again in channel 9
+        assert view.add_posts([post(9, 900 + i, f"h{i}") for i in range(3, 60, 4)]) == ids[3::4]
+        by_id = dict(zip(ids, vecs, strict=True))
+        assert view._filter(PostFilter(channels=frozenset({9})))[2] is False  # sampled
+        for chans, want in (({9}, ids[3::4]), ({1, 9}, ids[0::4] + ids[3::4]), ({2}, ids[1::4])):
+            got = found(view, q, PostFilter(channels=frozenset(chans)))
+            assert got == ranked(by_id, q, want)[:20], chans
+
+
+def test_a_few_allowed_among_many_are_ranked_exactly(milvus_uri, name, monkeypatch):
+    """Two allowed of 150 (under 2%): their vectors are read and ranked exactly, pages too."""
+    ranked_rows = []
+    real = milvus_store._ranked
+    monkeypatch.setattr(milvus_store, "_ranked",
+                        lambda rows, q: ranked_rows.append(len(rows)) or real(rows, q))
+    vecs = rand_vecs(150, seed=27)
+    with MilvusStore.create(milvus_uri, name, MODEL, DIM) as store:
+        view = store.view(G)
+        ids = view.add([post(2 if i in (7, 90) else 1, 100 + i, f"h{i}") for i in range(150)],
+                       vecs)
+        far = unit(-vecs[7])  # item 7 is about the worst match of all
+        where = PostFilter(channels=frozenset({2}))
+        got = view.search(far, 5, where=where)
+        assert [i for i, _ in got] == ranked(dict(zip(ids, vecs, strict=True)), far,
+                                             [ids[90], ids[7]])
+        assert got[-1][1] == pytest.approx(float(vecs[7] @ far), abs=1e-2)
+        assert view.search(far, 5, offset=1, where=where) == got[1:]
+        assert view.search(far, 5, offset=2, where=where) == []
+        assert ranked_rows == [2, 2]  # no graph walk
