@@ -326,6 +326,7 @@ class MilvusStore(VectorStore):
         if owns_client:
             self._ensure_posts()
             self._ensure_records()
+            self._has_on_row()  # once here, for every view of it
 
     def view(self, guild_id: int) -> MilvusStore:
         """This collection as server `guild_id` sees it (shares this store's connection)."""
