@@ -626,8 +626,10 @@ class MilvusStore(VectorStore):
 
     # -- provenance: the Discord posts of the pictures --------------------------------
     # Kept in the companion collection `<name>_posts` (one row per post, keyed by its source,
-    # guild id as partition key). Milvus has no transaction over two collections: every
-    # change is ordered so that a crash leaves a state the same call, run again, completes.
+    # guild id as partition key; ON_ROW marks the post whose facts its item row carries, so
+    # a filtered search reads only the others). Milvus has no transaction over two
+    # collections: every change is ordered so that a crash leaves a state the same call,
+    # run again, completes (a post not yet marked ON_ROW is found through this collection).
 
     def add_posts(self, new_posts: Sequence[NewItem]) -> list[int | None]:
         """Record more posts of pictures already stored (a picture posted again).
@@ -637,6 +639,7 @@ class MilvusStore(VectorStore):
         rows = [self._row(p) for p in new_posts]
         out: list[int | None] = []
         found: list[tuple[int, dict[str, Any], bool]] = []
+        stale: dict[int, dict[str, Any]] = {}  # item -> its own post, with other facts
         for p, row in zip(new_posts, rows, strict=True):
             if not _is_post(row):
                 raise StoreError(
@@ -646,11 +649,16 @@ class MilvusStore(VectorStore):
             if item is None and row["content_hash"]:
                 item = self.find_hash(row["content_hash"], row["guild_id"])
             out.append(None if item is None else item.id)
-            if item is not None:  # its item row says so only if it is that row's own post
-                same = item.source == row["source"] and all(
-                    (getattr(item, k) or 0) == (row[k] or 0) if k == "guild_id"
-                    else getattr(item, k) == row[k] for k in _FACTS)
-                found.append((item.id, row, same))
+            if item is not None:  # its item row carries it if it is that row's own post
+                found.append((item.id, row, item.source == row["source"]))
+                if item.source == row["source"] and any(
+                        getattr(item, k) != row[k] for k in _FACTS if k != "guild_id"):
+                    stale[item.id] = row
+        if stale:  # its own post recorded again with other facts: the row takes them first
+            current = self._rows_by_id(sorted(stale), [*_ITEM_FIELDS, "vector"])
+            fresh = [{**r, **{k: stale[r["id"]][k] for k in _POST_FIELDS if k != "guild_id"}}
+                     for r in current]
+            self._rpc(lambda c: c.upsert(self.name, fresh, timeout=CALL_TIMEOUT))
         self._record_posts(found)
         return out
 

@@ -220,3 +220,17 @@ def test_a_few_allowed_among_many_are_ranked_exactly(milvus_uri, name, monkeypat
         assert view.search(far, 5, offset=1, where=where) == got[1:]
         assert view.search(far, 5, offset=2, where=where) == []
         assert ranked_rows == [2, 2]  # no graph walk
+
+
+def test_a_post_recorded_again_with_other_facts_moves_its_rows_filter(milvus_uri, name):
+    """Recording a picture's own post again updates it (as the embedded store does): the
+    filter then sees the new author and time, not the old ones."""
+    vecs = rand_vecs(1, seed=28)
+    with MilvusStore.create(milvus_uri, name, MODEL, DIM) as store:
+        view = store.view(G)
+        a = view.add([post(1, 10, "ha", author=40, day=0)], vecs)[0]
+        assert view.add_posts([post(1, 10, "ha", author=41, day=3)]) == [a]
+        assert found(view, vecs[0], PostFilter(authors=frozenset({41}))) == [a]
+        assert found(view, vecs[0], PostFilter(authors=frozenset({40}))) == []
+        assert found(view, vecs[0], PostFilter(until=T0 + DAY)) == []
+        assert [(p.author_id, p.posted_at) for p in view.posts(G)] == [(41, T0 + 3 * DAY)]
