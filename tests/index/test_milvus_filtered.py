@@ -234,3 +234,17 @@ def test_a_post_recorded_again_with_other_facts_moves_its_rows_filter(milvus_uri
         assert found(view, vecs[0], PostFilter(authors=frozenset({40}))) == []
         assert found(view, vecs[0], PostFilter(until=T0 + DAY)) == []
         assert [(p.author_id, p.posted_at) for p in view.posts(G)] == [(41, T0 + 3 * DAY)]
+
+
+def test_an_undated_post_passes_no_date_filter_on_its_row(milvus_uri, name):
+    vecs = rand_vecs(2, seed=29)
+    q = unit(vecs.sum(axis=0))
+    with MilvusStore.create(milvus_uri, name, MODEL, DIM) as store:
+        view = store.view(G)
+        undated = NewItem(source=f"discord:{G}/1/11/11", guild_id=G, channel_id=1, message_id=11,
+                          attachment_id=11, content_hash="hu")
+        a, u = view.add([post(1, 10, "ha"), undated], vecs)
+        assert set(found(view, q, PostFilter(channels=frozenset({1})))) == {a, u}
+        assert found(view, q, PostFilter(until=T0 + DAY)) == [a]
+        assert found(view, q, PostFilter(since=T0 - DAY)) == [a]
+        assert found(view, q, PostFilter(authors=frozenset({40}))) == [a]
