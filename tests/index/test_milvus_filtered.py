@@ -202,8 +202,10 @@ def test_the_share_is_sampled_in_a_slice_of_ids_and_reposts_are_never_missed(
             assert got == ranked(by_id, q, want)[:20], chans
 
 
-def test_a_few_allowed_among_many_are_ranked_exactly(milvus_uri, name, monkeypatch):
+@pytest.mark.parametrize("slice_", [400, 20])  # every post read at once; a sample first
+def test_a_few_allowed_among_many_are_ranked_exactly(milvus_uri, name, monkeypatch, slice_):
     """Two allowed of 150 (under 2%): their vectors are read and ranked exactly, pages too."""
+    monkeypatch.setattr(milvus_store, "SHARE_SLICE", slice_)
     ranked_rows = []
     real = milvus_store._ranked
     monkeypatch.setattr(milvus_store, "_ranked",
@@ -221,7 +223,7 @@ def test_a_few_allowed_among_many_are_ranked_exactly(milvus_uri, name, monkeypat
         assert got[-1][1] == pytest.approx(float(vecs[7] @ far), abs=1e-2)
         assert view.search(far, 5, offset=1, where=where) == got[1:]
         assert view.search(far, 5, offset=2, where=where) == []
-        assert ranked_rows == [2, 2]  # no graph walk
+        assert len(ranked_rows) >= 2 and set(ranked_rows) == {2}  # no graph walk
 
 
 def test_a_post_recorded_again_with_other_facts_moves_its_rows_filter(milvus_uri, name):
