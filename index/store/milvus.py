@@ -655,7 +655,7 @@ class MilvusStore(VectorStore):
                         getattr(item, k) != row[k] for k in _FACTS if k != "guild_id"):
                     stale[item.id] = row
         if stale:  # its own post recorded again with other facts: the row takes them first
-            current = self._rows_by_id(sorted(stale), [*_ITEM_FIELDS, "vector"])
+            current = self._rows_by_id(sorted(stale), ["*"])  # every field: an upsert is whole
             fresh = [{**r, **{k: stale[r["id"]][k] for k in _POST_FIELDS if k != "guild_id"}}
                      for r in current]
             self._rpc(lambda c: c.upsert(self.name, fresh, timeout=CALL_TIMEOUT))
