@@ -258,9 +258,31 @@ def faiss_ivf(index):
     return faiss.try_extract_index_ivf(index)
 
 
+def milvus_before(store, q: np.ndarray, k: int, where) -> list[tuple[int, float]]:
+    """MilvusStore.search with a filter as it was before `on_row` (main at 2026-12-01 08:00,
+    its three calls): every allowed id from the posts collection, a count of the items, and
+    the search admitting those ids, ef widened by 1/sqrt(share)."""
+    import math
+
+    from index.store.milvus import EF_SEARCH, MAX_TOPK
+
+    allowed = sorted({int(r["item_id"]) for r in store._passing(where)})
+    if not allowed:
+        return []
+    share = max(len(allowed) / max(len(store), 1), 1e-9)
+    ef = max(k, min(MAX_TOPK, math.ceil(EF_SEARCH / math.sqrt(share))))
+    res = store._client.search(store.name, data=[q.tolist()], limit=k, filter=f"id in {allowed}",
+                               output_fields=["id"],
+                               search_params={"metric_type": "IP", "params": {"ef": ef}})
+    return [(int(h["id"]), float(h["distance"])) for h in (res[0] if res else [])]
+
+
 def milvus_rows(n: int, nq: int, space: Space, tmp: str) -> tuple[str, list]:
     """A real MilvusStore (Milvus Lite in this process, `auto` = HNSW): n items, each one
-    post; unfiltered vs filtered MilvusStore.search, recall against the exact filtered top."""
+    post; then 10% of them posted again (another channel, author and time). Per query, back
+    to back: unfiltered and filtered as before `on_row` (milvus_before) on the whole
+    collection, filtered as the store does now, and unfiltered and filtered through guild
+    1's view (as the bot searches). Recall against the exact filtered top 10."""
     from index.store import NewItem
     from index.store.filtered import PostFilter
     from index.store.milvus import MilvusStore
@@ -270,13 +292,16 @@ def milvus_rows(n: int, nq: int, space: Space, tmp: str) -> tuple[str, list]:
     rng = np.random.default_rng(3)
     posted = 1.7e9 + rng.uniform(0, 1000 * 86400, n)
     channel = rng.integers(0, N_CHANNELS, n)
+    author = rng.integers(1, 500, n)
     store = MilvusStore.create(f"{tmp}/lite.db", "filters_bench", "bench:synthetic", X.shape[1])
+    view = store.view(1)
     t0 = time.perf_counter()
     ids = []
     for s in range(0, n, 2000):
         items = [NewItem(source=f"discord:1/{channel[i] + 1}/{i + 1}/{i + 1}", guild_id=1,
                          channel_id=int(channel[i]) + 1, message_id=i + 1, attachment_id=i + 1,
-                         author_id=7, posted_at=float(posted[i])) for i in range(s, min(n, s + 2000))]
+                         author_id=int(author[i]), posted_at=float(posted[i]),
+                         content_hash=f"h{i}") for i in range(s, min(n, s + 2000))]
         ids += store.add(items, X[s:s + 2000])
     add_s = time.perf_counter() - t0
     ids = np.asarray(ids, dtype=np.int64)
@@ -287,34 +312,75 @@ def milvus_rows(n: int, nq: int, space: Space, tmp: str) -> tuple[str, list]:
             break
         time.sleep(5)
     log(f"Milvus Lite N={n:,}: {done:,} rows indexed")
-    rows = []
-    for share in (0.10, 0.01):
-        chans = channels_passing(channel, share)
-        where = PostFilter(channels=frozenset(c + 1 for c in chans))
-        keep = np.flatnonzero(np.isin(channel, list(chans)))
-        truth = np.argsort(-(Q @ X[keep].T), axis=1)[:, :K]
-        t_plain, t_filt, hits = [], [], 0
-        store.search(Q[0], K)
-        store.search(Q[0], K, where=where)
-        for qi, q in enumerate(Q):
+    facts = [(channel, author, posted)]  # each item's posts: (channel, author, time) arrays
+    rows, notes = [], []
+    for phase in ("one post each", "10% posted twice"):
+        if phase != "one post each":
+            again = rng.random(n) < 0.10
+            rc = rng.integers(0, N_CHANNELS, n)
+            ra = rng.integers(1, 500, n)
+            rt = 1.7e9 + rng.uniform(0, 1000 * 86400, n)
+            picks = np.flatnonzero(again)
             t0 = time.perf_counter()
-            store.search(q, K)
-            t1 = time.perf_counter()
-            found = store.search(q, K, where=where)
-            t2 = time.perf_counter()
-            t_plain.append(t1 - t0)
-            t_filt.append(t2 - t1)
-            hits += len(set(ids[keep[truth[qi]]].tolist()) & {i for i, _ in found})
-        r = hits / (K * len(Q))
-        rows.append([f"{n:,}", f"Milvus Lite HNSW: in: random channels ({share:.0%})",
-                     f"{len(keep) / n:.1%}", "Milvus", ms(median(t_plain)), ms(median(t_filt)),
-                     ms(pct(t_filt, 99)), ratio(median(t_filt) / median(t_plain)), "–", "–",
-                     "–", f"{r:.3f}", "–"])
-        log(f"Milvus Lite N={n:,} {share:.0%}: recall {r:.3f} p50 {median(t_plain) * 1e3:.1f} -> "
-            f"{median(t_filt) * 1e3:.1f} ms; {load()}")
+            for s in range(0, len(picks), 500):
+                store.add_posts([NewItem(source=f"discord:1/{rc[i] + 1}/{n + i + 1}/{n + i + 1}",
+                                         guild_id=1, channel_id=int(rc[i]) + 1,
+                                         message_id=n + i + 1, attachment_id=n + i + 1,
+                                         author_id=int(ra[i]), posted_at=float(rt[i]),
+                                         content_hash=f"h{i}") for i in picks[s:s + 500]])
+            notes.append(f"{len(picks):,} reposts added through add_posts in "
+                         f"{time.perf_counter() - t0:.0f} s")
+            log(f"Milvus Lite N={n:,}: {notes[-1]}")
+            # a repost's facts; -1 / -inf where an item has none
+            facts.append((np.where(again, rc, -1), np.where(again, ra, -1),
+                          np.where(again, rt, -np.inf)))
+        cases = []
+        for share in (0.10, 0.01):
+            chans = channels_passing(channel, share)
+            cases.append((f"in: random channels ({share:.0%})",
+                          PostFilter(channels=frozenset(c + 1 for c in chans)),
+                          lambda c, a, t, chans=chans: np.isin(c, list(chans))))
+        for share in (0.10, 0.01, 0.001):
+            since = float(np.quantile(posted, 1 - share))
+            cases.append((f"after: newest {share:.1%}", PostFilter(since=since),
+                          lambda c, a, t, since=since: t >= since))
+        cases.append(("from: one author (~0.2%)", PostFilter(authors=frozenset({int(author[0])})),
+                      lambda c, a, t: a == author[0]))
+        for name, where, passes in cases:
+            keep = np.flatnonzero(np.any([passes(*f) for f in facts], axis=0))
+            truth = np.argsort(-(Q @ X[keep].T), axis=1)[:, :K]
+            top = min(K, len(keep))  # recall@10 of a filter passing fewer: of all it passes
+            times = {k: [] for k in ("plain", "before", "now", "view plain", "view now")}
+            hits = {k: 0 for k in ("before", "now", "view now")}
+            calls = {"plain": lambda q: store.search(q, K),
+                     "before": lambda q, where=where: milvus_before(store, q, K, where),
+                     "now": lambda q, where=where: store.search(q, K, where=where),
+                     "view plain": lambda q: view.search(q, K),
+                     "view now": lambda q, where=where: view.search(q, K, where=where)}
+            for call in calls.values():
+                call(Q[0])
+            for qi, q in enumerate(Q):
+                want = set(ids[keep[truth[qi]]].tolist())
+                for key, call in calls.items():
+                    t0 = time.perf_counter()
+                    got = call(q)
+                    times[key].append(time.perf_counter() - t0)
+                    if key in hits:
+                        hits[key] += len(want & {i for i, _ in got})
+            for key, how in (("before", "before (main: every allowed id from the posts)"),
+                             ("now", "now"), ("view now", "now, through guild 1's view")):
+                base = median(times["view plain" if key.startswith("view") else "plain"])
+                rows.append([f"{n:,}", f"Milvus Lite HNSW, {phase}: {name}, {how}",
+                             f"{len(keep) / n:.1%}", ms(base), ms(median(times[key])),
+                             ms(pct(times[key], 99)), ratio(median(times[key]) / base),
+                             f"{hits[key] / (top * len(Q)):.3f}", "–"])
+            log(f"Milvus Lite N={n:,} {phase}, {name}: share {len(keep) / n:.4f}; p50 ms "
+                + ", ".join(f"{k} {median(v) * 1e3:.1f}" for k, v in times.items())
+                + "; recall " + ", ".join(f"{k} {v / (top * len(Q)):.3f}" for k, v in hits.items())
+                + f"; {load()}")
     store.close()
     return (f"Milvus Lite N={n:,} (in this process, `auto` = HNSW ef 128): added through "
-            f"MilvusStore.add in {add_s:.0f} s; {load()} at the end"), rows
+            f"MilvusStore.add in {add_s:.0f} s; {'; '.join(notes)}; {load()} at the end"), rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -354,18 +420,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.build_only:
         print("\n".join(notes))
         return 0
+    milvus = []
     for n in args.milvus:
-        import tempfile
         with tempfile.TemporaryDirectory() as tmp:
             note, r = milvus_rows(n, args.milvus_queries, space, tmp)
         notes.append(note)
-        rows += r
+        milvus += r
     print(header("Filtered search: embedded FAISS (`bench/filters.py`, issue 12 part 2)", argv))
     print(f"At the start: {started}.\n")
-    print(table(["N", "filter", "passes", "path", "p50 ms unfiltered",
-                 "p50 ms filtered, cached", "p99 ms filtered, cached", "cached / unfiltered (p50)",
-                 "p50 ms first use", "of which allowed set", "first use / unfiltered (p50)",
-                 "recall@10", "top-100 then drop: recall@10"], rows))
+    if rows:
+        print(table(["N", "filter", "passes", "path", "p50 ms unfiltered",
+                     "p50 ms filtered, cached", "p99 ms filtered, cached", "cached / unfiltered (p50)",
+                     "p50 ms first use", "of which allowed set", "first use / unfiltered (p50)",
+                     "recall@10", "top-100 then drop: recall@10"], rows))
+    if milvus:
+        print()
+        print(table(["N", "filter", "passes", "p50 ms unfiltered", "p50 ms filtered",
+                     "p99 ms filtered", "filtered / unfiltered (p50)", "recall@10",
+                     "top-100 then drop: recall@10"], milvus))
     print()
     for note in notes:
         print(f"- {note}")

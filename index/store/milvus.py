@@ -87,6 +87,24 @@ _PHASH_MAX = 64  # hex digits of a perceptual hash (index/phash.py)
 _POST_FIELDS = ("source", "guild_id", "channel_id", "message_id", "attachment_id", "author_id",
                 "posted_at", "title", "page_url")  # as index.store.posts.Post, less item_id
 _POST_KEYS = ("guild_id", "channel_id", "message_id", "attachment_id")  # all set: a post
+_FACTS = ("guild_id", "channel_id", "author_id", "posted_at")  # what a filter reads of a post
+# an item row that is a post (as _is_post says): its channel, author and time are that post's
+_ROW_IS_POST = " and ".join(f"{k} != 0" for k in _POST_KEYS)  # null != 0 is false in Milvus
+ON_ROW = "on_row"  # posts field: this post's facts are its item row's (see search)
+# A filtered search widens its HNSW walk by the share of items the filter allows. That share
+# is estimated from the allowed items among a slice of the id space (ids are hashes: any
+# slice is a uniform sample) holding about SHARE_SLICE of the view's items, read by the
+# same query that reads the reposts: no count (Milvus Lite reads every row a query or
+# count(*) matches, ~0.06 ms a row: a count of a whole guild of 20k took over a second).
+# ef goes with 1/sqrt(share): a share known to 50% moves it by 25%.
+SHARE_SLICE = 400
+SHARE_HITS = 16  # a guild's size is counted in a slice 16x wider until this many are in it
+# Few allowed (about EXACT_ROWS / 2 or fewer, under EXACT_SHARE of the view): the graph walk
+# would meet almost none, so their vectors are read (at most EXACT_ROWS) and ranked exactly.
+EXACT_ROWS = 256
+EXACT_SHARE = 0.02
+SIZE_TTL_S = 60.0  # how long a view's size (the share's denominator) is reused
+_SIZES: dict[tuple[str, str, int | None], tuple[float, int]] = {}  # -> (monotonic time, size)
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 _INT64_MAX = 2**63 - 1
 
@@ -311,17 +329,21 @@ class MilvusStore(VectorStore):
         # Milvus Lite searches its unflushed rows by rebuilding them into a matrix per search:
         # its writes are flushed at once so searches go through sealed, indexed segments.
         self._lite = "lite" in str(self._rpc(lambda c: c.get_server_version())).lower()
+        self._on_row: bool | None = None  # whether the posts collection has ON_ROW (lazily)
         if owns_client:
             self._ensure_posts()
             self._ensure_records()
+            self._has_on_row()  # once here, for every view of it
 
     def view(self, guild_id: int) -> MilvusStore:
         """This collection as server `guild_id` sees it (shares this store's connection)."""
         self._check_open()
-        return MilvusStore(
+        view = MilvusStore(
             self._client, self.uri, self.name, None, guild_id=guild_id, manifest=self.manifest,
             item_fields=self._item_fields,
         )
+        view._on_row = self._on_row
+        return view
 
     def __enter__(self) -> MilvusStore:
         return self
@@ -387,15 +409,77 @@ class MilvusStore(VectorStore):
             raise StoreError(f"{self.location} has no item with id {missing[0]}")
         return self._stack([found[i] for i in wanted])
 
-    def _allowed(self, where: PostFilter) -> list[int]:
-        """The ids of the items one of whose posts passes `where`: one query, or (more
-        posts pass than a query returns) the iterator."""
-        expr = self._where(where.milvus())
-        rows = self._rpc(lambda c: c.query(self.posts_name, filter=expr, output_fields=["item_id"],
-                                           limit=MAX_TOPK, timeout=SEARCH_TIMEOUT))
+    def _passing(self, where: PostFilter, extra: str = "",
+                 fields: Sequence[str] = ("item_id",)) -> list[dict[str, Any]]:
+        """The posts rows that pass `where` (and `extra`): one query, or (more pass than a
+        query returns) the iterator."""
+        cond = " and ".join(f"({c})" for c in (extra, where.milvus()) if c)
+        rows = self._rpc(lambda c: c.query(self.posts_name, filter=self._where(cond),
+                                           output_fields=list(fields), limit=MAX_TOPK,
+                                           timeout=SEARCH_TIMEOUT))
         if len(rows) >= MAX_TOPK:
-            rows = self._iterate(self.posts_name, ["item_id"], where.milvus())
-        return sorted({int(r["item_id"]) for r in rows})
+            rows = self._iterate(self.posts_name, list(fields), cond)
+        return rows
+
+    def _filter(self, where: PostFilter) -> tuple[str, int, bool]:
+        """The items collection's expression for the items `where` allows, about how many
+        it allows, and whether that number is exact.
+
+        A picture matches through ANY of its posts, and all facts of one post must hold
+        together, so the vector rows (each carrying one post) cannot answer alone. But each
+        item row's channel, author and time are those of one of its posts, the one its posts
+        row marks ON_ROW; most items have only that post. So the expression is the filter
+        on the row itself, or the ids of the items whose other posts (ON_ROW false: reposts,
+        usually few) pass, read from the posts collection. The same query reads the posts
+        that pass within a slice of the item ids, which tells the share allowed (see
+        SHARE_SLICE). Without ON_ROW (a collection from before it) every allowed id is read
+        from the posts collection."""
+        if not self._has_on_row():
+            allowed = sorted({int(r["item_id"]) for r in self._passing(where)})
+            return self._where(f"id in {allowed}"), len(allowed), True
+        part = min(1.0, SHARE_SLICE / max(self._size(), 1))
+        cut = int(part * _INT64_MAX)
+        rows = self._passing(where, f"{ON_ROW} == false or item_id < {cut}" if part < 1.0 else "",
+                             ("item_id", ON_ROW))
+        others = sorted({int(r["item_id"]) for r in rows if not r[ON_ROW]})
+        sampled = len({r["item_id"] for r in rows if part >= 1.0 or r["item_id"] < cut})
+        facts = where.milvus()
+        row = f"{_ROW_IS_POST} and ({facts})" if facts else _ROW_IS_POST
+        # a literal list: Milvus Lite does not take expression templates (filter_params)
+        expr = self._where(f"({row}) or id in {others}" if others else row)
+        return expr, round(sampled / part), part >= 1.0
+
+    def _has_on_row(self) -> bool:
+        if self._on_row is None:
+            desc = self._rpc(lambda c: c.describe_collection(self.posts_name, timeout=CALL_TIMEOUT))
+            self._on_row = any(f.get("name") == ON_ROW for f in desc.get("fields", []))
+        return self._on_row
+
+    def _count(self, expr: str) -> int:
+        rows = self._rpc(lambda c: c.query(self.name, filter=expr, output_fields=["count(*)"],
+                                           timeout=SEARCH_TIMEOUT))
+        return int(rows[0]["count(*)"]) if rows else 0
+
+    def _size(self) -> int:
+        """About how many items this view holds (reused SIZE_TTL_S: it only sizes a walk;
+        a guild's is counted in a slice of the ids, as SHARE_SLICE says)."""
+        key = (self.uri, self.name, self.guild_id)
+        now = time.monotonic()
+        hit = _SIZES.get(key)
+        if hit is not None and now - hit[0] < SIZE_TTL_S:
+            return hit[1]
+        size = total = self._count("")  # the whole collection: no rows read
+        if self.guild_id is not None and total:
+            part = min(1.0, SHARE_SLICE / total)
+            while True:
+                inside = "" if part >= 1.0 else f"id < {int(part * _INT64_MAX)}"
+                hits = self._count(self._where(inside))
+                if hits >= SHARE_HITS or part >= 1.0:
+                    break
+                part = min(1.0, part * 16)
+            size = round(hits / part)
+        _SIZES[key] = (now, size)
+        return size
 
     def has_posts(self) -> bool:
         rows = self._rpc(
@@ -425,9 +509,7 @@ class MilvusStore(VectorStore):
     ) -> list[tuple[int, float]]:
         """(id, inner product), best first, ranks offset .. offset+k-1 (at most MAX_TOPK deep).
 
-        With `where`: the items it allows are read from the posts collection first (a
-        picture matches through any of its posts, so the vector rows, which carry one post,
-        cannot answer it), then the search's own expression admits only their ids."""
+        With `where`: one search whose expression admits the items it allows (see _filter)."""
         if k <= 0:
             return []
         offset = max(0, int(offset))
@@ -436,19 +518,24 @@ class MilvusStore(VectorStore):
         if offset >= depth:
             return []
         expr = self._where()
-        if where is not None:
-            allowed = self._allowed(where)
-            if offset >= len(allowed):
-                return []
-            # a literal list: Milvus Lite does not take expression templates (filter_params)
-            expr = self._where(f"id in {allowed}")
         params = dict(self._search_params)
         if where is not None:
+            expr, count, exact = self._filter(where)
+            if exact and offset >= count:
+                return []
+            size = self._size()
+            if count <= EXACT_ROWS // 2 and count < EXACT_SHARE * size:
+                rows = self._rpc(lambda c: c.query(
+                    self.name, filter=expr, output_fields=["id", "vector"],
+                    limit=EXACT_ROWS + 1, timeout=SEARCH_TIMEOUT))
+                if len(rows) <= EXACT_ROWS:
+                    return _ranked(rows, q)[offset:depth]
+                count = len(rows)  # more than the slice said: at least these
             # an HNSW walk (IVF probe) meets allowed items at the rate they are allowed: widen
             # it as the share shrinks (Milvus Lite's filtered HNSW kept half the exact top 10
             # at ef 128 with 1% allowed, all of it at ef 2048; ef/share (12800) cost 8x the
             # unfiltered search, ef/sqrt(share): see bench/RESULTS.md)
-            share = max(len(allowed) / max(len(self), 1), 1e-9)
+            share = min(1.0, max(count, 0.5) / max(size, 1))
             if "ef" in params:
                 params["ef"] = min(MAX_TOPK, math.ceil(params["ef"] / math.sqrt(share)))
             if "nprobe" in params:
@@ -497,7 +584,7 @@ class MilvusStore(VectorStore):
             row["vector"] = vecs[pos].astype(np.float32).tolist()
             data.append(row)
         self._rpc(lambda c: c.upsert(self.name, data, timeout=CALL_TIMEOUT))
-        self._record_posts([(row["id"], row) for row in data if _is_post(row)])
+        self._record_posts([(row["id"], row, True) for row in data if _is_post(row)])
         self._settle(self.name)
         return ids
 
@@ -547,8 +634,10 @@ class MilvusStore(VectorStore):
 
     # -- provenance: the Discord posts of the pictures --------------------------------
     # Kept in the companion collection `<name>_posts` (one row per post, keyed by its source,
-    # guild id as partition key). Milvus has no transaction over two collections: every
-    # change is ordered so that a crash leaves a state the same call, run again, completes.
+    # guild id as partition key; ON_ROW marks the post whose facts its item row carries, so
+    # a filtered search reads only the others). Milvus has no transaction over two
+    # collections: every change is ordered so that a crash leaves a state the same call,
+    # run again, completes (a post not yet marked ON_ROW is found through this collection).
 
     def add_posts(self, new_posts: Sequence[NewItem]) -> list[int | None]:
         """Record more posts of pictures already stored (a picture posted again).
@@ -557,7 +646,8 @@ class MilvusStore(VectorStore):
         content hash in its guild; None (not recorded) where no such picture is stored."""
         rows = [self._row(p) for p in new_posts]
         out: list[int | None] = []
-        found: list[tuple[int, dict[str, Any]]] = []
+        found: list[tuple[int, dict[str, Any], bool]] = []
+        stale: dict[int, dict[str, Any]] = {}  # item -> its own post, with other facts
         for p, row in zip(new_posts, rows, strict=True):
             if not _is_post(row):
                 raise StoreError(
@@ -567,8 +657,16 @@ class MilvusStore(VectorStore):
             if item is None and row["content_hash"]:
                 item = self.find_hash(row["content_hash"], row["guild_id"])
             out.append(None if item is None else item.id)
-            if item is not None:
-                found.append((item.id, row))
+            if item is not None:  # its item row carries it if it is that row's own post
+                found.append((item.id, row, item.source == row["source"]))
+                if item.source == row["source"] and any(
+                        getattr(item, k) != row[k] for k in _FACTS if k != "guild_id"):
+                    stale[item.id] = row
+        if stale:  # its own post recorded again with other facts: the row takes them first
+            current = self._rows_by_id(sorted(stale), ["*"])  # every field: an upsert is whole
+            fresh = [{**r, **{k: stale[r["id"]][k] for k in _POST_FIELDS if k != "guild_id"}}
+                     for r in current]
+            self._rpc(lambda c: c.upsert(self.name, fresh, timeout=CALL_TIMEOUT))
         self._record_posts(found)
         return out
 
@@ -650,6 +748,14 @@ class MilvusStore(VectorStore):
             out.repointed[item_id] = heir["source"]
         if repoint:
             self._rpc(lambda c: c.upsert(self.name, repoint, timeout=CALL_TIMEOUT))
+        # then the posts left that their rows now carry are marked so (a crash before this
+        # leaves them found through the posts collection; the same call, run again, marks)
+        self._record_posts([
+            (int(r["item_id"]), r, True) for r in left
+            if r["source"] == out.repointed.get(int(r["item_id"]))
+            or (r.get(ON_ROW) is False and r["item_id"] in current
+                and current[r["item_id"]]["source"] == r["source"])
+        ])
         out.removed = sorted(orphans)
         self._delete(out.removed)
         for chunk in _chunks(out.posts):
@@ -732,14 +838,17 @@ class MilvusStore(VectorStore):
     def posts_name(self) -> str:
         return posts_collection(self.name)
 
-    def _record_posts(self, pairs: list[tuple[int, dict[str, Any]]]) -> None:
-        """Upsert post rows (item id, item row describing the post)."""
-        if not pairs:
+    def _record_posts(self, posts: list[tuple[int, dict[str, Any], bool]]) -> None:
+        """Upsert post rows (item id, item row describing the post, whether that item's
+        own row carries this post's facts: ON_ROW, where the collection has it)."""
+        if not posts:
             return
-        last = {row["source"]: (i, row) for i, row in pairs}  # one row per post source
+        last = {row["source"]: (i, row, on) for i, row, on in posts}  # one row per source
+        flag = self._has_on_row()
         data = [
-            {**{k: row[k] for k in _POST_FIELDS}, "item_id": int(i), "v": [1.0, 0.0]}
-            for i, row in last.values()
+            {**{k: row[k] for k in _POST_FIELDS}, "item_id": int(i), "v": [1.0, 0.0],
+             **({ON_ROW: bool(on)} if flag else {})}
+            for i, row, on in last.values()
         ]
         self._rpc(lambda c: c.upsert(self.posts_name, data, timeout=CALL_TIMEOUT))
         self._settle(self.posts_name)  # Lite: unflushed rows are scanned by every query
@@ -751,7 +860,7 @@ class MilvusStore(VectorStore):
                 lambda c: c.query(
                     self.posts_name,
                     filter=self._where(where),
-                    output_fields=[*_POST_FIELDS, "item_id"],
+                    output_fields=self._post_fields(),
                     limit=MAX_TOPK,
                     timeout=CALL_TIMEOUT,
                 )
@@ -777,7 +886,10 @@ class MilvusStore(VectorStore):
         return out
 
     def _scan_posts(self, where: str) -> list[dict[str, Any]]:
-        return self._iterate(self.posts_name, [*_POST_FIELDS, "item_id"], where)
+        return self._iterate(self.posts_name, self._post_fields(), where)
+
+    def _post_fields(self) -> list[str]:
+        return [*_POST_FIELDS, "item_id", *([ON_ROW] if self._has_on_row() else [])]
 
     def _iterate(self, collection: str, fields: list[str], where: str) -> list[dict[str, Any]]:
         """Every row of `collection` in this view matching `where`, read in batches."""
@@ -813,7 +925,7 @@ class MilvusStore(VectorStore):
             for r in self._scan(self._item_fields, "message_id is not null and attachment_id is not null")
             if _is_post(r)
         ]
-        self._record_posts([(int(r["id"]), r) for r in rows])
+        self._record_posts([(int(r["id"]), r, True) for r in rows])
 
     # -- internals -------------------------------------------------------------------
 
@@ -1228,6 +1340,9 @@ def _create_posts_collection(client: Any, name: str) -> None:
     schema.add_field("posted_at", DataType.DOUBLE, nullable=True)
     schema.add_field("title", DataType.VARCHAR, max_length=_TEXT_MAX)
     schema.add_field("page_url", DataType.VARCHAR, max_length=_TEXT_MAX)
+    # a process of a clipfind from before ON_ROW writes rows without it: False, which is
+    # always right (the post is then found through this collection)
+    schema.add_field(ON_ROW, DataType.BOOL, default_value=False)
     schema.add_field("v", DataType.FLOAT_VECTOR, dim=2)  # Milvus wants a vector field
     client.create_collection(name, schema=schema, consistency_level="Strong",
                              timeout=CALL_TIMEOUT)
@@ -1289,6 +1404,16 @@ def _quote(text: str) -> str:
 
 def _oldest(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return min(rows, key=lambda r: (r["added_at"], r["id"]))
+
+
+def _ranked(rows: list[dict[str, Any]], q: np.ndarray) -> list[tuple[int, float]]:
+    """(id, inner product) of rows with vectors, best first (ties: lower id first)."""
+    if not rows:
+        return []
+    ids = np.asarray([int(r["id"]) for r in rows], dtype=np.int64)
+    scores = np.asarray([r["vector"] for r in rows], dtype=np.float32) @ q
+    order = np.lexsort((ids, -scores))
+    return [(int(ids[i]), float(scores[i])) for i in order]
 
 
 def _to_item(r: dict[str, Any]) -> Item:
