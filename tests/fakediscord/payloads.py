@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
@@ -13,7 +12,7 @@ from urllib.parse import quote
 from .intents import GUILD_PRESENCES, MESSAGE_CONTENT
 from .models import Attachment, Guild, Message
 from .records import API_VERSION, InteractionRecord
-from .snowflake import iso_timestamp
+from .snowflake import iso_timestamp, snowflake_time
 
 
 class Payloads:
@@ -133,7 +132,9 @@ class Payloads:
         return data
 
     def _attachment_url(self, att: Attachment, *, proxy: bool = False) -> str:
-        issued = int(time.time())
+        # issued when the attachment was made (its snowflake's time), so that every payload
+        # naming it gives one URL, as Discord's does within a signature's life
+        issued = int(snowflake_time(att.id).timestamp())
         expires = issued + 86400
         sig = self._cdn_signature(att.id, self._cdn_epoch)
         host = self.base_url + ("/media" if proxy else "")
