@@ -157,44 +157,29 @@ def _read(pairs: list[tuple[_Job, bytes | None]], failed: list):
 
 
 def _decode(loaded, pairs: list[tuple[_Job, bytes | None]], failed: list) -> _Prepared:
-    """Read (files), decode and preprocess one chunk; runs in a worker thread. A model
-    without `preprocess` (the encoder service's stand-in) gets the checked bytes instead."""
-    if loaded.preprocess is None:
-        return _checked_bytes(pairs, failed)
-    from .pixels import resize_stage, to_pixels
-    stage = resize_stage(loaded.preprocess)
-    jobs, hashes, images, phashes = [], [], [], []
+    """Read (files), decode, hash and preprocess one chunk; runs in a worker thread. A model
+    without `preprocess` (the encoder service's stand-in) gets the bytes, checked to
+    decode, instead of pixels."""
+    stage = None
+    if loaded.preprocess is not None:
+        from .pixels import resize_stage, to_pixels
+        stage = resize_stage(loaded.preprocess)
+    jobs, hashes, phashes, inputs = [], [], [], []
     for j, data in _read(pairs, failed):
         source = j.item.source
         try:
             img = open_image(data, name=source)
-            images.append(stage(img))
+            inputs.append(stage(img) if stage else data)
         except ClipfindError as e:
             failed.append((source, str(e)))
             continue
         jobs.append(j)
         hashes.append(j.item.content_hash or content_hash(data))
         phashes.append(j.item.phash or phash(img))
-    if not images:
+    if not inputs:
         return _Prepared(jobs, hashes, None, phashes)
-    return _Prepared(jobs, hashes, to_pixels(loaded.preprocess, images), phashes)
-
-
-def _checked_bytes(pairs: list[tuple[_Job, bytes | None]], failed: list) -> _Prepared:
-    """Read (files) and check that each picture decodes; keep the bytes as they are."""
-    jobs, hashes, datas, phashes = [], [], [], []
-    for j, data in _read(pairs, failed):
-        source = j.item.source
-        try:
-            img = open_image(data, name=source)
-        except ClipfindError as e:
-            failed.append((source, str(e)))
-            continue
-        jobs.append(j)
-        datas.append(data)
-        hashes.append(j.item.content_hash or content_hash(data))
-        phashes.append(j.item.phash or phash(img))
-    return _Prepared(jobs, hashes, datas or None, phashes)
+    pixels = to_pixels(loaded.preprocess, inputs) if stage else inputs
+    return _Prepared(jobs, hashes, pixels, phashes)
 
 
 def _store(collection: Collection, prepared: _Prepared, vectors: np.ndarray,

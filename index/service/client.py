@@ -166,7 +166,7 @@ class RemoteEncoder:
 
     async def encode_pixels(self, pixels: list[bytes], priority: int = SEARCH) -> np.ndarray:
         """The build pipeline's chunk: for this encoder, the pictures' bytes (see
-        build._checked_bytes)."""
+        build._decode)."""
         return await self.encode_images(list(pixels), priority)
 
     async def preprocess(self, images):
