@@ -93,22 +93,14 @@ class MemberActions(World):
         self, channel_id: int, message_id: int, user_id: int, emoji: str
     ) -> None:
         """``user_id`` reacts with ``emoji`` (``'👍'`` or ``'name:id'``); dispatches MESSAGE_REACTION_ADD."""
-        msg = self._message(channel_id, message_id)
-        parsed = parse_emoji(emoji)
-        if parsed is None:
-            raise ValueError(f"not an emoji: {emoji!r}")
-        self._add_reaction(msg, parsed, user_id)
+        self._add_reaction(self._message(channel_id, message_id), _emoji(emoji), user_id)
         await self.gateway.drain()
 
     async def remove_reaction(
         self, channel_id: int, message_id: int, user_id: int, emoji: str
     ) -> None:
         """``user_id`` removes their reaction; dispatches MESSAGE_REACTION_REMOVE."""
-        msg = self._message(channel_id, message_id)
-        parsed = parse_emoji(emoji)
-        if parsed is None:
-            raise ValueError(f"not an emoji: {emoji!r}")
-        self._remove_reaction(msg, parsed, user_id)
+        self._remove_reaction(self._message(channel_id, message_id), _emoji(emoji), user_id)
         await self.gateway.drain()
 
     async def delete_message(self, channel_id: int, message_id: int) -> None:
@@ -247,3 +239,10 @@ class MemberActions(World):
         await self.gateway.drain()
         return rec
 
+
+def _emoji(text: str) -> dict:
+    """The emoji a test names (``'👍'`` or ``'name:id'``); ValueError for anything else."""
+    parsed = parse_emoji(text)
+    if parsed is None:
+        raise ValueError(f"not an emoji: {text!r}")
+    return parsed
