@@ -28,8 +28,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import REPO, header, machine, median, ms, pct, ratio, table
+from bench.liteserver import LiteServer
 from bench.search import K, exact_topk, numpy_fp32, per_query, recall
 from bench.vectors import Space
 
@@ -119,52 +118,6 @@ def fresh_process_rss(path: Path, q: np.ndarray) -> tuple[float, float]:
     return added, total
 
 
-def _default_sigint() -> None:
-    """SIGINT back to its default in the server: a background job (nohup ... &) inherits it
-    ignored, and then the server never shuts down cleanly on it."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-class LiteServer:
-    """`milvus-lite server` on a free loopback port, stopped by its pid."""
-
-    def __init__(self, data: Path):
-        self.data = data
-        self.proc: subprocess.Popen | None = None
-        self.port = 0
-
-    def start(self) -> str:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        exe = Path(sys.executable).with_name("milvus-lite")
-        self.log = open(self.data.with_suffix(".log"), "a")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [str(exe), "server", "--data-dir", str(self.data), "--host", "127.0.0.1",
-             "--port", str(self.port)], stdout=self.log, stderr=subprocess.STDOUT,
-            preexec_fn=_default_sigint)
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return f"http://127.0.0.1:{self.port}"
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"milvus-lite server exited: see {self.log.name}")
-            time.sleep(0.2)
-        raise RuntimeError("milvus-lite server did not start")
-
-    def stop(self) -> None:
-        """SIGINT: the server drains its background work (compaction, index builds), closes."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=3600)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-
 def milvus_rows(X: np.ndarray, Q: np.ndarray, truth: np.ndarray, tmp: Path, args,
                 index_type: str) -> tuple[list[dict], str]:
     from pymilvus import MilvusClient
@@ -173,7 +126,7 @@ def milvus_rows(X: np.ndarray, Q: np.ndarray, truth: np.ndarray, tmp: Path, args
 
     n, dim = X.shape
     data = tmp / "milvus-data"
-    server = LiteServer(data)
+    server = LiteServer(data, log=data.with_suffix(".log"))
     uri = server.start()
     name = "bench"
     through_store = min(n, args.milvus_store_adds or n)
@@ -216,7 +169,7 @@ def milvus_rows(X: np.ndarray, Q: np.ndarray, truth: np.ndarray, tmp: Path, args
         client = MilvusClient(uri=uri)
         client.flush(name, timeout=3600)
         client.close()
-        server.stop()  # waits for the background compaction + index builds
+        server.stop(timeout=3600)  # waits for the background compaction + index builds
         uri = server.start()
         client = MilvusClient(uri=uri)
         client.load_collection(name, timeout=3600)
