@@ -120,7 +120,8 @@ def config(folder: Path, collection: Path, threads: int) -> Path:
 
 def at_rest(threads: int, argv: list[str] | None) -> int:
     """The idle bot with the bundled model against a bare `import torch` process."""
-    from index.models import DEFAULT_MODEL, load_model
+    from index.models import load_model
+    from index.modelspec import DEFAULT_MODEL
     from index.store import Collection
 
     print(header("Memory at rest: the bot with the bundled model against bare torch", argv))
@@ -162,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.at_rest:
         return at_rest(args.threads, argv)
 
-    from index.models import DEFAULT_MODEL, load_model
+    from index.models import load_model
+    from index.modelspec import DEFAULT_MODEL
     from index.store import Collection
 
     print(header("Memory: the bot process idle with a large collection", argv))

@@ -65,8 +65,8 @@ _EXPORTS: dict[str, str] = {
     "FLOOR_GROWTH": "floor:GROWTH",  # the floor is calibrated again at this many times the items
     "floor_of": "floor",  # the relevance floor stored with a collection (index/floor.py)
     # models
-    "DEFAULT_MODEL": "models",
-    "parse_spec": "models",
+    "DEFAULT_MODEL": "modelspec",
+    "parse_spec": "modelspec",
     # images and fetching them safely (public addresses only, size and time limits)
     "IMAGE_EXTENSIONS": "images",
     "open_image": "images",

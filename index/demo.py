@@ -14,7 +14,7 @@ from typing import TextIO
 
 from .build import build
 from .engine import Engine, EngineOptions
-from .models import DEFAULT_MODEL
+from .modelspec import DEFAULT_MODEL
 from .sources import scan_folder
 from .synthetic import DEMO_COUNT, DEMO_SEED, write_gallery
 

@@ -473,7 +473,7 @@ def _open_milvus(path: Path, model: str | None, create: bool, index_type: str,
 
 
 def _canonical(spec: str) -> str:
-    from .models import parse_spec
+    from .modelspec import parse_spec
     return parse_spec(spec).canonical
 
 
@@ -494,7 +494,8 @@ def make_encoder(model: str | None, options: EngineOptions, collection: Path | N
                                 f"{wants} {model}; start the service with --model {model}")
         return encoder
     from .encoder import Encoder
-    from .models import DEFAULT_MODEL, load_model
+    from .models import load_model
+    from .modelspec import DEFAULT_MODEL
     loaded = load_model(model or DEFAULT_MODEL, options.device)
     return Encoder(loaded, max_batch=options.max_batch, max_wait_ms=options.max_wait_ms,
                    queue_size=options.queue_size, cache_size=options.cache_size,

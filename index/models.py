@@ -32,24 +32,10 @@ import torch
 
 from . import lazypkg
 from .errors import ModelError
+from .modelspec import ModelSpec, parse_spec
 from .texttower import TextParts, text_parts
 
-BUILTIN_DIR = Path(__file__).parent / "models"
-BUILTINS = {"tiny-shapes": BUILTIN_DIR / "tiny-shapes"}
-DEFAULT_MODEL = "builtin:tiny-shapes"
-RANDOM_TAG = "random"
-
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A parsed spec. `canonical` is what a collection's manifest records."""
-
-    canonical: str
-    open_clip_name: str  # what open_clip.create_model takes
-    pretrained: str | None = None  # pretrained tag, None for local-dir/hf-hub/random
-    downloads: bool = False  # whether loading may reach the network
 
 
 # What `import open_clip` pulls in that only some towers use: timm (timm vision towers) and
@@ -173,43 +159,6 @@ def _needs_optional_libraries(parsed: ModelSpec) -> bool:
     vision, text = cfg.get("vision_cfg") or {}, cfg.get("text_cfg") or {}
     return bool(vision.get("timm_model_name") or text.get("hf_model_name")
                 or text.get("hf_tokenizer_name"))
-
-
-def parse_spec(spec: str) -> ModelSpec:
-    spec = (spec or "").strip()
-    if not spec:
-        raise ModelError(f"no model given; use e.g. {DEFAULT_MODEL} or ViT-B-32:laion2b_s34b_b79k")
-    if spec.startswith("builtin:"):
-        name = spec.removeprefix("builtin:")
-        if name not in BUILTINS:
-            raise ModelError(f"unknown built-in model {spec!r}; built-ins: "
-                             + ", ".join(f"builtin:{n}" for n in BUILTINS))
-        return ModelSpec(spec, f"local-dir:{BUILTINS[name]}")
-    if spec.startswith("local-dir:"):
-        path = Path(spec.removeprefix("local-dir:")).expanduser().resolve()
-        if not (path / "open_clip_config.json").is_file():
-            raise ModelError(f"{spec}: no open_clip_config.json in {path}; a local-dir model needs "
-                             "open_clip_config.json and its weights (open_clip_model.safetensors)")
-        return ModelSpec(f"local-dir:{path}", f"local-dir:{path}")
-    if spec.startswith("hf-hub:"):
-        if "/" not in spec.removeprefix("hf-hub:"):
-            raise ModelError(f"{spec}: an hf-hub spec names a repository, e.g. hf-hub:org/repo")
-        return ModelSpec(spec, spec, downloads=True)
-    open_clip = open_clip_module()  # only named models need its registry
-    name, _, tag = spec.partition(":")
-    if name not in open_clip.list_models():
-        raise ModelError(f"unknown model {name!r}; use {DEFAULT_MODEL}, local-dir:/path, "
-                         "hf-hub:org/repo or an open_clip name such as ViT-B-32:laion2b_s34b_b79k")
-    tags = open_clip.list_pretrained_tags_by_model(name)
-    if not tag:
-        hint = f"{name}:{tags[0]}" if tags else f"{name}:{RANDOM_TAG}"
-        raise ModelError(f"model {name!r} needs a pretrained tag, e.g. {hint} "
-                         f"(tags: {', '.join(tags) or 'none'}; '{RANDOM_TAG}' for random weights)")
-    if tag == RANDOM_TAG:
-        return ModelSpec(spec, name)
-    if tag not in tags:
-        raise ModelError(f"model {name!r} has no pretrained tag {tag!r}; tags: {', '.join(tags) or 'none'}")
-    return ModelSpec(spec, name, pretrained=tag, downloads=True)
 
 
 def pick_device(device: str = "auto") -> tuple[torch.device, torch.dtype]:

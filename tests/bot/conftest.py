@@ -26,7 +26,7 @@ import pytest  # noqa: E402
 from bot.config import Settings  # noqa: E402
 from index.build import build  # noqa: E402
 from index.engine import Engine  # noqa: E402
-from index.models import DEFAULT_MODEL  # noqa: E402
+from index.modelspec import DEFAULT_MODEL  # noqa: E402
 from index.sources import scan_folder  # noqa: E402
 from index.synthetic import write_gallery  # noqa: E402
 

@@ -14,7 +14,7 @@ from bot.core import Core, FindRequest
 from index.build import build
 from index.engine import Engine
 from index.errors import StoreUnavailable
-from index.models import DEFAULT_MODEL
+from index.modelspec import DEFAULT_MODEL
 from index.sources import scan_folder
 
 DOWN = StoreUnavailable().args[0]

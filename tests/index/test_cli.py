@@ -261,6 +261,17 @@ def test_refused_searches_exit_at_once_with_one_line(demo_collection, tmp_path):
         assert not out
 
 
+def test_help_and_a_refused_query_do_not_load_torch(tmp_path):
+    """A typo answers at once: the help and a refused query import neither torch nor the
+    model code (importing torch alone takes a second or more on this kind of machine)."""
+    for args in (["--help"], ["search", "--index", str(tmp_path / "none"), "--", "#2 cat"]):
+        p = subprocess.run([sys.executable, "-X", "importtime", "-m", "index", *args],
+                           capture_output=True, text=True, env=ENV, timeout=120)
+        imported = {line.rsplit("|", 1)[-1].strip() for line in p.stderr.splitlines()
+                    if line.startswith("import time:")}
+        assert "index" in imported and not {"torch", "index.models"} & imported, args
+
+
 def test_build_names_a_fifo_it_skips(tmp_path, demo_gallery):
     src = tmp_path / "imgs"
     src.mkdir()

@@ -17,7 +17,8 @@ from index.build import build
 from index.encoder import Encoder
 from index.engine import Engine
 from index.errors import Busy, HeatmapUnavailable, ItemGone, QueryError
-from index.models import LoadedModel, ModelSpec
+from index.models import LoadedModel
+from index.modelspec import ModelSpec
 from index.overlay import overlay_png
 from index.sources import scan_folder
 from index.store import Collection, NewItem

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from index.errors import ModelError
-from index.models import BUILTINS, load_model, parse_spec, pick_device
+from index.models import load_model, pick_device
+from index.modelspec import BUILTINS, parse_spec
 
 
 def test_builtin_is_a_local_dir_under_25_mb():
@@ -132,7 +133,8 @@ assert not heavy, heavy
 import torch
 assert torch._dynamo.utils.is_compile_supported("cpu") in (True, False)  # the real one loads
 assert "sympy" in sys.modules
-from index.models import _needs_optional_libraries, open_clip_module, parse_spec
+from index.models import _needs_optional_libraries, open_clip_module
+from index.modelspec import parse_spec
 needs = {s: _needs_optional_libraries(parse_spec(s)) for s in
          ("builtin:tiny-shapes", "ViT-B-32:random", "convnext_tiny:random", "roberta-ViT-B-32:random")}
 assert needs == {"builtin:tiny-shapes": False, "ViT-B-32:random": False,
