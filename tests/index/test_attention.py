@@ -45,8 +45,10 @@ def paths(enc: Encoder) -> list[bool]:
     return [False, True] if enc._packed_matches() else [False]
 
 
-@pytest.fixture(params=["tiny", "vitb32"])
+@pytest.fixture(scope="module", params=["tiny", "vitb32"])
 def model_encoder(request):
+    """One encoder per model for the module (a ViT-B-32 warm-up takes seconds); each test
+    clears the text cache it relies on."""
     loaded = request.getfixturevalue(request.param)
     enc = Encoder(loaded, threads=1, max_wait_ms=0)
     assert enc.wait_ready(120)
@@ -79,6 +81,7 @@ async def test_captured_weights_equal_the_separate_read_out(model_encoder):
 
 async def test_one_pass_per_batch_and_the_cache_keeps_the_weights(model_encoder):
     _, enc = model_encoder
+    enc._cache.clear()
     before = enc.stats.batches
     codes = await enc.encode_text_codes(TEXTS)
     assert enc.stats.batches - before == 1  # vectors and weights of all four: one pass
