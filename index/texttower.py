@@ -136,9 +136,13 @@ def pool_and_project(parts: TextParts, x: torch.Tensor, eot: torch.Tensor) -> to
 
 
 def encode_text_trimmed(parts: TextParts, tokens: torch.Tensor, normalize: bool = True,
-                        attend: bool = False):
-    """Text vectors; with `attend`, (vectors, rows): rows as `run_blocks` gives them."""
-    x, eot, _, rows = run_blocks(parts, tokens, attend=True) if attend else (*run_blocks(parts, tokens), None)
+                        attend: bool = False, linear=None):
+    """Text vectors; with `attend`, (vectors, rows): rows as `run_blocks` gives them.
+    `linear`: as for `run_blocks`."""
+    if attend:
+        x, eot, _, rows = run_blocks(parts, tokens, linear=linear, attend=True)
+    else:
+        (x, eot, _), rows = run_blocks(parts, tokens, linear=linear), None
     out = pool_and_project(parts, x, eot)
     out = F.normalize(out, dim=-1) if normalize else out
     return (out, rows) if attend else out
