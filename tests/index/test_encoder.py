@@ -132,6 +132,37 @@ async def test_a_lone_text_gives_the_models_vector_whichever_pass_warm_up_chose(
         assert np.abs(got - ref).max() < 1e-5
 
 
+async def test_padded_texts_take_the_lean_walk_only_where_warm_up_found_it_equal(tiny,
+                                                                                   monkeypatch):
+    """The padded pass walks the blocks functionally when that gives the module walk's
+    vectors; a tower where it does not (here: made to differ) keeps the module walk, and
+    its vectors stay the model's."""
+    import index.encoder as encoder_module
+    with torch.inference_mode():
+        ref = tiny.model.encode_text(tiny.tokenizer(["purple triangle"]), normalize=True).numpy()
+    enc = Encoder(tiny)
+    try:
+        assert enc.wait_ready(30) and enc._lean_padded
+    finally:
+        enc.close()
+    real = encoder_module.encode_text_trimmed
+
+    def lean_differs(parts, tokens, normalize=True, attend=False, linear=None):
+        out = real(parts, tokens, normalize, attend, linear)
+        if linear is None:
+            return out
+        return (out[0] + 1e-3, out[1]) if attend else out + 1e-3
+
+    monkeypatch.setattr(encoder_module, "encode_text_trimmed", lean_differs)
+    enc = Encoder(tiny)
+    try:
+        assert enc.wait_ready(30) and not enc._lean_padded
+        enc.pin("text", False)
+        assert np.abs(await enc.encode_texts(["purple triangle"]) - ref).max() < 1e-5
+    finally:
+        enc.close()
+
+
 def test_close_during_warm_up_stops_the_model_thread(tiny, monkeypatch):
     """A process that exits while the model thread runs torch ops aborts (SIGABRT,
     'terminate called without an active exception'): close() must leave no model thread
