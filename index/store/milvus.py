@@ -645,17 +645,23 @@ class MilvusStore(VectorStore):
         Each points at the item stored under its source, else the oldest item with its
         content hash in its guild; None (not recorded) where no such picture is stored."""
         rows = [self._row(p) for p in new_posts]
-        out: list[int | None] = []
-        found: list[tuple[int, dict[str, Any], bool]] = []
-        stale: dict[int, dict[str, Any]] = {}  # item -> its own post, with other facts
         for p, row in zip(new_posts, rows, strict=True):
             if not _is_post(row):
                 raise StoreError(
                     f"{p.source} is not a Discord post (guild, channel, message, attachment)"
                 )
-            item = self.by_source(row["source"])
+        by_source = self._oldest_by("source", {None: [r["source"] for r in rows]})
+        by_hash = self._oldest_by("content_hash", {  # per guild, those not stored by source
+            g: [r["content_hash"] for r in rows
+                if r["guild_id"] == g and r["content_hash"] and r["source"] not in by_source]
+            for g in {r["guild_id"] for r in rows}})
+        out: list[int | None] = []
+        found: list[tuple[int, dict[str, Any], bool]] = []
+        stale: dict[int, dict[str, Any]] = {}  # item -> its own post, with other facts
+        for row in rows:
+            item = by_source.get(row["source"])
             if item is None and row["content_hash"]:
-                item = self.find_hash(row["content_hash"], row["guild_id"])
+                item = by_hash.get((row["guild_id"], row["content_hash"]))
             out.append(None if item is None else item.id)
             if item is not None:  # its item row carries it if it is that row's own post
                 found.append((item.id, row, item.source == row["source"]))
@@ -668,6 +674,23 @@ class MilvusStore(VectorStore):
                      for r in current]
             self._rpc(lambda c: c.upsert(self.name, fresh, timeout=CALL_TIMEOUT))
         self._record_posts(found)
+        return out
+
+    def _oldest_by(self, field: str, wanted: dict[int | None, list[str]]) -> dict[Any, Item]:
+        """The oldest item for each value of `field` (a string field), a few queries per
+        batch rather than one per value: {value: item} for the values of key None, and
+        {(guild, value): item} for those of a guild key (looked up within that guild)."""
+        out: dict[Any, Item] = {}
+        for guild, values in wanted.items():
+            rows: dict[str, list[dict[str, Any]]] = {}
+            for chunk in _chunks(sorted(set(values))):
+                where = f"{field} in {_quote_list(chunk)}"
+                if guild is not None:
+                    where += f" and guild_id == {int(guild)}"
+                for r in self._query(where, self._item_fields):
+                    rows.setdefault(r[field], []).append(r)
+            for value, found in rows.items():
+                out[value if guild is None else (guild, value)] = _to_item(_oldest(found))
         return out
 
     def known(self, sources: Iterable[str]) -> set[str]:
