@@ -115,7 +115,7 @@ def test_servers_are_kept_apart(tmp_path, store):
     with store.create(tmp_path / "c", MODEL, DIM) as c:
         a, b = c.add([post(1, 10, 100, "hx"), post(1, 10, 100, "hx", guild=8)], rand_vecs(2))
         # the same picture in server 8 is not server 7's to hold
-        assert c.add_posts([post(1, 11, 110, "hx", guild=8)]) == [b]
+        assert c.add_posts([post(1, 11, 110, "hx", guild=8), post(1, 13, 130, "hx")]) == [b, a]
         assert c.forget_posts(guild_id=G, channel_id=1).removed == [a]
         assert holder(c, "hx", guild=8) == (1, 10, 100) and len(c.posts(8)) == 2
 
