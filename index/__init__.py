@@ -56,6 +56,8 @@ _EXPORTS: dict[str, str] = {
     "build_collection": "build:build",  # `index.build` is also the module's name
     "add_vectors": "build",
     "BuildReport": "build",
+    "rehash_collection": "rehash:rehash",  # perceptual hashes of items stored before them
+    "RehashReport": "rehash",
     "make_demo": "demo",
     "migrate_collection": "migrate:migrate",  # folder <-> Milvus, resumable (python -m index migrate)
     "MigrateEndpoint": "migrate:Endpoint",

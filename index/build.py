@@ -175,7 +175,8 @@ def _decode(loaded, pairs: list[tuple[_Job, bytes | None]], failed: list) -> _Pr
             continue
         jobs.append(j)
         hashes.append(j.item.content_hash or content_hash(data))
-        phashes.append(j.item.phash or phash(img))
+        ph = j.item.phash or phash(img)
+        phashes.append("" if ph is None else ph)  # '': looked at, one flat colour, none
     if not inputs:
         return _Prepared(jobs, hashes, None, phashes)
     pixels = to_pixels(loaded.preprocess, inputs) if stage else inputs

@@ -1,0 +1,239 @@
+"""Perceptual hashes for the items stored before they existed (python -m index rehash).
+
+Near-copies are told apart by their perceptual hashes (index/nearcopies.py); an item
+stored before the hash was made at ingestion has none, and falls back to the cosine,
+which merges distinct pictures of one shape under the bundled model. Ingesting such an
+item again would re-encode it; its vector is right, only the hash is missing, so this
+reads the picture again, decodes it and stores its hash, nothing else:
+
+- the items listed are those read from a picture (they have a content hash) with no
+  perceptual hash; imported vectors (no picture was ever read) are not;
+- a source is read where it was at build time: a local file, or an http(s) URL through
+  the safe fetcher (index/netfetch.py: its size and time limits, and with `public_only`
+  only public addresses); a Discord library's items (`discord:` sources, whose CDN URLs
+  expire) only through a `fetch` the caller hands in (the bot can fetch a post again);
+- bytes that are no longer those stored (their content hash differs: the file was
+  replaced) are not hashed: the hash would describe another picture than the vector;
+- a picture of one flat colour has no hash: it is marked '' (looked at, none), so the
+  next run does not read it again;
+- each batch is committed as it is hashed (one transaction in SQLite, one upsert in
+  Milvus), and only items still without a hash are listed and written: a stopped run
+  loses at most its batch in flight, and a second run has nothing left to hash.
+
+Sources that cannot be read are reported and kept without a hash (their items keep
+working, grouped by the cosine). A store that cannot keep hashes (a Milvus Lite
+collection made before the field, which Lite cannot add) is refused in one line that
+says how to move it into one that can.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ClipfindError, StoreError
+from .images import content_hash, open_image
+from .netfetch import FetchLimits, fetch_many
+from .phash import phash
+from .store import Collection, Item
+from .store.items import META, ItemTable
+
+BATCH = 64  # items read, hashed and committed together
+
+# a caller's reader for sources the engine cannot read itself (a Discord library's posts):
+# items -> (item, its bytes or why they cannot be had), for every item given
+Fetch = Callable[[list[Item]], Awaitable[list[tuple[Item, bytes | str]]]]
+
+
+@dataclass
+class RehashReport:
+    missing: int = 0  # items without a hash when the run started
+    hashed: int = 0
+    flat: int = 0  # pictures of one flat colour: none to make (marked, not read again)
+    unreachable: list[tuple[str, str]] = field(default_factory=list)  # (source, why)
+    elsewhere: int = 0  # sources only their face can read (discord:), none handed in
+
+    def summary(self) -> str:
+        s = f"hashed {self.hashed}"
+        if self.flat:
+            s += f", {self.flat} flat (one colour: no hash to make)"
+        s += f", unreachable {len(self.unreachable)} sources kept without a hash"
+        if self.elsewhere:
+            s += (f", {self.elsewhere} Discord library items left (the bot hashes its "
+                  "library itself)")
+        return s
+
+
+class _TableHashes:
+    """The embedded store's side: its meta.sqlite on a connection of our own (the hashes
+    change no vector and no index, so the collection's own connection need not know)."""
+
+    def __init__(self, coll: Collection):
+        self.table = ItemTable.open(Path(coll.path) / META, coll.manifest.dim)
+        try:
+            self.table.check_schema()
+        except BaseException:
+            self.table.close()
+            raise
+        self.readonly = self.table.readonly
+        self.where = f"collection {coll.path}"
+
+    def unhashed_ids(self) -> list[int]:
+        return self.table.unhashed_ids()
+
+    def count_unhashed(self) -> int:
+        return self.table.count_unhashed()
+
+    def set_phashes(self, hashes: dict[int, str]) -> int:
+        return self.table.write(lambda conn: ItemTable.set_phashes(conn, hashes),
+                                lambda _: False)[0]
+
+    def close(self) -> None:
+        self.table.close()
+
+
+class _StoreHashes:
+    """A store that keeps the hashes itself (Milvus)."""
+
+    def __init__(self, store: Any):
+        self.store, self.readonly = store, False
+        self.where = getattr(store, "location", repr(store))
+
+    def unhashed_ids(self) -> list[int]:
+        return self.store.unhashed_ids()
+
+    def count_unhashed(self) -> int:
+        return self.store.count_unhashed()
+
+    def set_phashes(self, hashes: dict[int, str]) -> int:
+        return self.store.set_phashes(hashes)
+
+    def close(self) -> None:
+        pass
+
+
+def _hashes(store: Any) -> _TableHashes | _StoreHashes:
+    if isinstance(store, Collection):
+        return _TableHashes(store)
+    return _StoreHashes(store)
+
+
+def cannot_keep(store: Any) -> str | None:
+    """Why `store` cannot keep perceptual hashes, and how to move it into one that can
+    (None: it can)."""
+    if getattr(store, "keeps_phash", True):
+        return None
+    uri, name = getattr(store, "uri", "URI"), getattr(store, "name", "NAME")
+    return (f"{store.location} cannot keep perceptual hashes (it was made before them, and "
+            f"this Milvus cannot add a field to it): migrate it into a new collection, which "
+            f"keeps them (python -m index migrate --from {uri} --name {name} --to NEW_FOLDER), "
+            f"then rehash that")
+
+
+def unhashed_note(store: Any, fix: str) -> str | None:
+    """One line for a collection that has items without a perceptual hash (None: it has
+    none): how many, what it costs, and `fix` (the command that makes them)."""
+    why = cannot_keep(store)
+    h = None if why else _hashes(store)
+    try:
+        n = store.count_unhashed() if h is None else h.count_unhashed()
+        where = store.location if h is None else h.where
+    finally:
+        if h is not None:
+            h.close()
+    if not n:
+        return None
+    what = (f"{n} item{'s' if n > 1 else ''} of {where} "
+            f"{'have' if n > 1 else 'has'} no perceptual hash (stored before it existed), so "
+            f"near-copies among them are told by the vectors alone")
+    return f"{what}; {why}" if why else f"{what}; `{fix}` makes them"
+
+
+async def rehash(store: Any, *, batch: int = BATCH, limits: FetchLimits | None = None,
+                 public_only: bool = True, fetch: Fetch | None = None,
+                 progress: Callable[[int], None] | None = None,
+                 started: Callable[[int], None] | None = None) -> RehashReport:
+    """Make and store the perceptual hash of `store`'s items that lack one (see the
+    module's rule). `started(n)` is told how many there are before the first is read;
+    `progress(k)` after each batch of k."""
+    why = cannot_keep(store)
+    if why:
+        raise StoreError(why)
+    limits = limits or FetchLimits()
+    h = _hashes(store)
+    try:
+        if h.readonly:
+            raise StoreError(f"{h.where} is read-only here (its folder cannot be written): "
+                             "copy it somewhere writable to rehash it")
+        ids = await asyncio.to_thread(h.unhashed_ids)
+        report = RehashReport(missing=len(ids))
+        if started:
+            started(len(ids))
+        for s in range(0, len(ids), max(1, batch)):
+            part = ids[s:s + max(1, batch)]
+            items = await asyncio.to_thread(store.get, part)
+            pairs = await _load(items, limits, public_only, fetch, report)
+            found = await asyncio.to_thread(_hash_all, pairs, report)
+            if found:
+                await asyncio.to_thread(h.set_phashes, found)
+            if progress:
+                progress(len(part))
+        return report
+    finally:
+        h.close()
+
+
+async def _load(items: list[Item], limits: FetchLimits, public_only: bool,
+                fetch: Fetch | None, report: RehashReport
+                ) -> list[tuple[Item, bytes | str | None]]:
+    """Each readable item with its bytes, or why they cannot be had, or None: a local file,
+    read by the hashing thread (`_hash_all`)."""
+    urls = [it for it in items if it.source.startswith(("http://", "https://"))]
+    posts = [it for it in items if it.source.startswith("discord:")]
+    out: list[tuple[Item, bytes | str | None]] = [
+        (it, None) for it in items if not it.source.startswith(("http://", "https://", "discord:"))]
+    if urls:
+        ok, bad = await fetch_many([it.source for it in urls], public_only=public_only,
+                                   limits=limits)
+        got, reasons = dict(ok), dict(bad)
+        out += [(it, got[it.source] if it.source in got
+                 else reasons.get(it.source, "not fetched")) for it in urls]
+    if posts and fetch is None:
+        report.elsewhere += len(posts)
+    elif posts:
+        out += await fetch(posts)
+    return out
+
+
+def _hash_all(pairs: Sequence[tuple[Item, bytes | str | None]],
+              report: RehashReport) -> dict[int, str]:
+    """id -> perceptual hash ('' for a flat picture) of the pictures that could be read and
+    are still the bytes stored; the others go to `report.unreachable`."""
+    out: dict[int, str] = {}
+    for it, data in pairs:
+        if isinstance(data, str):
+            report.unreachable.append((it.source, data))
+            continue
+        try:
+            if data is None:
+                data = Path(it.source).read_bytes()
+            if content_hash(data) != it.content_hash:
+                report.unreachable.append((it.source, "it is not the picture stored any more "
+                                           "(its bytes changed): build again to index it anew"))
+                continue
+            ph = phash(open_image(data, name=it.source))
+        except OSError as e:
+            report.unreachable.append((it.source, f"cannot read: {e.strerror or e}"))
+            continue
+        except ClipfindError as e:
+            report.unreachable.append((it.source, str(e)))
+            continue
+        out[it.id] = ph or ""
+        if ph:
+            report.hashed += 1
+        else:
+            report.flat += 1
+    return out
