@@ -1159,25 +1159,42 @@ class MilvusStore(VectorStore):
 
     def set_phashes(self, hashes: dict[int, str]) -> int:
         """Give items still without a perceptual hash theirs ('': the picture has none);
-        returns how many changed. Each row is written back whole (Milvus updates rows by
-        upsert) with its vector and fields as read, its posts untouched."""
+        returns how many changed. A partial upsert (id, partition key and hash): the vector
+        and the other fields stay as they are, and an item removed meanwhile is refused by
+        Milvus (its row would lack a vector), never written back."""
         if not self.keeps_phash:
             raise StoreError(f"{self.location} cannot keep perceptual hashes")
         for item_id, h in hashes.items():
             if h and not phash_valid(h):
                 raise StoreError(f"item {item_id}: phash {h!r} is not a perceptual hash")
-        if not hashes:
+        rows = [{"id": int(r["id"]), "guild_id": r["guild_id"], "phash": hashes[int(r["id"])]}
+                for r in self._rows_by_id(list(hashes), ["id", "guild_id", "phash"])
+                if r.get("phash") is None]
+        if not rows:
             return 0
+
+        def upsert(part: list[dict[str, Any]]) -> None:
+            self._rpc(lambda c: c.upsert(self.name, part, partial_update=True,
+                                         timeout=CALL_TIMEOUT))
+
+        done = len(rows)
         with _write_lock(self.uri, self._lite):
-            rows = [r for r in self._rows_by_id(list(hashes), [*self._item_fields, "vector"])
-                    if r.get("phash") is None]
-            for r in rows:
-                r["phash"] = hashes[int(r["id"])]
-                r["vector"] = np.asarray(r["vector"], dtype=np.float32).tolist()
-            if rows:
-                self._rpc(lambda c: c.upsert(self.name, rows, timeout=CALL_TIMEOUT))
-                self._settle(self.name)
-        return len(rows)
+            try:
+                upsert(rows)
+            except StoreUnavailable:
+                raise
+            except StoreError:  # one was removed meanwhile: the others one by one
+                done = 0
+                for row in rows:
+                    try:
+                        upsert([row])
+                    except StoreUnavailable:
+                        raise
+                    except StoreError:
+                        continue
+                    done += 1
+            self._settle(self.name)
+        return done
 
     def _fields_with_phash(self) -> list[str]:
         """_ITEM_FIELDS, with `phash` where the collection has it, or the server can add it

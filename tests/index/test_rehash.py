@@ -264,3 +264,36 @@ def test_the_engine_open_note_is_one_line_and_absent_when_nothing_is_missing(tmp
     with caplog.at_level(logging.WARNING, logger="index.engine"):
         Engine.open(index).close()
     assert caplog.records == []
+
+
+def test_a_hash_never_brings_back_an_item_removed_meanwhile(store, tmp_path):
+    import numpy as np
+
+    from index.rehash import _hashes
+    from index.store import NewItem
+    coll = store.create(tmp_path / "r", "m", 4)
+    try:
+        ids = coll.add([NewItem(source=f"/r/{i}.png", content_hash=f"{i}" * 64) for i in range(2)],
+                       np.eye(4)[:2])
+        hashes = _hashes(coll)
+        assert hashes.unhashed_ids() == sorted(ids)
+        if store.kind == "milvus":  # removed between reading the rows and writing them
+            read = coll._rows_by_id
+
+            def read_then_removed(*a, **kw):
+                rows = read(*a, **kw)
+                if "phash" in a[1]:
+                    coll.remove([ids[0]])
+                return rows
+
+            coll._rows_by_id = read_then_removed
+        else:
+            coll.remove([ids[0]])  # (a member deleted their post while the hashes were made)
+        assert hashes.set_phashes({ids[0]: "a" * 64, ids[1]: "b" * 64}) == 1
+        if store.kind == "milvus":
+            del coll._rows_by_id
+        hashes.close()
+        assert len(coll) == 1 and coll.get(ids) == coll.get([ids[1]])
+        assert coll.get([ids[1]])[0].phash == "b" * 64
+    finally:
+        coll.close()
