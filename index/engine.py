@@ -382,6 +382,15 @@ class Engine:
     def remove(self, ids: list[int]) -> int:
         return self.collection.remove(ids)
 
+    async def rehash(self, *, fetch=None, public_only: bool = True, batch: int | None = None,
+                     progress=None):
+        """Make the perceptual hashes of the items stored before them (index/rehash.py): a
+        `rehash.RehashReport`. `fetch`: how the caller reads the sources only it can (a
+        Discord library's posts: items -> [(item, bytes or why not)])."""
+        from .rehash import BATCH, rehash
+        return await rehash(self.collection, fetch=fetch, public_only=public_only,
+                            batch=batch or BATCH, progress=progress)
+
     # -- provenance: the Discord posts of the pictures (index/store/posts.py) ----------------
     # add_images records the post of each picture it stores and of each repeat it skips.
     # Blocking calls (SQLite): run them in a thread.
