@@ -313,8 +313,21 @@ def cmd_info(a) -> int:
     with _open_collection(a) as col:
         m = col.manifest
         print(f"collection {a.index}\n  model: {m.model}\n  items: {len(col)}\n  dim: {m.dim}\n"
-              f"  index: {col.index_description}\n  relevance floor: {_floor_info(col)}")
+              f"  index: {col.index_description}\n  relevance floor: {_floor_info(col)}\n"
+              f"  perceptual hashes: {_hash_info(a, col)}")
     return 0
+
+
+def _hash_info(a, col) -> str:
+    from . import unhashed_count
+    n = unhashed_count(col)
+    if n is None:
+        return "this collection cannot keep them (python -m index rehash says how to move it)"
+    if not n:
+        return "every item read from a picture has one"
+    return (f"{n} item{'s' if n > 1 else ''} without one (stored before them): "
+            f"python -m index rehash --index {a.index}"
+            + (" --store milvus" if a.store == "milvus" else ""))
 
 
 def _floor_info(col) -> str:

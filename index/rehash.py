@@ -133,6 +133,18 @@ def cannot_keep(store: Any) -> str | None:
             f"then rehash that")
 
 
+def unhashed_count(store: Any) -> int | None:
+    """How many of `store`'s items read from a picture have no perceptual hash (None: the
+    store cannot keep them, see cannot_keep)."""
+    if cannot_keep(store):
+        return None
+    h = _hashes(store)
+    try:
+        return h.count_unhashed()
+    finally:
+        h.close()
+
+
 def unhashed_note(store: Any, fix: str) -> str | None:
     """One line for a collection that has items without a perceptual hash (None: it has
     none): how many, what it costs, and `fix` (the command that makes them)."""
