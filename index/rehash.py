@@ -29,6 +29,8 @@ says how to move it into one that can.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,14 +84,25 @@ class _TableHashes:
         self.where = f"collection {coll.path}"
 
     def unhashed_ids(self) -> list[int]:
-        return self.table.unhashed_ids()
+        with self._errors("read"):
+            return self.table.unhashed_ids()
 
     def count_unhashed(self) -> int:
-        return self.table.count_unhashed()
+        with self._errors("read"):
+            return self.table.count_unhashed()
 
     def set_phashes(self, hashes: dict[int, str]) -> int:
-        return self.table.write(lambda conn: ItemTable.set_phashes(conn, hashes),
-                                lambda _: False)[0]
+        with self._errors("store perceptual hashes in"):
+            return self.table.write(lambda conn: ItemTable.set_phashes(conn, hashes),
+                                    lambda _: False)[0]
+
+    @contextlib.contextmanager
+    def _errors(self, doing: str):
+        """SQLite's errors as one StoreError line naming the collection."""
+        try:
+            yield
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot {doing} {self.where}: {e}") from e
 
     def close(self) -> None:
         self.table.close()
