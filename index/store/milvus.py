@@ -1183,7 +1183,7 @@ class MilvusStore(VectorStore):
                 upsert(rows)
             except StoreUnavailable:
                 raise
-            except StoreError:  # one was removed meanwhile: the others one by one
+            except StoreError:  # one was removed meanwhile? the others one by one
                 done = 0
                 for row in rows:
                     try:
@@ -1191,6 +1191,8 @@ class MilvusStore(VectorStore):
                     except StoreUnavailable:
                         raise
                     except StoreError:
+                        if self._rows_by_id([row["id"]], ["id"]):
+                            raise  # still there: the write itself failed
                         continue
                     done += 1
             self._settle(self.name)

@@ -300,3 +300,25 @@ def test_a_hash_never_brings_back_an_item_removed_meanwhile(store, tmp_path):
         assert coll.get([ids[1]])[0].phash == "b" * 64
     finally:
         coll.close()
+
+
+def test_a_milvus_that_refuses_the_write_is_an_error_not_a_silent_skip(
+        milvus_uri, tmp_path, monkeypatch):
+    import numpy as np
+
+    from index.errors import StoreError
+    from index.store import NewItem
+    from index.store.milvus import MilvusStore
+    coll = MilvusStore.create(milvus_uri, "refuses", "m", 4)
+    try:
+        ids = coll.add([NewItem(source="/w/0.png", content_hash="0" * 64)], np.eye(4)[:1])
+
+        def refuse(*a, **kw):  # (a server without partial updates)
+            raise RuntimeError("partial update is not supported")
+
+        monkeypatch.setattr(coll._client, "upsert", refuse)
+        with pytest.raises(StoreError, match="partial update is not supported"):
+            coll.set_phashes({ids[0]: "c" * 64})
+    finally:
+        monkeypatch.undo()
+        coll.close()
