@@ -235,6 +235,12 @@ def test_rehash_bad_inputs_are_one_line_each(tmp_path, monkeypatch):
     bad = cli("rehash", "--index", index, "--batch", "0", check=False)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: --batch 0")
 
+    from index.store import items as items_mod
+    monkeypatch.setattr(items_mod, "writable", lambda db: False)  # a `:ro` mount
+    ro = cli("rehash", "--index", index, check=False)
+    assert ro.returncode == 2 and len(ro.stderr.strip().splitlines()) == 1
+    assert "read-only here" in ro.stderr and "copy it somewhere writable" in ro.stderr
+
 
 def test_a_milvus_collection_that_cannot_keep_hashes_is_told_how_to_move(
         tmp_path, monkeypatch, caplog):
