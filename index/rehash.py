@@ -30,8 +30,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,7 @@ from .store import Collection, Item
 from .store.items import META, ItemTable
 
 BATCH = 64  # items read, hashed and committed together
+WORKERS = min(8, os.cpu_count() or 1)  # threads reading, decoding and hashing a batch
 
 # a caller's reader for sources the engine cannot read itself (a Discord library's posts):
 # items -> (item, its bytes or why they cannot be had), for every item given
@@ -189,6 +192,7 @@ async def rehash(store: Any, *, batch: int = BATCH, limits: FetchLimits | None =
         raise StoreError(why)
     limits = limits or FetchLimits()
     h = _hashes(store)
+    pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="clipfind-rehash")
     try:
         if h.readonly:
             raise StoreError(f"{h.where} is read-only here (its folder cannot be written): "
@@ -201,13 +205,14 @@ async def rehash(store: Any, *, batch: int = BATCH, limits: FetchLimits | None =
             part = ids[s:s + max(1, batch)]
             items = await asyncio.to_thread(store.get, part)
             pairs = await _load(items, limits, public_only, fetch, report)
-            found = await asyncio.to_thread(_hash_all, pairs, report)
+            found = await _hash_all(pairs, pool, report)
             if found:
                 await asyncio.to_thread(h.set_phashes, found)
             if progress:
                 progress(len(part))
         return report
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         h.close()
 
 
@@ -233,30 +238,42 @@ async def _load(items: list[Item], limits: FetchLimits, public_only: bool,
     return out
 
 
-def _hash_all(pairs: Sequence[tuple[Item, bytes | str | None]],
-              report: RehashReport) -> dict[int, str]:
-    """id -> perceptual hash ('' for a flat picture) of the pictures that could be read and
-    are still the bytes stored; the others go to `report.unreachable`."""
+class _Unreadable(str):
+    """Why a picture could not be hashed (what `_hash_one` answers instead of a hash)."""
+
+
+def _hash_one(it: Item, data: bytes | str | None) -> str:
+    """The item's perceptual hash ('' for a flat picture), or an _Unreadable: the bytes
+    cannot be had, or are no longer those stored (the hash would describe another picture
+    than the vector). Runs in a worker thread; local files are read here."""
+    if isinstance(data, str):
+        return _Unreadable(data)
+    try:
+        if data is None:
+            data = Path(it.source).read_bytes()
+        if content_hash(data) != it.content_hash:
+            return _Unreadable("it is not the picture stored any more (its bytes changed): "
+                               "build again to index it anew")
+        return phash(open_image(data, name=it.source)) or ""
+    except OSError as e:
+        return _Unreadable(f"cannot read: {e.strerror or e}")
+    except ClipfindError as e:
+        return _Unreadable(str(e))
+
+
+async def _hash_all(pairs: Sequence[tuple[Item, bytes | str | None]], pool: Executor,
+                    report: RehashReport) -> dict[int, str]:
+    """id -> perceptual hash of the pictures that could be read, made on `pool`'s threads
+    (decoding releases the GIL); the others go to `report.unreachable`."""
+    loop = asyncio.get_running_loop()
+    made = await asyncio.gather(*(loop.run_in_executor(pool, _hash_one, it, data)
+                                  for it, data in pairs))
     out: dict[int, str] = {}
-    for it, data in pairs:
-        if isinstance(data, str):
-            report.unreachable.append((it.source, data))
+    for (it, _), ph in zip(pairs, made, strict=True):
+        if isinstance(ph, _Unreadable):
+            report.unreachable.append((it.source, str(ph)))
             continue
-        try:
-            if data is None:
-                data = Path(it.source).read_bytes()
-            if content_hash(data) != it.content_hash:
-                report.unreachable.append((it.source, "it is not the picture stored any more "
-                                           "(its bytes changed): build again to index it anew"))
-                continue
-            ph = phash(open_image(data, name=it.source))
-        except OSError as e:
-            report.unreachable.append((it.source, f"cannot read: {e.strerror or e}"))
-            continue
-        except ClipfindError as e:
-            report.unreachable.append((it.source, str(e)))
-            continue
-        out[it.id] = ph or ""
+        out[it.id] = ph
         if ph:
             report.hashed += 1
         else:
