@@ -46,6 +46,7 @@ from .store import Collection, Item
 from .store.items import META, ItemTable
 
 BATCH = 64  # items read, hashed and committed together
+RECORD = "rehash"  # the store record: how many items the last full run left without a hash
 WORKERS = min(8, os.cpu_count() or 1)  # threads reading, decoding and hashing a batch
 
 # a caller's reader for sources the engine cannot read itself (a Discord library's posts):
@@ -172,12 +173,21 @@ def unhashed_note(store: Any, fix: str) -> str | None:
     finally:
         if h is not None:
             h.close()
-    if not n:
-        return None
-    what = (f"{n} item{'s' if n > 1 else ''} of {where} "
-            f"{'have' if n > 1 else 'has'} no perceptual hash (stored before it existed), so "
-            f"near-copies among them are told by the vectors alone")
+    if not n or (not why and n <= _left_by_last_run(store)):
+        return None  # (those the last run could not read: its summary said so)
+    what = (f"{n} items of {where} have no perceptual hash (stored before it existed), so "
+            f"near-copies among them are told by the vectors alone" if n > 1 else
+            f"1 item of {where} has no perceptual hash (stored before it existed), so its "
+            f"near-copies are told by the vectors alone")
     return f"{what}; {why}" if why else f"{what}; `{fix}` makes them"
+
+
+def _left_by_last_run(store: Any) -> int:
+    """How many items the last complete rehash could not hash (0: none, or never run)."""
+    try:
+        return int(store.read_record(RECORD) or 0)
+    except ValueError:
+        return 0
 
 
 async def rehash(store: Any, *, batch: int = BATCH, limits: FetchLimits | None = None,
@@ -210,6 +220,8 @@ async def rehash(store: Any, *, batch: int = BATCH, limits: FetchLimits | None =
                 await asyncio.to_thread(h.set_phashes, found)
             if progress:
                 progress(len(part))
+        left = await asyncio.to_thread(h.count_unhashed)
+        await asyncio.to_thread(store.write_record, RECORD, str(left))
         return report
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
