@@ -21,7 +21,9 @@ reads the picture again, decodes it and stores its hash, nothing else:
   loses at most its batch in flight, and a second run has nothing left to hash.
 
 Sources that cannot be read are reported and kept without a hash (their items keep
-working, grouped by the cosine). A store that cannot keep hashes (a Milvus Lite
+working, grouped by the cosine). A complete run records how many it left (the record
+"rehash"), so that opening the collection, which says in one line how many items lack a
+hash (`unhashed_note`), stops saying it for those: the run's summary named them. A store that cannot keep hashes (a Milvus Lite
 collection made before the field, which Lite cannot add) is refused in one line that
 says how to move it into one that can.
 """
