@@ -23,9 +23,9 @@ reads the picture again, decodes it and stores its hash, nothing else:
 Sources that cannot be read are reported and kept without a hash (their items keep
 working, grouped by the cosine). A complete run records how many it left (the record
 "rehash"), so that opening the collection, which says in one line how many items lack a
-hash (`unhashed_note`), stops saying it for those: the run's summary named them. A store that cannot keep hashes (a Milvus Lite
-collection made before the field, which Lite cannot add) is refused in one line that
-says how to move it into one that can.
+hash (`unhashed_note`), stops saying it for those: the run's summary named them. A store
+that cannot keep hashes (a Milvus Lite collection made before the field, which Lite
+cannot add) is refused in one line that says how to move it into one that can.
 """
 
 from __future__ import annotations

@@ -77,7 +77,6 @@ CREATE TABLE IF NOT EXISTS items (
 CREATE INDEX IF NOT EXISTS items_content_hash ON items(content_hash);
 CREATE INDEX IF NOT EXISTS items_discord ON items(guild_id, channel_id, message_id);
 CREATE INDEX IF NOT EXISTS items_message ON items(message_id);
-CREATE INDEX IF NOT EXISTS items_unhashed ON items(id) WHERE phash IS NULL AND content_hash != '';
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO state(key, value) VALUES ('generation', 0);
 """
@@ -163,6 +162,8 @@ def create_database(db: Path) -> None:
     conn = connect(db)
     try:
         conn.executescript(SCHEMA)
+        for statement in _ADDED_INDEXES.values():
+            conn.execute(statement)
         conn.execute(
             "INSERT OR IGNORE INTO state(key, value) VALUES ('uid', ?)", (secrets.randbits(62),)
         )
