@@ -272,6 +272,7 @@ class Library:
         self._downloads = asyncio.Semaphore(DOWNLOADS)
         self._live: set[asyncio.Task] = set()
         self._rehash: dict[int, asyncio.Task] = {}  # guild -> its pictures' hashes being made
+        self._rehash_turn = asyncio.Semaphore(1)  # one library at a time (threads, fetches)
         self.sizer = ChunkSizer()
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -603,7 +604,8 @@ class Library:
     async def _rehash_guild(self, g: GuildLibrary) -> None:
         """The perceptual hashes of the pictures stored before them (see the module)."""
         try:
-            report = await g.engine.rehash(fetch=self._posted_bytes)
+            async with self._rehash_turn:
+                report = await g.engine.rehash(fetch=self._posted_bytes)
         except asyncio.CancelledError:
             raise
         except ClipfindError as e:
