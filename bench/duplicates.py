@@ -6,11 +6,12 @@ as their bytes are read, against dropped after decoding and encoding (the store 
 Galleries (bench.encoder.make_folder): 128-px shapes PNGs, and photo-like 640×480 JPEGs
 (decoding costs more). Each picture is written three times under other names (the same
 bytes: a repost). Each round builds both ways into fresh collections with one encoder of
-the bundled model, in alternating order, so both see the same load; "store step" is the
-build with the early check switched off (index.build._repeat answering no), which leaves
-the duplicates to the store step as before. Prints the median seconds of each way, their
-ratio, and how many pictures the model encoded (bench/RESULTS.md, "Duplicates dropped
-before decoding").
+the bundled model, in alternating order, so both see the same load. "store step" is the
+way before: the early check switched off (index.build._repeat answering no), so every
+copy is decoded, hashed and encoded, and dropped after that by the rule the store step
+had (`store_step_rule` here: a content hash seen earlier in the run). Prints the median
+seconds of each way, their ratio, and how many pictures the model encoded
+(bench/RESULTS.md, "Duplicates dropped before decoding").
 """
 
 from __future__ import annotations
@@ -38,6 +39,27 @@ def tripled(src: Path, dst: Path) -> int:
     return len(list(dst.iterdir()))
 
 
+def store_step_rule(real_store):
+    """index.build._store as it was: the copies reach it encoded, and it drops those whose
+    content hash came earlier in the run (a fresh collection holds nothing else)."""
+    seen: set = set()
+
+    def store(collection, prepared, vectors, report):
+        keep = []
+        for i, (j, h) in enumerate(zip(prepared.jobs, prepared.hashes, strict=True)):
+            if (j.item.guild_id, h) in seen:
+                prepared.repeats.append((j, h))
+            else:
+                seen.add((j.item.guild_id, h))
+                keep.append(i)
+        prepared.jobs = [prepared.jobs[i] for i in keep]
+        prepared.hashes = [prepared.hashes[i] for i in keep]
+        prepared.phashes = [prepared.phashes[i] for i in keep]
+        return real_store(collection, prepared, vectors[keep], report)
+
+    return store
+
+
 async def one_build(folder: Path, coll_dir: Path, encoder, early: bool) -> tuple[float, int, int]:
     """Seconds to build `folder` into a new collection, pictures encoded, items stored."""
     import index.build as build_mod
@@ -45,7 +67,7 @@ async def one_build(folder: Path, coll_dir: Path, encoder, early: bool) -> tuple
     from index.store import Collection
     coll = Collection.create(coll_dir, encoder.loaded.name, encoder.loaded.dim)
     encoded = 0
-    real_encode, real_repeat = encoder.encode_pixels, build_mod._repeat
+    real_encode, real_repeat, real_store = encoder.encode_pixels, build_mod._repeat, build_mod._store
 
     async def counting(pixels, **kw):
         nonlocal encoded
@@ -55,6 +77,7 @@ async def one_build(folder: Path, coll_dir: Path, encoder, early: bool) -> tuple
     encoder.encode_pixels = counting
     if not early:
         build_mod._repeat = lambda *a: False
+        build_mod._store = store_step_rule(real_store)
     try:
         records = scan_folder(folder)
         t0 = time.perf_counter()
@@ -62,7 +85,7 @@ async def one_build(folder: Path, coll_dir: Path, encoder, early: bool) -> tuple
         seconds = time.perf_counter() - t0
     finally:
         encoder.encode_pixels = real_encode
-        build_mod._repeat = real_repeat
+        build_mod._repeat, build_mod._store = real_repeat, real_store
         coll.close()
     return seconds, encoded, report.added
 

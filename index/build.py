@@ -11,9 +11,10 @@ posted; `Engine.add_images`) all go through `build`, with one de-duplication rul
   item with a guild id is that guild; of one without, the whole collection. A duplicate
   Discord post is recorded as another post of the stored picture (provenance, see
   index/store/posts.py), so the picture stays while any of its posts remains. The hash
-  comes from the bytes, so a duplicate is recognised as soon as they are read, and is
-  neither decoded nor encoded; the store step asks again before it writes (another
-  process may have stored the picture meanwhile).
+  comes from the bytes, so a duplicate is recognised as soon as they are read (looked up
+  once), and is neither decoded nor encoded. (Two processes storing the same bytes under
+  two sources at the same moment may both store them, as a check before any write could
+  let them: the two items are then one result, by their content hash.)
 
 Every picture stored also gets its perceptual hash (index/phash.py), made from the decoded
 pixels here, whatever the path: what index/nearcopies.py recognises re-encoded copies by.
@@ -207,30 +208,20 @@ def _decode(loaded, pairs: list[tuple[_Job, bytes | None]], failed: list,
 
 
 def _store(collection: Collection, prepared: _Prepared, vectors: np.ndarray,
-           seen: set[tuple[int | None, str]], report: BuildReport) -> None:
-    """Drop duplicates (see the module's rule) and store one encoded chunk in one
-    transaction, then the posts of its repeats in another (a crash between loses only
-    those records: their sources are not known, so the next run reads them again); runs in
-    a thread."""
-    items, keep, repeats = [], [], []
-    for j, h in prepared.repeats:  # found before decoding
+           report: BuildReport) -> None:
+    """Store one encoded chunk in one transaction, then the posts of its repeats (the
+    duplicates `_decode` set aside, see the module's rule) in another (a crash between loses
+    only those records: their sources are not known, so the next run reads them again);
+    runs in a thread."""
+    repeats = []
+    for j, h in prepared.repeats:
         report.duplicates += 1
         report.skipped.append(j.item.source)
         if _is_post(j.item):
             repeats.append(replace(j.item, content_hash=h))
-    for i, (j, h, ph) in enumerate(zip(prepared.jobs, prepared.hashes, prepared.phashes,
-                                       strict=True)):
-        scope = j.item.guild_id
-        dup = collection.find_hash(h, scope)
-        if (scope, h) in seen or (dup is not None and dup.source != j.item.source):
-            report.duplicates += 1
-            report.skipped.append(j.item.source)
-            if _is_post(j.item):
-                repeats.append(replace(j.item, content_hash=h))
-            continue
-        items.append(replace(j.item, content_hash=h, phash=ph))
-        keep.append(i)
-        seen.add((scope, h))
+    items = [replace(j.item, content_hash=h, phash=ph)
+             for j, h, ph in zip(prepared.jobs, prepared.hashes, prepared.phashes, strict=True)]
+    keep = list(range(len(items)))
     vectors = np.asarray(vectors)
     while items:  # one bad item must not cost its chunk: it is reported, the rest stored
         try:
@@ -293,7 +284,6 @@ async def build(collection: Collection, encoder: Encoder, records: list[SourceRe
     chunks = [todo[i:i + chunk] for i in range(0, len(todo), chunk)]
     decoded: asyncio.Queue[_Prepared | None] = asyncio.Queue(maxsize=lookahead)
     encoded: asyncio.Queue[tuple[_Prepared, np.ndarray] | None] = asyncio.Queue(maxsize=1)
-    seen: set[tuple[int | None, str]] = set()
     claimed: set[tuple[int | None, str]] = set()  # (scope, hash) of the pictures decoded
 
     async def produce():
@@ -310,7 +300,7 @@ async def build(collection: Collection, encoder: Encoder, records: list[SourceRe
     async def write():
         while (job := await encoded.get()) is not None:
             prepared, vectors = job
-            await asyncio.to_thread(_store, collection, prepared, vectors, seen, report)
+            await asyncio.to_thread(_store, collection, prepared, vectors, report)
             if progress:
                 progress(len(prepared.jobs) + len(prepared.repeats))
 
