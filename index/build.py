@@ -17,7 +17,9 @@ posted; `Engine.add_images`) all go through `build`, with one de-duplication rul
   let them: the two items are then one result, by their content hash.)
 
 Every picture stored also gets its perceptual hash (index/phash.py), made from the decoded
-pixels here, whatever the path: what index/nearcopies.py recognises re-encoded copies by.
+pixels here, whatever the path: what index/nearcopies.py recognises re-encoded copies by
+('' for a picture of one flat colour, which has none: looked at, so never listed by
+index/rehash.py, which makes the hashes of items stored before them).
 
 Each chunk of images is committed to SQLite in one transaction with its vectors, so a
 killed build resumes where it stopped: sources already stored with the same stamp are
@@ -100,7 +102,7 @@ class _Prepared:
     jobs: list[_Job]
     hashes: list[str]
     pixels: torch.Tensor | list[bytes] | None  # bytes: for an encoder that decodes them itself
-    phashes: list[str | None] = field(default_factory=list)  # perceptual hash, per job
+    phashes: list[str] = field(default_factory=list)  # perceptual hash per job ('': none)
     repeats: list[tuple[_Job, str]] = field(default_factory=list)  # duplicates, with their hash
 
 
