@@ -145,7 +145,8 @@ def cannot_keep(store: Any) -> str | None:
     (None: it can)."""
     if getattr(store, "keeps_phash", True):
         return None
-    uri, name = getattr(store, "uri", "URI"), getattr(store, "name", "NAME")
+    from .store.milvus import redact  # (only a Milvus store may lack the field)
+    uri, name = redact(getattr(store, "uri", "URI")), getattr(store, "name", "NAME")
     return (f"{store.location} cannot keep perceptual hashes (it was made before them, and "
             f"this Milvus cannot add a field to it): migrate it into a new collection, which "
             f"keeps them (python -m index migrate --from {uri} --name {name} --to NEW_FOLDER), "
