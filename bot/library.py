@@ -45,6 +45,10 @@ stored twice (sources the collection knows, as items or posts, are not read agai
   edited while the bot was away) is removed then.
 - Results show the picture through a fresh attachment URL (CDN URLs expire): the message
   is fetched again, with a small cache; plus who posted it, when, and a jump link.
+- Pictures stored before the engine made perceptual hashes (what tells near-copies apart,
+  `Engine.rehash`) get theirs once the bot is connected: each one's post is fetched again
+  for a fresh attachment URL and the picture downloaded, in the background, once per
+  library and process start; a post deleted since is left to the deletion handling.
 """
 
 from __future__ import annotations
@@ -267,6 +271,8 @@ class Library:
         self._urls: dict[tuple[int, int], tuple[float, dict | None]] = {}
         self._downloads = asyncio.Semaphore(DOWNLOADS)
         self._live: set[asyncio.Task] = set()
+        self._rehash: dict[int, asyncio.Task] = {}  # guild -> its pictures' hashes being made
+        self._rehash_turn = asyncio.Semaphore(1)  # one library at a time (threads, fetches)
         self.sizer = ChunkSizer()
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -320,10 +326,14 @@ class Library:
                     await self.remove_channel(g.guild_id, cid)
                 elif not g.channels[cid].paused:
                     self._start_backfill(g, channel)
+            if g.guild_id not in self._rehash:
+                self._rehash[g.guild_id] = asyncio.create_task(
+                    self._rehash_guild(g), name=f"clipfind-rehash-{g.guild_id}")
 
     async def close(self) -> None:
         self.closed = True
         tasks = [t for g in self.guilds.values() for t in g.tasks.values()] + list(self._live)
+        tasks += list(self._rehash.values())
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -497,6 +507,9 @@ class Library:
             if t is not asyncio.current_task():
                 t.cancel()
         g.tasks.clear()
+        rehash = self._rehash.pop(g.guild_id, None)
+        if rehash is not None:
+            rehash.cancel()
         self.guilds.pop(g.guild_id, None)
         await asyncio.to_thread(self.spaces.drop, str(g.guild_id))
         log.info("library of server %s dropped", g.guild_id)
@@ -587,6 +600,47 @@ class Library:
         if len(data) > self.settings.library_max_bytes:
             return None
         return data
+
+    async def _rehash_guild(self, g: GuildLibrary) -> None:
+        """The perceptual hashes of the pictures stored before them (see the module)."""
+        try:
+            async with self._rehash_turn:
+                report = await g.engine.rehash(fetch=self._posted_bytes)
+        except asyncio.CancelledError:
+            raise
+        except ClipfindError as e:
+            log.warning("library of server %s: perceptual hashes not made: %s", g.guild_id, e)
+            return
+        if report.missing:
+            log.info("library of server %s: %s", g.guild_id, report.summary())
+
+    async def _posted_bytes(self, items) -> list[tuple[object, bytes | str]]:
+        """Each library item with its picture's bytes, or why they cannot be had: its
+        message fetched again (one fetch per message) for fresh attachment URLs."""
+        by_message: dict[tuple[int, int], list] = {}
+        for it in items:
+            by_message.setdefault((it.channel_id, it.message_id), []).append(it)
+
+        async def one(channel_id: int, message_id: int, its: list) -> list:
+            channel = (self.bot.get_channel(channel_id)
+                       or self.bot.get_partial_messageable(channel_id))
+            try:
+                msg = await channel.fetch_message(message_id)
+            except discord.NotFound:
+                return [(it, "its post was deleted") for it in its]
+            except discord.HTTPException as e:
+                return [(it, f"its post cannot be fetched now ({e.status})") for it in its]
+            attachments = {a.id: a for a in msg.attachments}
+            out = []
+            for it in its:
+                a = attachments.get(it.attachment_id)
+                data = None if a is None else await self._download(a)
+                out.append((it, data if data is not None else
+                            "its picture is gone from its post or cannot be downloaded"))
+            return out
+
+        found = await asyncio.gather(*(one(c, m, its) for (c, m), its in by_message.items()))
+        return [pair for part in found for pair in part]
 
     # -- live ---------------------------------------------------------------------------------
     async def on_message(self, message: discord.Message) -> None:

@@ -56,6 +56,9 @@ _EXPORTS: dict[str, str] = {
     "build_collection": "build:build",  # `index.build` is also the module's name
     "add_vectors": "build",
     "BuildReport": "build",
+    "rehash_collection": "rehash:rehash",  # perceptual hashes of items stored before them
+    "RehashReport": "rehash",
+    "unhashed_count": "rehash",  # how many items lack one (None: the store cannot keep them)
     "make_demo": "demo",
     "migrate_collection": "migrate:migrate",  # folder <-> Milvus, resumable (python -m index migrate)
     "MigrateEndpoint": "migrate:Endpoint",

@@ -1,4 +1,4 @@
-"""The engine's command line: python -m index {demo,build,import-features,search,export,embed,explain,serve,info,remove,migrate}."""
+"""The engine's command line: python -m index {demo,build,import-features,search,export,embed,explain,serve,info,remove,migrate,rehash}."""
 
 from __future__ import annotations
 
@@ -313,8 +313,21 @@ def cmd_info(a) -> int:
     with _open_collection(a) as col:
         m = col.manifest
         print(f"collection {a.index}\n  model: {m.model}\n  items: {len(col)}\n  dim: {m.dim}\n"
-              f"  index: {col.index_description}\n  relevance floor: {_floor_info(col)}")
+              f"  index: {col.index_description}\n  relevance floor: {_floor_info(col)}\n"
+              f"  perceptual hashes: {_hash_info(a, col)}")
     return 0
+
+
+def _hash_info(a, col) -> str:
+    from . import unhashed_count
+    n = unhashed_count(col)
+    if n is None:
+        return "this collection cannot keep them (python -m index rehash says how to move it)"
+    if not n:
+        return "every item read from a picture has one"
+    return (f"{n} item{'s' if n > 1 else ''} without one (stored before them): "
+            f"python -m index rehash --index {a.index}"
+            + (" --store milvus" if a.store == "milvus" else ""))
 
 
 def _floor_info(col) -> str:
@@ -352,6 +365,31 @@ def cmd_migrate(a) -> int:
     report = migrate(src, dst, index_type=a.index_type, chunk=a.chunk, sample=a.sample,
                      progress=progress)
     print(report.summary())
+    return 0
+
+
+async def _rehash(a) -> int:
+    from . import FetchLimits, rehash_collection
+    if a.batch < 1:
+        raise ClipfindError(f"--batch {a.batch}: give the items per commit, 1 or more")
+    with _open_collection(a) as col:
+        bar = None
+
+        def started(n: int) -> None:
+            nonlocal bar
+            bar = _progress(n, "hashing")
+
+        limits = FetchLimits(max_bytes=a.max_bytes, timeout_s=a.timeout, concurrency=a.concurrency)
+        try:
+            # the operator's own collection: its URLs are fetched as the build fetched them
+            report = await rehash_collection(col, batch=a.batch, limits=limits, public_only=False,
+                                             started=started, progress=lambda k: bar.update(k))
+        finally:
+            if bar is not None:
+                bar.close()
+    for source, why in report.unreachable:
+        print(f"failed  {why if why.startswith(source) else f'{source}: {why}'}", file=sys.stderr)
+    print(f"{a.index}: {report.summary()}")
     return 0
 
 
@@ -497,6 +535,20 @@ def parser() -> argparse.ArgumentParser:
                    help=f"environment variable holding the Milvus token (default {MILVUS_TOKEN_ENV}, "
                         "when set)")
     g.set_defaults(func=cmd_migrate)
+
+    h = sub.add_parser("rehash", help="make the perceptual hashes (near-copies) of items "
+                       "stored before them (resumable)",
+                       description="Reads the pictures of the items that have no perceptual "
+                       "hash again (files, URLs) and stores their hash; vectors are not "
+                       "touched. Run the same command again to resume; a second run hashes "
+                       "nothing. Pictures that cannot be read are listed and kept as they are.")
+    h.add_argument("--index", required=True, help="collection directory")
+    store_opts(h)
+    h.add_argument("--batch", type=int, default=64, help="items per commit")
+    h.add_argument("--max-bytes", type=int, default=20 * 2**20, help="URL download size cap")
+    h.add_argument("--timeout", type=float, default=20.0, help="URL download timeout, seconds")
+    h.add_argument("--concurrency", type=int, default=8, help="parallel URL downloads")
+    h.set_defaults(run=_rehash)
     return p
 
 

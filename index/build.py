@@ -10,10 +10,16 @@ posted; `Engine.add_images`) all go through `build`, with one de-duplication rul
   another source in its scope, or came earlier in the same run, is a duplicate and not stored. The scope of an
   item with a guild id is that guild; of one without, the whole collection. A duplicate
   Discord post is recorded as another post of the stored picture (provenance, see
-  index/store/posts.py), so the picture stays while any of its posts remains.
+  index/store/posts.py), so the picture stays while any of its posts remains. The hash
+  comes from the bytes, so a duplicate is recognised as soon as they are read (looked up
+  once), and is neither decoded nor encoded. (Two processes storing the same bytes under
+  two sources at the same moment may both store them, as a check before any write could
+  let them: the two items are then one result, by their content hash.)
 
 Every picture stored also gets its perceptual hash (index/phash.py), made from the decoded
-pixels here, whatever the path: what index/nearcopies.py recognises re-encoded copies by.
+pixels here, whatever the path: what index/nearcopies.py recognises re-encoded copies by
+('' for a picture of one flat colour, which has none: looked at, so never listed by
+index/rehash.py, which makes the hashes of items stored before them).
 
 Each chunk of images is committed to SQLite in one transaction with its vectors, so a
 killed build resumes where it stopped: sources already stored with the same stamp are
@@ -96,7 +102,8 @@ class _Prepared:
     jobs: list[_Job]
     hashes: list[str]
     pixels: torch.Tensor | list[bytes] | None  # bytes: for an encoder that decodes them itself
-    phashes: list[str | None] = field(default_factory=list)  # perceptual hash, per job
+    phashes: list[str] = field(default_factory=list)  # perceptual hash per job ('': none)
+    repeats: list[tuple[_Job, str]] = field(default_factory=list)  # duplicates, with their hash
 
 
 def _stored_stamps(collection: Collection, sources: list[str]) -> dict[str, str]:
@@ -156,52 +163,67 @@ def _read(pairs: list[tuple[_Job, bytes | None]], failed: list):
         yield j, data
 
 
-def _decode(loaded, pairs: list[tuple[_Job, bytes | None]], failed: list) -> _Prepared:
-    """Read (files), decode, hash and preprocess one chunk; runs in a worker thread. A model
-    without `preprocess` (the encoder service's stand-in) gets the bytes, checked to
-    decode, instead of pixels."""
+def _repeat(collection: Collection, claimed: set[tuple[int | None, str]], j: _Job,
+            h: str) -> bool:
+    """Whether the picture with content hash `h` is a duplicate (the module's rule), told
+    from its bytes alone: one earlier in this run (`claimed`), or one stored under another
+    source in its scope."""
+    scope = j.item.guild_id
+    if (scope, h) in claimed:
+        return True
+    dup = collection.find_hash(h, scope)
+    return dup is not None and dup.source != j.item.source
+
+
+def _decode(loaded, pairs: list[tuple[_Job, bytes | None]], failed: list,
+            collection: Collection, claimed: set[tuple[int | None, str]]) -> _Prepared:
+    """Read (files), hash, drop duplicates, decode and preprocess one chunk; runs in a
+    worker thread, one chunk after another in input order (so `claimed`, the pictures this
+    run keeps, is filled in that order). A model without `preprocess` (the encoder
+    service's stand-in) gets the bytes, checked to decode, instead of pixels."""
     stage = None
     if loaded.preprocess is not None:
         from .pixels import resize_stage, to_pixels
         stage = resize_stage(loaded.preprocess)
-    jobs, hashes, phashes, inputs = [], [], [], []
+    jobs, hashes, phashes, inputs, repeats = [], [], [], [], []
     for j, data in _read(pairs, failed):
         source = j.item.source
+        h = j.item.content_hash or content_hash(data)
+        if _repeat(collection, claimed, j, h):
+            repeats.append((j, h))
+            continue
         try:
             img = open_image(data, name=source)
             inputs.append(stage(img) if stage else data)
         except ClipfindError as e:
             failed.append((source, str(e)))
             continue
+        claimed.add((j.item.guild_id, h))
         jobs.append(j)
-        hashes.append(j.item.content_hash or content_hash(data))
-        phashes.append(j.item.phash or phash(img))
+        hashes.append(h)
+        ph = j.item.phash or phash(img)
+        phashes.append("" if ph is None else ph)  # '': looked at, one flat colour, none
     if not inputs:
-        return _Prepared(jobs, hashes, None, phashes)
+        return _Prepared(jobs, hashes, None, phashes, repeats)
     pixels = to_pixels(loaded.preprocess, inputs) if stage else inputs
-    return _Prepared(jobs, hashes, pixels, phashes)
+    return _Prepared(jobs, hashes, pixels, phashes, repeats)
 
 
 def _store(collection: Collection, prepared: _Prepared, vectors: np.ndarray,
-           seen: set[tuple[int | None, str]], report: BuildReport) -> None:
-    """Drop duplicates (see the module's rule) and store one encoded chunk in one
-    transaction, then the posts of its repeats in another (a crash between loses only
-    those records: their sources are not known, so the next run reads them again); runs in
-    a thread."""
-    items, keep, repeats = [], [], []
-    for i, (j, h, ph) in enumerate(zip(prepared.jobs, prepared.hashes, prepared.phashes,
-                                       strict=True)):
-        scope = j.item.guild_id
-        dup = collection.find_hash(h, scope)
-        if (scope, h) in seen or (dup is not None and dup.source != j.item.source):
-            report.duplicates += 1
-            report.skipped.append(j.item.source)
-            if _is_post(j.item):
-                repeats.append(replace(j.item, content_hash=h))
-            continue
-        items.append(replace(j.item, content_hash=h, phash=ph))
-        keep.append(i)
-        seen.add((scope, h))
+           report: BuildReport) -> None:
+    """Store one encoded chunk in one transaction, then the posts of its repeats (the
+    duplicates `_decode` set aside, see the module's rule) in another (a crash between loses
+    only those records: their sources are not known, so the next run reads them again);
+    runs in a thread."""
+    repeats = []
+    for j, h in prepared.repeats:
+        report.duplicates += 1
+        report.skipped.append(j.item.source)
+        if _is_post(j.item):
+            repeats.append(replace(j.item, content_hash=h))
+    items = [replace(j.item, content_hash=h, phash=ph)
+             for j, h, ph in zip(prepared.jobs, prepared.hashes, prepared.phashes, strict=True)]
+    keep = list(range(len(items)))
     vectors = np.asarray(vectors)
     while items:  # one bad item must not cost its chunk: it is reported, the rest stored
         try:
@@ -264,29 +286,33 @@ async def build(collection: Collection, encoder: Encoder, records: list[SourceRe
     chunks = [todo[i:i + chunk] for i in range(0, len(todo), chunk)]
     decoded: asyncio.Queue[_Prepared | None] = asyncio.Queue(maxsize=lookahead)
     encoded: asyncio.Queue[tuple[_Prepared, np.ndarray] | None] = asyncio.Queue(maxsize=1)
-    seen: set[tuple[int | None, str]] = set()
+    claimed: set[tuple[int | None, str]] = set()  # (scope, hash) of the pictures decoded
 
     async def produce():
         for part in chunks:
             pairs = await _load(part, limits, public_only, report.failed)
-            prepared = await asyncio.to_thread(_decode, encoder.loaded, pairs, report.failed)
-            if len(prepared.jobs) < len(part) and progress:
-                progress(len(part) - len(prepared.jobs))
+            prepared = await asyncio.to_thread(_decode, encoder.loaded, pairs, report.failed,
+                                               collection, claimed)
+            handled = len(prepared.jobs) + len(prepared.repeats)
+            if handled < len(part) and progress:
+                progress(len(part) - handled)
             await decoded.put(prepared)
         await decoded.put(None)
 
     async def write():
         while (job := await encoded.get()) is not None:
             prepared, vectors = job
-            await asyncio.to_thread(_store, collection, prepared, vectors, seen, report)
+            await asyncio.to_thread(_store, collection, prepared, vectors, report)
             if progress:
-                progress(len(prepared.jobs))
+                progress(len(prepared.jobs) + len(prepared.repeats))
 
     producer = asyncio.create_task(produce())
     writer = asyncio.create_task(write())
     try:
         while (prepared := await _next(decoded, producer)) is not None:
             if prepared.pixels is None:
+                if prepared.repeats:  # only duplicates: their posts are still recorded
+                    await _hand(encoded, (prepared, np.zeros((0, 1), np.float32)), writer)
                 continue
             vectors = await encoder.encode_pixels(prepared.pixels, priority=priority)
             await _hand(encoded, (prepared, vectors), writer)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,6 +30,8 @@ from .thumbnails import ThumbnailStore
 
 if TYPE_CHECKING:  # torch: not imported by a process that encodes through the service
     from .encoder import Encoder
+
+log = logging.getLogger(__name__)
 
 NEAR_DUPLICATE = 0.98  # results this close to a query image are the image itself
 ZSUM_CANDIDATES = 1000  # per term, for the z-scored composition
@@ -143,7 +146,9 @@ class Engine:
             except BaseException:
                 collection.close()
                 raise
-        return cls(collection, encoder, options)
+        engine = cls(collection, encoder, options)
+        _note_unhashed(collection, path, store, milvus_uri)
+        return engine
 
     def close(self) -> None:
         if self.owns_encoder:
@@ -377,6 +382,15 @@ class Engine:
     def remove(self, ids: list[int]) -> int:
         return self.collection.remove(ids)
 
+    async def rehash(self, *, fetch=None, public_only: bool = True, batch: int | None = None,
+                     progress=None):
+        """Make the perceptual hashes of the items stored before them (index/rehash.py): a
+        `rehash.RehashReport`. `fetch`: how the caller reads the sources only it can (a
+        Discord library's posts: items -> [(item, bytes or why not)])."""
+        from .rehash import BATCH, rehash
+        return await rehash(self.collection, fetch=fetch, public_only=public_only,
+                            batch=batch or BATCH, progress=progress)
+
     # -- provenance: the Discord posts of the pictures (index/store/posts.py) ----------------
     # add_images records the post of each picture it stores and of each repeat it skips.
     # Blocking calls (SQLite): run them in a thread.
@@ -445,6 +459,23 @@ def open_store(path: str | Path, model: str | None = None, *, store: str = "fais
         return Collection.create(path, model, create_dim, index_type,
                                  background_rebuilds=background_rebuilds)
     return Collection.open(path, model, background_rebuilds=background_rebuilds)
+
+
+def _note_unhashed(collection, path: Path, store: str, milvus_uri: str | None) -> None:
+    """One log line when items lack a perceptual hash, and the command that makes them; a
+    note only: what it cannot find out is not worth failing an open for."""
+    from .rehash import unhashed_note
+    fix = f"python -m index rehash --index {path}"
+    if store == "milvus":
+        from .store.milvus import redact
+        fix += " --store milvus" + (f" --milvus-uri {redact(milvus_uri)}" if milvus_uri else "")
+    try:
+        note = unhashed_note(collection, fix)
+    except ClipfindError as e:
+        log.debug("cannot count the items without a perceptual hash: %s", e)
+        return
+    if note:
+        log.warning("%s", note)
 
 
 def _lite_default(path: Path, uri: str | None) -> str:

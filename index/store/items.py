@@ -46,6 +46,14 @@ META_COLUMNS = (
 _INT_COLUMNS = frozenset({"guild_id", "channel_id", "message_id", "attachment_id", "author_id"})
 ITEM_SELECT = "SELECT id, " + ", ".join(META_COLUMNS) + ", added_at FROM items"
 _ADDED_COLUMNS = {"phash": "TEXT"}  # columns newer than some meta.sqlite files: name -> type
+# indexes newer than some meta.sqlite files: name -> its CREATE statement. items_unhashed
+# holds only the items read from pictures (a content hash) without a perceptual hash (a
+# partial index): a collection that has them all answers "how many lack one" without
+# reading its rows (index/rehash.py).
+UNHASHED = "phash IS NULL AND content_hash != ''"
+_ADDED_INDEXES = {
+    "items_unhashed": f"CREATE INDEX IF NOT EXISTS items_unhashed ON items(id) WHERE {UNHASHED}",
+}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -89,7 +97,9 @@ class NewItem:
     posted_at: float | None = None
     content_hash: str = ""
     stamp: str = ""  # freshness of the source, e.g. 'mtime_ns:size', for incremental builds
-    phash: str | None = None  # perceptual hash of the pixels (index/phash.py); None: not known
+    # perceptual hash of the pixels (index/phash.py); None: not known (stored before it
+    # existed, or imported vectors); '': the picture has none (one flat colour)
+    phash: str | None = None
 
 
 @dataclass(kw_only=True)
@@ -152,6 +162,8 @@ def create_database(db: Path) -> None:
     conn = connect(db)
     try:
         conn.executescript(SCHEMA)
+        for statement in _ADDED_INDEXES.values():
+            conn.execute(statement)
         conn.execute(
             "INSERT OR IGNORE INTO state(key, value) VALUES ('uid', ?)", (secrets.randbits(62),)
         )
@@ -222,8 +234,8 @@ def item_values(it: NewItem) -> tuple[Any, ...]:
             elif col == "source":
                 v = source_key(v)
             elif col == "phash":
-                if v in (None, ""):
-                    v = None
+                if v is None or v == "":  # '': the picture has none (one flat colour)
+                    pass
                 elif not phash_valid(v):
                     raise BadItem(source, f"phash {v!r} is not a perceptual hash")
             else:
@@ -304,11 +316,15 @@ class ItemTable:
         self._add_new_columns()
 
     def _add_new_columns(self) -> None:
-        """A table from before a column (`phash`) gets it, NULL in the old rows; read-only,
-        it is read as NULL."""
+        """A table from before a column (`phash`) gets it, NULL in the old rows, and the
+        indexes newer than it; read-only, the column is read as NULL."""
         have = {r[1] for r in self.conn.execute("PRAGMA table_info(items)")}
         missing = [c for c in _ADDED_COLUMNS if c not in have]
-        if not missing:
+        indexes = {
+            r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='index'")
+        }
+        new_indexes = [i for i in _ADDED_INDEXES if i not in indexes]
+        if not missing and not new_indexes:
             return
         if self.readonly:
             cols = ", ".join(f"NULL AS {c}" if c in missing else c for c in META_COLUMNS)
@@ -320,11 +336,14 @@ class ItemTable:
             for c in missing:
                 if c not in now:
                     conn.execute(f"ALTER TABLE items ADD COLUMN {c} {_ADDED_COLUMNS[c]}")
+            for i in new_indexes:
+                conn.execute(_ADDED_INDEXES[i])
 
         try:
             self.write(add, lambda _: False)
         except sqlite3.Error as e:
-            raise StoreError(f"cannot add column(s) {', '.join(missing)} to {self.db}: {e}") from e
+            what = ", ".join(missing) or ", ".join(new_indexes)
+            raise StoreError(f"cannot add {what} to {self.db}: {e}") from e
 
     def state(self, key: str) -> int:
         row = self.conn.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
@@ -405,6 +424,18 @@ class ItemTable:
         row = self.conn.execute(q + " ORDER BY id LIMIT 1", args).fetchone()
         return row_to_item(row) if row else None
 
+    def unhashed_ids(self) -> list[int]:
+        """Ids of the items read from a picture that have no perceptual hash (NULL: stored
+        before it existed; '' is a picture that has none), in id order. Imported vectors
+        (no content hash: no picture was read) are not among them."""
+        sql = f"SELECT id FROM ({self.select}) WHERE {UNHASHED} ORDER BY id"
+        return [r[0] for r in self.conn.execute(sql)]
+
+    def count_unhashed(self) -> int:
+        """How many items unhashed_ids would list (read from the partial index)."""
+        sql = f"SELECT COUNT(*) FROM ({self.select}) WHERE {UNHASHED}"
+        return int(self.conn.execute(sql).fetchone()[0])
+
     def ids(self) -> np.ndarray:
         rows = self.conn.execute("SELECT id FROM items ORDER BY id").fetchall()
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
@@ -483,6 +514,21 @@ class ItemTable:
                         replaced.add(item_id)
             out.append(item_id)
         return out, changed, replaced
+
+    @staticmethod
+    def set_phashes(conn: sqlite3.Connection, hashes: dict[int, str]) -> int:
+        """Give items still without a perceptual hash theirs ('' : the picture has none);
+        returns how many changed. Neither vectors nor the index change: the caller writes
+        it without a generation bump."""
+        changed = 0
+        for item_id, h in hashes.items():
+            if h and not phash_valid(h):
+                raise StoreError(f"item {item_id}: phash {h!r} is not a perceptual hash")
+            cur = conn.execute(
+                "UPDATE items SET phash = ? WHERE id = ? AND phash IS NULL", (h, int(item_id))
+            )
+            changed += cur.rowcount
+        return changed
 
     @staticmethod
     def delete_ids(conn: sqlite3.Connection, ids: Iterable[int]) -> list[int]:

@@ -84,6 +84,7 @@ _INT_FIELDS = ("channel_id", "message_id", "attachment_id", "author_id")
 _TEXT_FIELDS = ("source", "title", "credit", "page_url", "content_hash", "stamp")
 _ITEM_FIELDS = ["id", "guild_id", *_INT_FIELDS, "posted_at", *_TEXT_FIELDS, "added_at"]
 _PHASH_MAX = 64  # hex digits of a perceptual hash (index/phash.py)
+_UNHASHED = 'phash is null and content_hash != ""'  # read from a picture, no perceptual hash
 _POST_FIELDS = ("source", "guild_id", "channel_id", "message_id", "attachment_id", "author_id",
                 "posted_at", "title", "page_url")  # as index.store.posts.Post, less item_id
 _POST_KEYS = ("guild_id", "channel_id", "message_id", "attachment_id")  # all set: a post
@@ -112,6 +113,9 @@ log = logging.getLogger(__name__)
 # pymilvus logs every failed RPC with a traceback; an unreachable store is reported by
 # this module in one line instead (the bot keeps serving and says so to the member).
 logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
+# Milvus Lite's server runs in this process and logs, with a traceback, each call it does
+# not implement (adding a field to an old collection): answered in one line here instead.
+logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
 
 T = TypeVar("T")
 _DOWN: dict[str, bool] = {}  # URIs whose last call found them unreachable (for the log)
@@ -1151,13 +1155,71 @@ class MilvusStore(VectorStore):
             ph = getattr(it, "phash", None)
             if ph not in (None, "") and not phash_valid(ph):
                 raise StoreError(f"item {source[:80]}: phash {ph!r} is not a perceptual hash")
-            row["phash"] = ph or None
+            row["phash"] = ph  # ('': the picture has none; None: not known)
         return row
 
     @property
     def keeps_phash(self) -> bool:
         """Whether this collection has the perceptual-hash field (see _fields_with_phash)."""
         return "phash" in self._item_fields
+
+    def unhashed_ids(self) -> list[int]:
+        """Ids of this view's items read from a picture that have no perceptual hash (null:
+        stored before it existed; '' is a picture that has none), in id order; none where
+        the collection cannot keep hashes (keeps_phash False). Imported vectors (no content
+        hash: no picture was read) are not among them."""
+        if not self.keeps_phash:
+            return []
+        return sorted(int(r["id"]) for r in self._scan(["id"], _UNHASHED))
+
+    def count_unhashed(self) -> int:
+        """How many items unhashed_ids would list (where the collection cannot keep hashes:
+        how many it would, could it)."""
+        where = _UNHASHED if self.keeps_phash else 'content_hash != ""'
+        rows = self._rpc(lambda c: c.query(self.name, filter=self._where(where),
+                                           output_fields=["count(*)"], timeout=CALL_TIMEOUT))
+        return int(rows[0]["count(*)"]) if rows else 0
+
+    def set_phashes(self, hashes: dict[int, str]) -> int:
+        """Give items still without a perceptual hash theirs ('': the picture has none);
+        returns how many changed. A partial upsert (id, partition key and hash): the vector
+        and the other fields stay as they are, and an item removed meanwhile is refused by
+        Milvus (its row would lack a vector), never written back."""
+        if not self.keeps_phash:
+            raise StoreError(f"{self.location} cannot keep perceptual hashes")
+        for item_id, h in hashes.items():
+            if h and not phash_valid(h):
+                raise StoreError(f"item {item_id}: phash {h!r} is not a perceptual hash")
+        rows = [{"id": int(r["id"]), "guild_id": r["guild_id"], "phash": hashes[int(r["id"])]}
+                for r in self._rows_by_id(list(hashes), ["id", "guild_id", "phash"])
+                if r.get("phash") is None]
+        if not rows:
+            return 0
+
+        def upsert(part: list[dict[str, Any]]) -> None:
+            self._rpc(lambda c: c.upsert(self.name, part, partial_update=True,
+                                         timeout=CALL_TIMEOUT))
+
+        done = len(rows)
+        with _write_lock(self.uri, self._lite):
+            try:
+                upsert(rows)
+            except StoreUnavailable:
+                raise
+            except StoreError:  # one was removed meanwhile? the others one by one
+                done = 0
+                for row in rows:
+                    try:
+                        upsert([row])
+                    except StoreUnavailable:
+                        raise
+                    except StoreError:
+                        if self._rows_by_id([row["id"]], ["id"]):
+                            raise  # still there: the write itself failed
+                        continue
+                    done += 1
+            self._settle(self.name)
+        return done
 
     def _fields_with_phash(self) -> list[str]:
         """_ITEM_FIELDS, with `phash` where the collection has it, or the server can add it

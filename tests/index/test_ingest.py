@@ -69,3 +69,35 @@ async def test_a_picture_is_stored_once_per_guild(engine, pictures):
     built = await build_collection(engine.collection, engine.encoder,
                                    [r for r in scan_folder(pictures) if r.source.endswith("/a.png")])
     assert built.added == 0 and built.duplicates == 1
+
+
+async def test_repeats_are_dropped_before_the_model_and_their_posts_kept(
+        engine, pictures, monkeypatch):
+    import index.build
+    decoded, encoded = [], []
+    open_image, encode = index.build.open_image, engine.encoder.encode_pixels
+
+    def counting_open(data, name=""):
+        decoded.append(name)
+        return open_image(data, name=name)
+
+    async def counting_encode(pixels, **kw):
+        encoded.append(len(pixels))
+        return await encode(pixels, **kw)
+
+    monkeypatch.setattr(index.build, "open_image", counting_open)
+    monkeypatch.setattr(engine.encoder, "encode_pixels", counting_encode)
+    a, b = (pictures / "a.png").read_bytes(), (pictures / "b.png").read_bytes()
+    posts = [post(5, n) for n in range(6)]  # a, b, a, a, b, b: each posted three times
+    added = await engine.add_images(posts, [a, b, a, a, b, b])
+    assert len(added.ids) == 2 and added.duplicates == [p.source for p in posts[2:]]
+    assert decoded == [posts[0].source, posts[1].source] and sum(encoded) == 2
+    # every repeat is still a post of its picture: it stays while any of them remains
+    by_item = {}
+    for p in engine.posts(5):
+        by_item.setdefault(p.item_id, []).append(p.message_id)
+    assert sorted(by_item.values()) == [[0, 2, 3], [1, 4, 5]]
+    # a later chunk of repeats alone (nothing to encode) is recorded too
+    again = await engine.add_images([post(5, 7)], [a])
+    assert again.duplicates == [post(5, 7).source] and sum(encoded) == 2
+    assert sorted(p.message_id for p in engine.posts(5)) == [0, 1, 2, 3, 4, 5, 7]
