@@ -27,13 +27,9 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from .filtered import NO_TIME, PostFacts
+from .filtered import FACT_COLUMNS, PostFacts
 
 TOP = 16  # newest rows read, checked again at each incremental read
-
-_COLUMNS = f"item_id, channel_id, COALESCE(author_id, 0), COALESCE(posted_at, {NO_TIME})"
 
 
 @dataclass
@@ -69,17 +65,17 @@ class FactsReader:
     def _read_whole(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN")
         try:
-            rows = conn.execute(f"SELECT {_COLUMNS} FROM posts").fetchall()
+            facts = PostFacts.read(conn)
             try:
                 top = conn.execute(
-                    f"SELECT rowid, {_COLUMNS}, source FROM posts ORDER BY rowid DESC LIMIT {TOP}"
+                    f"SELECT rowid, {FACT_COLUMNS}, source FROM posts ORDER BY rowid DESC LIMIT {TOP}"
                 ).fetchall()[::-1]
             except sqlite3.Error:
                 top = None  # no rowids: every change reads whole again
         finally:
             conn.execute("COMMIT")
-        self.facts = _facts(rows)
-        self._count, self._top = len(rows), top
+        self.facts = facts
+        self._count, self._top = len(facts), top
         self.reads += 1
 
     def _appended(self, conn: sqlite3.Connection) -> PostFacts | None:
@@ -90,7 +86,7 @@ class FactsReader:
         conn.execute("BEGIN")
         try:
             rows = conn.execute(
-                f"SELECT rowid, {_COLUMNS}, source FROM posts WHERE rowid >= ? ORDER BY rowid",
+                f"SELECT rowid, {FACT_COLUMNS}, source FROM posts WHERE rowid >= ? ORDER BY rowid",
                 (first,),
             ).fetchall()
             count = conn.execute("SELECT count(*) FROM posts").fetchone()[0]
@@ -99,16 +95,10 @@ class FactsReader:
         old, new = rows[: len(self._top)], rows[len(self._top):]
         if old != self._top or count != self._count + len(new):
             return None
-        facts = _facts([r[1:5] for r in new])
+        facts = PostFacts.of_rows([r[1:5] for r in new])
         if new:
             self.facts = self.facts.appended(facts)
             self._count = count
             self._top = (self._top + new)[-TOP:]
         return facts
 
-
-def _facts(rows: list[tuple]) -> PostFacts:
-    if not rows:
-        return PostFacts(*(np.zeros(0) for _ in range(4)))
-    item, channel, author, posted = zip(*rows, strict=True)
-    return PostFacts(np.array(item), np.array(channel), np.array(author), np.array(posted))

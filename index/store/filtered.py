@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 NO_TIME = -1e308  # a post without a time in PostFacts.posted (passes no date filter)
+FACT_COLUMNS = f"item_id, channel_id, COALESCE(author_id, 0), COALESCE(posted_at, {NO_TIME})"
 TAIL_SHARE = 8  # the appended tail is merged into the whole once it is 1/this of it
 
 
@@ -136,10 +137,12 @@ class PostFacts:
 
     @classmethod
     def read(cls, conn: sqlite3.Connection) -> PostFacts:
-        rows = conn.execute(
-            f"SELECT item_id, channel_id, COALESCE(author_id, 0), COALESCE(posted_at, {NO_TIME})"
-            " FROM posts"
-        ).fetchall()
+        """The facts of every post of the table."""
+        return cls.of_rows(conn.execute(f"SELECT {FACT_COLUMNS} FROM posts").fetchall())
+
+    @classmethod
+    def of_rows(cls, rows: list[tuple]) -> PostFacts:
+        """From rows of FACT_COLUMNS."""
         if not rows:
             return cls(*(np.zeros(0) for _ in range(4)))
         item, channel, author, posted = zip(*rows, strict=True)
