@@ -414,8 +414,9 @@ class FilterCache:
             )
             flat.add(x)
             size = int(flat.sa_code_size()) * len(ids)
-            if self._make_room(size):
-                plan.exact, plan.exact_ids, plan.held = flat, ids, size
+            if self._make_room(size, keep=plan):
+                plan.exact, plan.exact_ids = flat, ids
+                plan.held += size
         scores, rows = flat.search(np.ascontiguousarray(q[None, :], dtype=np.float32), depth)
         found = rows[0] >= 0
         return scores[0][found], ids[rows[0][found]]
@@ -451,7 +452,12 @@ class FilterCache:
         else:
             return None
         size = plan.allowed.count * (ivf.code_size + 8)
-        if own.code_size != ivf.code_size or not self._make_room(size):
+        if own.code_size != ivf.code_size:
+            return None
+        if plan.exact is not None:  # the allowed set outgrew the exact path (posts appended)
+            plan.held -= int(plan.exact.sa_code_size()) * int(plan.exact.ntotal)
+            plan.exact = plan.exact_ids = None
+        if not self._make_room(size, keep=plan):
             return None
         own.is_trained = True
         where_list, where_at = self._where(ivf)
@@ -465,7 +471,8 @@ class FilterCache:
         lists.this.disown()  # the index owns it now
         own.ntotal = len(ids)
         bounds = np.searchsorted(where_list[ids], np.arange(ivf.nlist + 1))
-        plan.own, plan.held = own, size
+        plan.own = own
+        plan.held += size
         plan.copy = _Copy(lists, ids, where_at[ids], bounds, np.zeros(ivf.nlist, dtype=bool))
         return own
 
