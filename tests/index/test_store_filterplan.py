@@ -377,3 +377,19 @@ def test_an_item_appended_after_a_plan_was_made_is_found_by_the_next_filtered_se
         inside = [ids[i] for i in range(400) if i % 4 == 1]
         assert [h for h, _ in top] == sorted(
             inside, key=lambda i: -float(vecs[ids.index(i)] @ vecs[3]))[:3]
+
+
+def test_a_post_recorded_again_with_other_facts_is_seen_by_the_next_search(tmp_path):
+    """Recording a post again replaces its row (not an append): the facts are read again
+    and the kept plan of the old author no longer lets the item through."""
+    vecs = rand_vecs(20, seed=13)
+    sam, kim = PostFilter(authors=frozenset({40})), PostFilter(authors=frozenset({41}))
+    with Collection.create(tmp_path / "c", MODEL, DIM, "Flat") as c:
+        ids = c.add([post(i, 1) for i in range(20)], vecs)
+        assert len(c.search(vecs[3], 50, where=sam)) == 20
+        again = post(3, 1)
+        again.author_id = 41
+        c.add_posts([again])
+        assert ids[3] not in [h for h, _ in c.search(vecs[3], 50, where=sam)]
+        assert [h for h, _ in c.search(vecs[3], 50, where=kim)] == [ids[3]]
+        assert c._facts.reads == 2
