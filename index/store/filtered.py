@@ -85,10 +85,9 @@ class Allowed:
         if self.members is not None and other.members is not None:
             members = np.concatenate([self.members, other.members])
         out = Allowed(bits, self.count + len(fresh), members)
-        if "_ids" in self.__dict__ and len(fresh):
-            out.__dict__["_ids"] = np.union1d(self.__dict__["_ids"], fresh)
-        elif "_ids" in self.__dict__:
-            out.__dict__["_ids"] = self.__dict__["_ids"]
+        ids = self.__dict__.get("_ids")
+        if ids is not None:  # sorted, and fresh (sorted) holds none of them
+            out.__dict__["_ids"] = np.insert(ids, np.searchsorted(ids, fresh), fresh)
         return out, fresh
 
     def ids(self) -> np.ndarray:

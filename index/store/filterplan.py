@@ -489,15 +489,15 @@ class FilterCache:
         fresh = fresh[where_list[fresh] >= 0]
         if not len(fresh):
             return
-        ids = np.concatenate([c.ids, fresh])
-        at = np.concatenate([c.at, where_at[fresh]])
-        lists = where_list[ids]
-        order = np.lexsort((at, lists))
-        c.ids, c.at = np.ascontiguousarray(ids[order]), at[order]
-        c.bounds = np.searchsorted(lists[order], np.arange(ivf.nlist + 1))
+        fresh = fresh[np.lexsort((where_at[fresh], where_list[fresh]))]
+        key = (where_list[c.ids].astype(np.int64) << 32) | c.at  # sorted: by list, then place
+        new_key = (where_list[fresh].astype(np.int64) << 32) | where_at[fresh]
+        put = np.searchsorted(key, new_key)
+        c.ids = np.ascontiguousarray(np.insert(c.ids, put, fresh))
+        c.at = np.insert(c.at, put, where_at[fresh])
+        c.bounds = c.bounds + np.searchsorted(where_list[fresh], np.arange(ivf.nlist + 1))
         src, width = ivf.invlists, ivf.code_size
         mine = fresh[c.done[where_list[fresh]]]
-        mine = mine[np.lexsort((where_at[mine], where_list[mine]))]
         for key in np.unique(where_list[mine]).tolist():
             these = np.ascontiguousarray(mine[where_list[mine] == key])
             n, ptr = src.list_size(key), src.get_codes(key)
@@ -597,25 +597,27 @@ def appended_to_lists(ivf: faiss.IndexIVF, where: tuple[np.ndarray, np.ndarray],
     only the new ends are read."""
     lists, places = where
     invlists = ivf.invlists
-    new_ids, new_lists, new_at = [], [], []
-    for lst in np.flatnonzero(now > before).tolist():
-        a, b = int(before[lst]), int(now[lst])
-        ptr = invlists.get_ids(lst)
-        new_ids.append(faiss.rev_swig_ptr(ptr, b)[a:].copy())
-        invlists.release_ids(lst, ptr)
-        new_lists.append(np.full(b - a, lst, dtype=np.int32))
-        new_at.append(np.arange(a, b, dtype=np.int32))
-    if not new_ids:
+    grown = np.flatnonzero(now > before)
+    if not len(grown):
         return where
+    new_ids = []
+    for lst in grown.tolist():
+        ptr = invlists.get_ids(lst)
+        new_ids.append(faiss.rev_swig_ptr(ptr, int(now[lst]))[int(before[lst]):].copy())
+        invlists.release_ids(lst, ptr)
     ids = np.concatenate(new_ids)
+    added = (now - before)[grown]
+    new_lists = np.repeat(grown.astype(np.int32), added)
+    new_at = (np.arange(len(ids)) - np.repeat(np.cumsum(added) - added, added)
+              + np.repeat(before[grown], added)).astype(np.int32)
     size = max(len(lists), int(ids.max()) + 1)
     if size > len(lists):
         lists = np.concatenate([lists, np.full(size - len(lists), -1, dtype=np.int32)])
         places = np.concatenate([places, np.zeros(size - len(places), dtype=np.int32)])
     else:
         lists, places = lists.copy(), places.copy()
-    lists[ids] = np.concatenate(new_lists)
-    places[ids] = np.concatenate(new_at)
+    lists[ids] = new_lists
+    places[ids] = new_at
     return lists, places
 
 
