@@ -41,7 +41,6 @@ The constants were chosen by bench/filters.py (figures in bench/RESULTS.md).
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -51,6 +50,7 @@ import faiss
 import numpy as np
 
 from .filtered import Allowed, PostFacts, PostFilter
+from .routes import Routes
 from .tuning import unwrap
 
 K = 10  # the depth the index's nprobe was tuned for
@@ -65,7 +65,6 @@ OWN_FACTOR = 1.5  # IVF, own lists: probe this x nprobe / share lists
 OWN_MORE = 0.0  # IVF, own lists: as MORE_FACTOR (measured: no better than a higher OWN_FACTOR)
 PATIENCE = 1  # IVF: stop after this many batches in a row that improve nothing
 BUDGET_FLOOR = 256  # IVF: never cover fewer allowed items than this
-ROUTES = 4096  # (filter, query) pairs whose path is remembered, for their page turns
 
 Vectors = Callable[[np.ndarray], np.ndarray]  # float32 vectors of some ids, in that order
 Found = tuple[np.ndarray, np.ndarray]  # (scores, ids), best first
@@ -122,7 +121,7 @@ class FilterCache:
         self._lists: tuple[np.ndarray, np.ndarray] | None = None  # list_of_ids, this index
         self._sizes: np.ndarray | None = None  # each list's size when _lists was made
         self._cents: np.ndarray | None = None  # the IVF's centroids, this index
-        self._routes: OrderedDict[tuple, bool] = OrderedDict()  # (filter, query) -> shared
+        self._routes = Routes()  # (filter, query) -> whether it walks the shared lists
         self._paths: dict[str, list[int]] = {}  # path taken -> [searches, lists scanned]
 
     def plan(self, where: PostFilter, version: Hashable, allowed: Callable[[], Allowed]) -> Plan:
@@ -229,18 +228,15 @@ class FilterCache:
         every later search of the same query with the same filter: its page turns read
         further down the same ranking, whatever happened to the plan meanwhile (evicted
         and made again, its copies dropped). Another query makes and uses the copies, as
-        do its own page turns. Remembered for the last ROUTES (filter, query) pairs."""
+        do its own page turns. Remembered for recent filters and queries (routes.py)."""
         if not self.first_shared:
             return False
-        key = (plan.where, hashlib.blake2b(np.ascontiguousarray(q).tobytes(), digest_size=16).digest())
-        shared = self._routes.get(key)
+        shared = self._routes.get(plan.where, q)
         if shared is None:
-            shared = self._routes[key] = not plan.used
-            while len(self._routes) > ROUTES:
-                self._routes.popitem(last=False)
-        self._routes.move_to_end(key)
+            shared = not plan.used
+            self._routes.put(plan.where, q, shared)
         plan.used = True
-        return shared
+        return bool(shared)
 
     def _extend(self, plan: Plan, gained: Allowed, index: faiss.Index, vectors: Vectors) -> None:
         """Add to a plan the items `gained` lets through (appended posts), and to its copies
