@@ -396,3 +396,32 @@ def test_a_post_recorded_again_with_other_facts_is_seen_by_the_next_search(tmp_p
         assert ids[3] not in [h for h, _ in c.search(vecs[3], 50, where=sam)]
         assert [h for h, _ in c.search(vecs[3], 50, where=kim)] == [ids[3]]
         assert c._facts.reads == 2
+
+
+def test_a_plan_whose_allowed_set_outgrows_the_exact_path_answers_from_own_lists(
+    space, monkeypatch
+):
+    """Appended posts carry a kept plan past the exact path: its next search makes the
+    own lists (freeing the exact vectors) and answers as a plan made afresh."""
+    x, _, far = space
+    monkeypatch.setattr(filterplan, "EXACT_FACTOR", 1.0)
+    index = ivf(x)
+    params = {"nprobe": 4}  # exact up to 750 allowed items
+    small = np.arange(0, N, 6)  # 500
+    more = np.arange(1, N, 6)  # 500 more: 1000 in all
+    cache = copying()
+    where = PostFilter(channels=frozenset({1}))
+    plan = cache.plan(where, 1, lambda: allowed_of(small))
+    cache.search(index, far, 10, plan, params, lambda i: x[i])
+    assert plan.exact is not None and cache.stats() == "exact"
+    cache.appended(PostFacts(more, np.ones(500), np.ones(500), np.ones(500)), index,
+                   lambda i: x[i])
+    assert plan.allowed.count == 1000
+    _, got = cache.search(index, far, 10, plan, params, lambda i: x[i])
+    assert plan.own is not None and plan.exact is None
+    assert plan.held == 1000 * (index.code_size + 8)
+    both = np.union1d(small, more)
+    fresh = copying()
+    _, want = fresh.search(index, far, 10, fresh.plan(where, 1, lambda: allowed_of(both)),
+                           params, lambda i: x[i])
+    assert list(got) == list(want) and "own lists" in cache.stats()
