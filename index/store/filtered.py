@@ -124,14 +124,16 @@ class PostFacts:
 
     def appended(self, new: PostFacts) -> PostFacts:
         """These facts and `new` (posts appended to the table since), without sorting the
-        whole again: `new` joins a tail (sorted on its own, scanned as a second part by
-        allowed), merged into the whole once it is 1/TAIL_SHARE of it. `self` is kept."""
-        tail = new if self._tail is None else _joined(self._tail, new)
+        whole again: `new` joins a tail (its sorted arrays merged into the tail's), which
+        allowed scans as a second part and which is merged into the whole once it is
+        1/TAIL_SHARE of it. Each merge copies the arrays once, no sort. `self` is kept."""
+        tail = new if self._tail is None else _merged(self._tail, new)
         out = PostFacts.__new__(PostFacts)
         out.__dict__.update(self.__dict__)
-        out._tail = tail
+        out._tail = None
         if len(tail) * TAIL_SHARE > len(self.item):
-            return PostFacts(*out.arrays())
+            return _merged(out, tail)
+        out._tail = tail
         return out
 
     @classmethod
@@ -205,9 +207,22 @@ class PostFacts:
         return Allowed.of(flags, members)
 
 
-def _joined(a: PostFacts, b: PostFacts) -> PostFacts:
-    """One PostFacts of both (sorted afresh)."""
-    return PostFacts(*(np.concatenate([x, y]) for x, y in zip(a.arrays(), b.arrays(), strict=True)))
+def _merged(a: PostFacts, b: PostFacts) -> PostFacts:
+    """One PostFacts of a's posts then b's (neither with a tail), its sorted arrays made
+    by inserting b's into a's: the same as sorting the whole again (stable: a's posts
+    before b's among equal values), at the cost of a copy."""
+    out = PostFacts.__new__(PostFacts)
+    out.item, out.channel, out.author, out.posted = (
+        np.concatenate([x, y]) for x, y in zip(a.arrays(), b.arrays(), strict=True))
+    out._size = max(a._size, b._size)
+    out._tail = None
+    out._sorted = {}
+    for name, (a_order, a_values) in a._sorted.items():
+        b_order, b_values = b._sorted[name]
+        put = np.searchsorted(a_values, b_values, side="right")
+        out._sorted[name] = (np.insert(a_order, put, b_order + len(a.item)),
+                             np.insert(a_values, put, b_values))
+    return out
 
 
 def _spans(a: np.ndarray, b: np.ndarray) -> np.ndarray:

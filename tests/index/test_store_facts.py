@@ -9,7 +9,7 @@ import sqlite3
 import numpy as np
 
 from index.store.facts import TOP, FactsReader
-from index.store.filtered import PostFilter
+from index.store.filtered import PostFacts, PostFilter
 from index.store.posts import SCHEMA
 
 FILTERS = [PostFilter(channels=frozenset({1})), PostFilter(channels=frozenset({2, 3})),
@@ -95,3 +95,27 @@ def test_a_table_without_rowids_is_read_whole_at_every_change():
     conn.execute("INSERT INTO items VALUES (10, 1, 1, 1.0, 's10')")
     assert reader.refresh(conn).whole and reader.reads == 2
     assert 10 in reader.facts.allowed(PostFilter(channels=frozenset({1}))).ids().tolist()
+
+
+def test_appended_facts_sort_as_the_whole_would():
+    """Tails merged into tails and into the whole by insertion equal a stable sort of all
+    the posts (ties: the older post first), so a filter finds the same posts."""
+    rng = np.random.default_rng(2)
+
+    def some(n, first):
+        return PostFacts(np.arange(first, first + n), rng.integers(0, 6, n),
+                         rng.integers(0, 4, n), rng.integers(0, 9, n).astype(float))
+
+    facts, n = some(200, 0), 200
+    for size in (5, 7, 11, 13, 30, 3):  # tails, then merges into the whole
+        facts = facts.appended(some(size, n))
+        n += size
+        whole = PostFacts(*facts.arrays())
+        flat = facts if facts._tail is None else None
+        if flat is not None:
+            for name, (order, values) in whole._sorted.items():
+                assert np.array_equal(flat._sorted[name][0], order), name
+                assert np.array_equal(flat._sorted[name][1], values), name
+        for where in FILTERS:
+            assert np.array_equal(facts.allowed(where).ids(), whole.allowed(where).ids())
+    assert len(facts) == n
