@@ -82,7 +82,7 @@ class Plan:
     exact_ids: np.ndarray | None = None
     own: faiss.IndexIVF | None = None  # IVF: an index of the allowed codes only
     copy: _Copy | None = None  # how own's lists are filled (as searches reach them)
-    held: int = 0  # bytes of exact or own
+    held: int = 0  # bytes of exact and own together
 
     def drop_copies(self) -> None:
         """Forget what was derived from the index or copied from it (kept: the allowed set)."""
