@@ -19,13 +19,20 @@ that pass ~10% and ~1% of the items:
 Each query runs unfiltered and filtered back to back (so both see the same load):
 unfiltered = `index.search(q, 10)`; filtered = what Collection.search does with a filter
 (index/store/filterplan.py): the filter's plan (allowed bitmap; its own IVF lists or its
-exact vectors), then the search. "cached": the plan kept from the previous query, as a
-page turn or a repeated filter finds it; "first use": the plan made afresh for every query
-(the allowed set, and the own lists or the exact vectors read from a SQLite table of
-float16 blobs as the store keeps them; the IVF list of each id, made once per change of
-the index, is kept). Recall@10 is against the exact float32 top 10 of the allowed subset
-(first use and cached answer the same, checked). "top-100 then drop" shows what the naive
-way would find.
+exact vectors), then the search. "cached": the plan kept from earlier queries, its copies
+made, as a repeated filter finds it; "first use, copying (before)": the plan made afresh
+for every query and its copies made at once, as main did (the allowed set, and the own
+lists or the exact vectors read from a SQLite table of float16 blobs as the store keeps
+them; the IVF list of each id, made once per change of the index, is kept); "first use
+now": the plan made afresh and its first query answered from the shared lists, nothing
+copied (as that query's page turns are). Recall@10 is against the exact float32 top 10 of
+the allowed subset (cached and first use copying answer the same, checked). "top-100 then
+drop" shows what the naive way would find.
+
+Then, per N, the first filtered search after an append of 1,000 items, 5 times in a row
+(`--append-rounds`), on a real SQLite posts table (append_rows): now (the appended posts
+read, the kept plans and their copies extended) against before (the posts table read
+whole, every plan and the IVF list of each id made again), both answering the same.
 
     --keep DIR   keep the built indexes and the vector tables in DIR, reuse them next run
 """
@@ -149,7 +156,111 @@ def vector_table(X: np.ndarray, keep: str | None, tmp: str):
         return np.frombuffer(b"".join(found[i] for i in wanted), dtype="<f2").reshape(
             -1, dim).astype(np.float32)
 
+    vectors.conn = conn  # (append_rows adds rows)
     return vectors
+
+
+def posts_table(path: str, item, channel, author, posted) -> sqlite3.Connection:
+    """A posts table as the store's (posts.SCHEMA, in a file, WAL), one post per item."""
+    from index.store.posts import SCHEMA
+
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.executescript(SCHEMA.replace("REFERENCES items(id)", ""))
+    add_posts(conn, item, channel, author, posted)
+    return conn
+
+
+def add_posts(conn: sqlite3.Connection, item, channel, author, posted) -> None:
+    conn.execute("BEGIN")
+    conn.executemany(
+        "INSERT INTO posts VALUES (?, 1, ?, ?, ?, ?, ?, '', '', ?)",
+        ((f"discord:1/{c}/{i}/{i}", int(c), int(i), int(i), int(a), float(t), int(i))
+         for i, c, a, t in zip(item, channel, author, posted, strict=True)))
+    conn.execute("COMMIT")
+
+
+def append_rows(n: int, index, params: dict, space: Space, vectors, facts, plain_p50: float,
+                tmp: str, rounds: int, size: int = 1000) -> tuple[str, list]:
+    """The first filtered search after an append of `size` items, `rounds` times: each
+    round appends `size` posts to a real SQLite posts table (n posts before the first),
+    their vectors to the vector table and to the index in place, then measures for two
+    filters in use (plans kept, copies made by two earlier queries): now, the store's way
+    (facts.FactsReader reads the appended posts, FilterCache.appended extends the plans and
+    their copies, then the search); before (main), the whole posts table read again, and
+    every plan and the IVF list of each id made again (the search makes its copies). Each
+    round's query is new to both; their answers must agree."""
+    from index.store.facts import FactsReader
+    from index.store.filtered import PostFacts, PostFilter
+    from index.store.filterplan import FilterCache
+
+    item, channel, author, posted = facts.arrays()
+    conn = posts_table(os.path.join(tmp, f"posts-{n}.sqlite"), item, channel, author, posted)
+    reader = FactsReader()
+    t0 = time.perf_counter()
+    reader.refresh(conn)
+    whole_s = time.perf_counter() - t0
+    filters = [("in: random channels (10%)", PostFilter(channels=channels_passing(channel, 0.10))),
+               ("after: newest 1%", PostFilter(since=float(np.quantile(posted, 0.99))))]
+    cache = FilterCache()
+    cache.index_changed(1)  # (one index throughout: its items are added in place)
+    for w in space.queries(2, seed=5)[0]:
+        for _, where in filters:
+            plan = cache.plan(where, reader.reads, partial(reader.facts.allowed, where))
+            cache.search(index, w, K, plan, params, vectors)
+    Q, _ = space.queries(rounds, seed=9)
+    rng = np.random.default_rng(21)
+    t_follow, t_read, t_now, t_before = [], [], {f: [] for f, _ in filters}, {f: [] for f, _ in filters}
+    next_id = max(n, int(index.ntotal))
+    for r in range(rounds):
+        ids = np.arange(next_id, next_id + size, dtype=np.int64)
+        next_id += size
+        X = space.items(size, seed=100 + r).astype(np.float16).astype(np.float32)
+        c_new = rng.integers(0, N_CHANNELS, size)
+        t_new = float(posted.max()) + rng.uniform(0, 86400, size)  # the newest posts
+        add_posts(conn, ids, c_new, rng.integers(1, 500, size), t_new)
+        with vectors.conn:
+            vectors.conn.executemany("INSERT OR REPLACE INTO items VALUES (?, ?)",
+                                     ((int(i), x.astype("<f2").tobytes()) for i, x in zip(ids, X, strict=True)))
+        index.add_with_ids(X, ids)
+        q = Q[r]
+        # now: the appended posts read, the kept plans extended, then each filter's search
+        t0 = time.perf_counter()
+        change = reader.refresh(conn)
+        assert not change.whole and len(change.appended) == size
+        cache.index_changed(1)
+        cache.appended(change.appended, index, vectors)
+        t_follow.append(time.perf_counter() - t0)
+        now = {}
+        for name, where in filters:
+            t0 = time.perf_counter()
+            plan = cache.plan(where, reader.reads, partial(reader.facts.allowed, where))
+            now[name] = cache.search(index, q, K, plan, params, vectors)[1]
+            t_now[name].append(time.perf_counter() - t0)
+        # before (main): the posts read whole, the plans and the IVF list of each id again
+        t0 = time.perf_counter()
+        whole = PostFacts.read(conn)
+        t_read.append(time.perf_counter() - t0)
+        old = FilterCache(first_shared=False)
+        for name, where in filters:
+            t0 = time.perf_counter()
+            plan = old.plan(where, 1, partial(whole.allowed, where))
+            got = old.search(index, q, K, plan, params, vectors)[1]
+            t_before[name].append(time.perf_counter() - t0)
+            assert list(got) == list(now[name]), f"an extended plan answered otherwise ({name})"
+    rows = []
+    for name, _ in filters:
+        after = median(t_follow) + median(t_now[name])
+        before = median(t_read) + median(t_before[name])
+        rows.append([f"{n:,}", name, ms(plain_p50), ms(median(t_read)), ms(median(t_before[name])),
+                     ms(before), ratio(before / plain_p50), ms(median(t_follow)),
+                     ms(median(t_now[name])), ms(after), ratio(after / plain_p50),
+                     ratio(after / before)])
+    conn.close()
+    note = (f"N={n:,}: appends of {size:,} posts x {rounds} to a SQLite posts table of {n:,}; "
+            f"its first whole read {whole_s * 1e3:,.0f} ms; cache: {cache.stats()}; {load()}")
+    log(note)
+    return note, rows
 
 
 def run_n(n: int, args, space: Space, tmp: str) -> str:
@@ -167,7 +278,7 @@ def run_n(n: int, args, space: Space, tmp: str) -> str:
     log(f"N={n:,}: {factory} built in {build_s:.0f} s, params {params}")
     vectors = vector_table(X, args.keep, tmp)
     if args.build_only:
-        return f"N={n:,}: {factory} {params} built in {build_s:.0f} s", []
+        return f"N={n:,}: {factory} {params} built in {build_s:.0f} s", [], []
     ivf = faiss_ivf(index)
     limit = filterplan.exact_limit(ivf, params) if ivf is not None else 0
     rng = np.random.default_rng(3)
@@ -186,7 +297,7 @@ def run_n(n: int, args, space: Space, tmp: str) -> str:
                       PostFilter(channels=channels_passing(region, share))))
         cases.append((f"after: newest {share:.0%}", by_random,
                       PostFilter(since=float(np.quantile(posted, 1 - share)))))
-    rows = []
+    rows, plain_all, notes_more = [], [], []
     gc.disable()  # a collection pause inside one timed search is not the search's cost
     for name, facts, where in cases:
         allowed = facts.allowed(where)
@@ -195,10 +306,17 @@ def run_n(n: int, args, space: Space, tmp: str) -> str:
         truth = keep[np.argsort(-truth_scores, axis=1)[:, :K]]
         keep_set = set(keep.tolist())
         make = partial(facts.allowed, where)
-        cached, first = FilterCache(), FilterCache()
-        for c in (cached, first):  # the filter's first use and the IVF lists: not measured
-            c.search(index, Q[0], K, c.plan(where, 1, make), params, vectors)
-        t_plain, t_filt, t_first, t_allowed, hits, naive, same = [], [], [], [], 0, 0, 0
+        # cached: the plan kept, with its copies; copied: a first use as before (the copies
+        # made at once); first: a first use now (the shared lists, nothing copied)
+        cached, copied, first = FilterCache(), FilterCache(first_shared=False), FilterCache()
+        warm = space.queries(2, seed=5)[0]
+        for c in (cached, copied, first):  # the first uses and the IVF lists: not measured
+            for w in warm:  # (two queries: the cached plan makes its copies)
+                c.search(index, w, K, c.plan(where, 1, make), params, vectors)
+        cached._paths.clear()  # (their stats: the searches measured below)
+        first._paths.clear()
+        t_plain, t_filt, t_copied, t_first, t_allowed = [], [], [], [], []
+        hits, hits1, naive, same = 0, 0, 0, 0
         for qi, q in enumerate(Q):
             t0 = time.perf_counter()
             _, plain = index.search(q[None, :], K)
@@ -206,37 +324,54 @@ def run_n(n: int, args, space: Space, tmp: str) -> str:
             plan = cached.plan(where, 1, make)
             found = cached.search(index, q, K, plan, params, vectors)
             t2 = time.perf_counter()
-            first.drop_plans()  # a filter not seen before (the IVF list of each id is kept)
+            copied.drop_plans()  # a filter not seen before (the IVF list of each id is kept)
             t3 = time.perf_counter()
-            plan1 = first.plan(where, 1, make)
+            plan0 = copied.plan(where, 1, make)
             t4 = time.perf_counter()
-            found1 = first.search(index, q, K, plan1, params, vectors)
+            found0 = copied.search(index, q, K, plan0, params, vectors)
             t5 = time.perf_counter()
+            first.drop_plans()
+            t6 = time.perf_counter()
+            found1 = first.search(index, q, K, first.plan(where, 1, make), params, vectors)
+            t7 = time.perf_counter()
             t_plain.append(t1 - t0)
             t_filt.append(t2 - t1)
-            t_first.append(t5 - t3)
+            t_copied.append(t5 - t3)
             t_allowed.append(t4 - t3)
+            t_first.append(t7 - t6)
             want = set(truth[qi].tolist())
             got = [int(i) for i in found[1] if i >= 0]
-            assert set(got) <= keep_set  # only allowed items, ever
-            same += got == [int(i) for i in found1[1] if i >= 0]
+            got1 = [int(i) for i in found1[1] if i >= 0]
+            assert set(got) <= keep_set and set(got1) <= keep_set  # only allowed items, ever
+            same += got == [int(i) for i in found0[1] if i >= 0]
             hits += len(want & set(got))
+            hits1 += len(want & set(got1))
             _, top100 = index.search(q[None, :], 100)
             flags = np.unpackbits(allowed.bits, bitorder="little")
             naive += len(want & {int(i) for i in top100[0] if i >= 0 and flags[i]})
         gc.collect()
-        r = hits / (K * len(Q))
-        path = cached.stats()
-        rows.append([f"{n:,}", name, f"{allowed.count / n:.1%}", path, ms(median(t_plain)),
+        r, r1 = hits / (K * len(Q)), hits1 / (K * len(Q))
+        path, path1 = cached.stats(), first.stats()
+        plain_p50 = median(t_plain)
+        plain_all += t_plain
+        rows.append([f"{n:,}", name, f"{allowed.count / n:.1%}", path, ms(plain_p50),
                      ms(median(t_filt)), ms(pct(t_filt, 99)),
-                     ratio(median(t_filt) / median(t_plain)), ms(median(t_first)),
-                     ms(median(t_allowed)), ratio(median(t_first) / median(t_plain)),
-                     f"{r:.3f}", f"{naive / (K * len(Q)):.3f}"])
-        assert same == len(Q), "a first use answered otherwise than the cached plan"
+                     ratio(median(t_filt) / plain_p50), f"{r:.3f}", ms(median(t_copied)),
+                     ms(median(t_allowed)), ratio(median(t_copied) / plain_p50), path1,
+                     ms(median(t_first)), ms(pct(t_first, 99)), ratio(median(t_first) / plain_p50),
+                     f"{r1:.3f}", f"{naive / (K * len(Q)):.3f}"])
+        assert same == len(Q), "a first use with copies answered otherwise than the cached plan"
         log(f"N={n:,} {name}: share {allowed.count / n:.3f} {path} recall {r:.3f} "
-            f"p50 {median(t_plain) * 1e3:.2f} -> cached {median(t_filt) * 1e3:.2f} "
-            f"first {median(t_first) * 1e3:.2f} ms; {load()}")
+            f"p50 {plain_p50 * 1e3:.2f} -> cached {median(t_filt) * 1e3:.2f}, "
+            f"first use copying {median(t_copied) * 1e3:.2f}, first use now "
+            f"{median(t_first) * 1e3:.2f} ms ({path1}, recall {r1:.3f}); {load()}")
     gc.enable()
+    appended = []
+    if args.append_rounds:
+        plain_p50 = median(plain_all)
+        note, appended = append_rows(n, index, params, space, vectors, by_random, plain_p50,
+                                     tmp, args.append_rounds)
+        notes_more.append(note)
     read_s = facts_read_seconds(by_random)
     lists_s = 0.0
     if ivf is not None:
@@ -249,7 +384,7 @@ def run_n(n: int, args, space: Space, tmp: str) -> str:
             f"facts of {n:,} posts from SQLite (once per change of the posts table): "
             f"{read_s * 1e3:,.0f} ms; {load()} at the end")
     log(note)
-    return note, rows
+    return "\n- ".join([note, *notes_more]), rows, appended
 
 
 def faiss_ivf(index):
@@ -398,12 +533,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="filterplan.EXACT_FACTOR for this run (0: no exact path)")
     p.add_argument("--own-factor", type=float,
                    help="filterplan.OWN_FACTOR for this run (how far the own lists are probed)")
+    p.add_argument("--append-rounds", type=int, default=5, metavar="R",
+                   help="rounds of 1,000 items appended, each followed by a filtered search "
+                   "(0: none)")
     p.add_argument("--milvus", type=int, nargs="*", default=[], metavar="N",
                    help="also Milvus Lite with N items (slow: ~250 items/s to add)")
     p.add_argument("--milvus-queries", type=int, default=50)
     args = p.parse_args(argv)
     space = Space(args.dim)
-    notes, rows = [], []
+    notes, rows, appends = [], [], []
     started = load()
     from index.store import filterplan
 
@@ -414,9 +552,10 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.n:
-            note, r = run_n(n, args, space, tmp)
+            note, r, a = run_n(n, args, space, tmp)
             notes.append(note)
             rows += r
+            appends += a
     if args.build_only:
         print("\n".join(notes))
         return 0
@@ -431,8 +570,18 @@ def main(argv: list[str] | None = None) -> int:
     if rows:
         print(table(["N", "filter", "passes", "path", "p50 ms unfiltered",
                      "p50 ms filtered, cached", "p99 ms filtered, cached", "cached / unfiltered (p50)",
-                     "p50 ms first use", "of which allowed set", "first use / unfiltered (p50)",
-                     "recall@10", "top-100 then drop: recall@10"], rows))
+                     "recall@10 cached", "p50 ms first use, copying (before)",
+                     "of which allowed set", "first use copying / unfiltered (p50)",
+                     "first use now: path", "p50 ms first use now", "p99 ms first use now",
+                     "first use now / unfiltered (p50)", "recall@10 first use now",
+                     "top-100 then drop: recall@10"], rows))
+    if appends:
+        print()
+        print(table(["N", "filter in use", "p50 ms unfiltered", "before: posts read whole, ms",
+                     "before: plan + search, ms", "before: first search after the append, ms",
+                     "before / unfiltered", "now: appended posts read, plans extended, ms",
+                     "now: search, ms", "now: first search after the append, ms",
+                     "now / unfiltered", "now / before"], appends))
     if milvus:
         print()
         print(table(["N", "filter", "passes", "p50 ms unfiltered", "p50 ms filtered",

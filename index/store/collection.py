@@ -31,6 +31,7 @@ from index.errors import ModelMismatch, StoreError
 
 from . import posts, records, tuning
 from .base import VectorStore, checked_query
+from .facts import FactsReader
 from .faissindex import (
     VECTORS,
     Built,
@@ -153,8 +154,10 @@ class Collection(VectorStore):
         self._bg = BackgroundRebuild(path, self._lock)
         self._cache_warned = False  # said once that vectors.faiss could not be written
         self._writes = 0  # our own write transactions (the post facts follow them)
-        self._facts: tuple[tuple[int, int], PostFacts] | None = None  # (version, facts)
-        self._filters = FilterCache()  # each recent filter's allowed items, for this version
+        self._removes = 0  # removals from the index in place (its IVF lists move)
+        self._facts = FactsReader()  # the posts' facts, read as the table grows
+        self._facts_seen: tuple[int, int] | None = None  # _posts_version they were read at
+        self._filters = FilterCache()  # each recent filter's allowed items and copies
         try:
             with self._lock:
                 table.check_schema()
@@ -243,8 +246,8 @@ class Collection(VectorStore):
                 scores, labels = index.search(q[None, :], min(n, offset + int(k)))
                 scores, labels = scores[0], labels[0]
             else:
-                version = (self._posts_version(), self._ix.loads)
-                plan = self._filters.plan(where, version, lambda: self._post_facts().allowed(where))
+                facts = self._follow_posts(index)
+                plan = self._filters.plan(where, self._facts.reads, lambda: facts.allowed(where))
                 if offset >= plan.allowed.count:
                     return []
                 depth = min(plan.allowed.count, offset + int(k))
@@ -264,12 +267,19 @@ class Collection(VectorStore):
         conn = self._db().conn
         return int(conn.execute("PRAGMA data_version").fetchone()[0]), self._writes
 
-    def _post_facts(self) -> PostFacts:
-        """The posts' facts, read again when the database changed. Lock held."""
+    def _follow_posts(self, index: Any) -> PostFacts:
+        """The posts' facts, brought up to the database when it changed (only the posts
+        appended, when that is all that happened: facts.py), and the filter plans with
+        them: kept and extended across appends, dropped otherwise. Lock held."""
+        self._filters.index_changed((self._ix.loads, self._removes))
         version = self._posts_version()
-        if self._facts is None or self._facts[0] != version:
-            self._facts = (version, PostFacts.read(self._db().conn))
-        return self._facts[1]
+        if version != self._facts_seen:
+            change = self._facts.refresh(self._db().conn)
+            self._facts_seen = version
+            if change.appended is not None and len(change.appended):
+                self._filters.appended(change.appended, index, self._db().vectors)
+        assert self._facts.facts is not None
+        return self._facts.facts
 
     # -- writing -----------------------------------------------------------------------
 
@@ -297,6 +307,7 @@ class Collection(VectorStore):
                 raise StoreError(f"cannot add to collection {self.path}: {e}") from e
             self._bg.note_written(changed)
             if replaced:
+                self._removes += 1
                 self._ix.remove(sorted(replaced))
             if changed:
                 new_ids = np.fromiter(changed.keys(), dtype=np.int64, count=len(changed))
@@ -398,6 +409,7 @@ class Collection(VectorStore):
                 raise StoreError(f"cannot forget posts in collection {self.path}: {e}") from e
             if out.removed:
                 self._bg.note_written(out.removed)
+                self._removes += 1
                 self._ix.remove(out.removed)
         return out
 
@@ -521,6 +533,7 @@ class Collection(VectorStore):
                 raise StoreError(f"cannot remove from collection {self.path}: {e}") from e
             if gone:
                 self._bg.note_written(gone)
+                self._removes += 1
                 self._ix.remove(gone)
         return gone
 

@@ -4,15 +4,21 @@ Exact about the filter: FAISS computes distances only for the ids a filter allow
 (`IDSelectorBitmap`), or the allowed vectors are ranked exactly; the top k returned are the
 top k of the allowed items, never "the top 100, then drop". What the search costs:
 
-- Per filter, once (a `Plan`, kept in a small LRU keyed by the filter and a version that
-  changes with every write to the collection and every load of its index): the allowed
-  bitmap and ids, how many allowed items each IVF list holds, and a copy of either the
-  allowed codes (own lists) or, for a small allowed set, the allowed vectors (all plans'
-  copies together within MEMORY, the least recently used dropped first). Turning a page or asking the same filter again pays none
-  of it.
-- Per index version, once: the IVF list of every id (walked from the inverted lists), from
-  which a filter's per-list counts are one bincount.
-- Per search, by the index type and the number of allowed items:
+- Per filter, once (a `Plan`, kept in a small LRU keyed by the filter): the allowed
+  bitmap and ids, how many allowed items each IVF list holds, and, from the filter's
+  second query on, a copy of either the allowed codes (own lists) or, for a small allowed
+  set, the allowed vectors (all plans' copies together within MEMORY, the least recently
+  used dropped first). A filter asked once copies nothing: its first query, and that
+  query's page turns, walk the shared lists with the selector (`_shared` says why pages
+  stay on one path). Turning a page or asking the same filter again pays none of it.
+  Posts appended to the collection extend the kept plans and their copies (`appended`);
+  any other change of the posts drops the plans, any change of the index but items added
+  in place drops what was derived from it (`index_changed`).
+- Per index version, once: the IVF list of every id (walked from the inverted lists; the
+  ends of the lists that grew read for items added since), from which a filter's per-list
+  counts are one bincount.
+- Per search, by the index type and the number of allowed items (the first query of an
+  IVF filter: the shared lists, as below for "other IVF kinds"):
   - few allowed (at most the codes an unfiltered IVF search scans, `exact_limit`; HNSW
     below EXACT_SHARE): the allowed vectors, kept as float16 (lossless: the store keeps
     vectors as float16) in a flat FAISS index, are ranked exactly;
@@ -21,9 +27,9 @@ top k of the allowed items, never "the top 100, then drop". What the search cost
     search ranks the lists as usual and scans,
     among the nearest OWN_FACTOR x nprobe / share, those holding any allowed code: about
     OWN_FACTOR x the codes an unfiltered search scans, no id checked against a bitmap;
-  - other IVF kinds, or no room in MEMORY for the own lists: the shared lists ranked by
-    the quantizer, those holding no allowed item skipped, taken in order until they hold
-    a budget of allowed items (the allowed items an unfiltered walk would meet / sqrt of
+  - a filter's first query, other IVF kinds, or no room in MEMORY for the own lists: the
+    shared lists ranked by the quantizer, those holding no allowed item skipped, taken in
+    order until they hold a budget of allowed items (the allowed items an unfiltered walk would meet / sqrt of
     the share, x BUDGET_FACTOR, at least the tuned nprobe lists), then further batches
     while a batch improves the top; FAISS scans them (`search_preassigned`) with the
     selector;
@@ -43,7 +49,8 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from .filtered import Allowed, PostFilter
+from .filtered import Allowed, PostFacts, PostFilter
+from .routes import Routes
 from .tuning import unwrap
 
 K = 10  # the depth the index's nprobe was tuned for
@@ -68,11 +75,19 @@ class Plan:
     """What one filter costs once: the allowed items and what is derived from them."""
 
     allowed: Allowed
+    where: PostFilter | None = None  # the filter (None: made without one, tests)
+    used: bool = False  # searched at least once
     per_list: np.ndarray | None = None  # IVF: allowed items in each list
-    exact: faiss.Index | None = None  # the allowed vectors (row i: allowed.ids()[i])
+    exact: faiss.Index | None = None  # the allowed vectors (row i: exact_ids[i])
+    exact_ids: np.ndarray | None = None
     own: faiss.IndexIVF | None = None  # IVF: an index of the allowed codes only
     copy: _Copy | None = None  # how own's lists are filled (as searches reach them)
-    held: int = 0  # bytes of exact or own
+    held: int = 0  # bytes of exact and own together
+
+    def drop_copies(self) -> None:
+        """Forget what was derived from the index or copied from it (kept: the allowed set)."""
+        self.per_list, self.exact, self.exact_ids = None, None, None
+        self.own, self.copy, self.held = None, None, 0
 
 
 @dataclass
@@ -80,36 +95,67 @@ class _Copy:
     """The allowed ids grouped by IVF list, their places there, and the lists copied."""
 
     lists: faiss.ArrayInvertedLists  # own's lists (owned by own)
-    ids: np.ndarray  # int64, grouped by list
+    ids: np.ndarray  # int64, grouped by list, in the order of the shared list
     at: np.ndarray  # place of each in its list of the shared index
     bounds: np.ndarray  # list l's ids are ids[bounds[l]:bounds[l + 1]]
     done: np.ndarray  # bool per list: copied
 
 
 class FilterCache:
-    """The plans of the last few filters and the IVF list of each id, for one version of
-    the collection (any other version drops them all). Not thread-safe: the collection
-    calls it under its lock."""
+    """The plans of the last few filters, for one version of the post facts (another
+    version drops them; posts appended extend them, `appended`), and the IVF list of each
+    id, for one version of the index (`index_changed`; items added in place extend it).
+    Not thread-safe: the collection calls it under its lock.
 
-    def __init__(self, plans: int = PLANS, memory: int = MEMORY):
+    first_shared: a plan's first search, and every page of its query, walks the shared
+    lists (`_ivf`, no copy made); the copies (own lists, exact vectors) are made when
+    another query asks the same filter. False: every search of an IVF plan uses them."""
+
+    def __init__(self, plans: int = PLANS, memory: int = MEMORY, first_shared: bool = True):
         self.size = plans
         self.memory = memory
+        self.first_shared = first_shared
         self.version: Hashable = None
+        self.index_version: Hashable = None
         self._plans: OrderedDict[PostFilter, Plan] = OrderedDict()
-        self._lists: tuple[np.ndarray, np.ndarray] | None = None  # list_of_ids, this version
-        self._cents: np.ndarray | None = None  # the IVF's centroids, this version
+        self._lists: tuple[np.ndarray, np.ndarray] | None = None  # list_of_ids, this index
+        self._sizes: np.ndarray | None = None  # each list's size when _lists was made
+        self._cents: np.ndarray | None = None  # the IVF's centroids, this index
+        self._routes = Routes()  # (filter, query) -> whether it walks the shared lists
         self._paths: dict[str, list[int]] = {}  # path taken -> [searches, lists scanned]
 
     def plan(self, where: PostFilter, version: Hashable, allowed: Callable[[], Allowed]) -> Plan:
-        """The plan of `where` at `version`, made with `allowed()` when not kept."""
+        """The plan of `where` at `version` (of the post facts), made with `allowed()` when
+        not kept."""
         self._at(version)
         p = self._plans.get(where)
         if p is None:
-            p = self._plans[where] = Plan(allowed())
+            p = self._plans[where] = Plan(allowed(), where)
             while len(self._plans) > self.size:
                 self._plans.popitem(last=False)
         self._plans.move_to_end(where)
         return p
+
+    def index_changed(self, version: Hashable) -> None:
+        """The index the searches get is `version` (its loads and removals: anything but
+        items added in place): when another, what was derived from the old one goes, the
+        plans' copies with it (their allowed sets stay: they follow the posts)."""
+        if version != self.index_version:
+            self.index_version = version
+            self._lists = self._sizes = self._cents = None
+            for p in self._plans.values():
+                p.drop_copies()
+
+    def appended(self, new: PostFacts, index: faiss.Index, vectors: Vectors) -> None:
+        """Posts were appended (their facts `new`) and their new items, if any, added to
+        `index` in place: each kept plan gains the items the new posts let through, and
+        its copies gain them too."""
+        for p in self._plans.values():
+            if p.where is None:
+                continue
+            gained = new.allowed(p.where)
+            if gained.count:
+                self._extend(p, gained, index, vectors)
 
     def drop_plans(self) -> None:
         """Forget the filters (the IVF list of each id is kept): the next use of each
@@ -143,6 +189,8 @@ class FilterCache:
         direct = faiss.downcast_index(index)
         sel = faiss.IDSelectorBitmap(len(allowed.bits), faiss.swig_ptr(allowed.bits))
         if isinstance(inner, faiss.IndexIVF):
+            if isinstance(direct, faiss.IndexIVF) and self._shared(plan, q):
+                return self._ivf(direct, plan, q, depth, params, sel)
             if allowed.count <= exact_limit(inner, params):
                 return self._exact(plan, q, depth, vectors)
             if isinstance(direct, faiss.IndexIVF):
@@ -172,8 +220,55 @@ class FilterCache:
         if version != self.version:
             self.version = version
             self._plans.clear()
-            self._lists = None
-            self._cents = None
+
+    def _shared(self, plan: Plan, q: np.ndarray) -> bool:
+        """Whether this search walks the shared lists rather than the plan's copies.
+
+        A plan's first search does (nothing copied for a filter asked once), and so does
+        every later search of the same query with the same filter: its page turns read
+        further down the same ranking, whatever happened to the plan meanwhile (evicted
+        and made again, its copies dropped). Another query makes and uses the copies, as
+        do its own page turns. Remembered for recent filters and queries (routes.py)."""
+        if not self.first_shared:
+            return False
+        shared = self._routes.get(plan.where, q)
+        if shared is None:
+            shared = not plan.used
+            self._routes.put(plan.where, q, shared)
+        plan.used = True
+        return bool(shared)
+
+    def _extend(self, plan: Plan, gained: Allowed, index: faiss.Index, vectors: Vectors) -> None:
+        """Add to a plan the items `gained` lets through (appended posts), and to its copies
+        the items it did not allow yet; a copy that no longer fits is dropped."""
+        before = plan.allowed
+        plan.allowed, fresh = before.union(gained)
+        ivf = faiss.downcast_index(index)
+        where = self._where(ivf) if isinstance(ivf, faiss.IndexIVF) else None
+        if plan.per_list is not None and where is not None:
+            counted = gained.members if before.members is not None else None
+            counted = fresh if counted is None else counted
+            counted = counted[counted < len(where[0])]
+            lists = where[0][counted]
+            plan.per_list = plan.per_list + np.bincount(lists[lists >= 0], minlength=ivf.nlist)
+        if not len(fresh):
+            return
+        if plan.exact is not None:
+            x = np.ascontiguousarray(vectors(fresh), dtype=np.float32)
+            size = int(plan.exact.sa_code_size()) * len(fresh)
+            if self._make_room(size, keep=plan):
+                plan.exact.add(x)
+                plan.exact_ids = np.concatenate([plan.exact_ids, fresh])
+                plan.held += size
+            else:
+                plan.drop_copies()
+        if plan.copy is not None and where is not None:
+            size = len(fresh) * (ivf.code_size + 8)
+            if self._make_room(size, keep=plan):
+                self._add_to_own(ivf, plan, fresh, where)
+                plan.held += size
+            else:
+                plan.drop_copies()
 
     def _ivf(
         self,
@@ -278,9 +373,17 @@ class FilterCache:
         return scores[0], labels[0]
 
     def _where(self, ivf: faiss.IndexIVF) -> tuple[np.ndarray, np.ndarray]:
-        """list_of_ids for this version's index (walked once per version)."""
+        """list_of_ids for this version's index (walked once per version; items added
+        since in place are read from the ends of the lists that grew)."""
         if self._lists is None:
-            self._lists = list_of_ids(ivf)
+            self._lists, self._sizes = list_of_ids(ivf), list_sizes(ivf)
+        elif self._sizes is not None and int(self._sizes.sum()) != int(ivf.ntotal):
+            sizes = list_sizes(ivf)
+            if (sizes < self._sizes).any():  # not an append (index_changed was not told)
+                self._lists, self._sizes = list_of_ids(ivf), sizes
+            else:
+                self._lists = appended_to_lists(ivf, self._lists, self._sizes, sizes)
+                self._sizes = sizes
         return self._lists
 
     def _per_list(self, ivf: faiss.IndexIVF, plan: Plan) -> np.ndarray:
@@ -297,33 +400,36 @@ class FilterCache:
 
     def _exact(self, plan: Plan, q: np.ndarray, depth: int, vectors: Vectors) -> Found:
         """The allowed items ranked exactly from their vectors (kept while memory allows)."""
-        ids = plan.allowed.ids()
-        flat = plan.exact
+        flat, ids = plan.exact, plan.exact_ids
         self._took("exact")
-        if flat is None:
+        if flat is None or ids is None:
+            ids = plan.allowed.ids()
             x = np.ascontiguousarray(vectors(ids), dtype=np.float32)
             flat = faiss.IndexScalarQuantizer(
                 x.shape[1], faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
             )
             flat.add(x)
             size = int(flat.sa_code_size()) * len(ids)
-            if self._make_room(size):
-                plan.exact, plan.held = flat, size
+            if self._make_room(size, keep=plan):
+                plan.exact, plan.exact_ids = flat, ids
+                plan.held += size
         scores, rows = flat.search(np.ascontiguousarray(q[None, :], dtype=np.float32), depth)
         found = rows[0] >= 0
         return scores[0][found], ids[rows[0][found]]
 
-    def _make_room(self, size: int) -> bool:
-        """Drop the copies of the least recently used plans until `size` more bytes fit;
-        False (nothing dropped) when they never would."""
-        if size > self.memory:
-            return False
+    def _make_room(self, size: int, keep: Plan | None = None) -> bool:
+        """Drop the copies of the least recently used plans (but `keep`'s) until `size`
+        more bytes fit; False (nothing dropped) when they never would."""
         used = sum(p.held for p in self._plans.values())
+        kept = keep.held if keep is not None else 0
+        if size + kept > self.memory:
+            return False
         for p in self._plans.values():
             if used + size <= self.memory:
                 break
-            used -= p.held
-            p.exact, p.own, p.copy, p.held = None, None, None, 0
+            if p is not keep:
+                used -= p.held
+                p.exact, p.exact_ids, p.own, p.copy, p.held = None, None, None, None, 0
         return True
 
     def _own_lists(self, ivf: faiss.IndexIVF, plan: Plan) -> faiss.IndexIVF | None:
@@ -342,23 +448,59 @@ class FilterCache:
         else:
             return None
         size = plan.allowed.count * (ivf.code_size + 8)
-        if own.code_size != ivf.code_size or not self._make_room(size):
+        if own.code_size != ivf.code_size:
+            return None
+        if plan.exact is not None:  # the allowed set outgrew the exact path (posts appended)
+            plan.held -= int(plan.exact.sa_code_size()) * int(plan.exact.ntotal)
+            plan.exact = plan.exact_ids = None
+        if not self._make_room(size, keep=plan):
             return None
         own.is_trained = True
         where_list, where_at = self._where(ivf)
         ids = plan.allowed.ids()
         ids = ids[ids < len(where_list)]
         ids = ids[where_list[ids] >= 0]
-        order = np.argsort(where_list[ids], kind="stable")  # grouped by list
+        order = np.lexsort((where_at[ids], where_list[ids]))  # by list, as in the shared one
         ids = np.ascontiguousarray(ids[order])
         lists = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
         own.replace_invlists(lists, True)
         lists.this.disown()  # the index owns it now
         own.ntotal = len(ids)
         bounds = np.searchsorted(where_list[ids], np.arange(ivf.nlist + 1))
-        plan.own, plan.held = own, size
+        plan.own = own
+        plan.held += size
         plan.copy = _Copy(lists, ids, where_at[ids], bounds, np.zeros(ivf.nlist, dtype=bool))
         return own
+
+    @staticmethod
+    def _add_to_own(ivf: faiss.IndexIVF, plan: Plan, fresh: np.ndarray,
+                    where: tuple[np.ndarray, np.ndarray]) -> None:
+        """Items newly allowed, added to the shared index in place (at the ends of their
+        lists): into the grouping of lists not copied yet; copied at once into those
+        already copied (after their codes there, as in the shared list)."""
+        c, own = plan.copy, plan.own
+        assert c is not None and own is not None
+        where_list, where_at = where
+        fresh = fresh[fresh < len(where_list)]
+        fresh = fresh[where_list[fresh] >= 0]
+        if not len(fresh):
+            return
+        fresh = fresh[np.lexsort((where_at[fresh], where_list[fresh]))]
+        key = (where_list[c.ids].astype(np.int64) << 32) | c.at  # sorted: by list, then place
+        new_key = (where_list[fresh].astype(np.int64) << 32) | where_at[fresh]
+        put = np.searchsorted(key, new_key)
+        c.ids = np.ascontiguousarray(np.insert(c.ids, put, fresh))
+        c.at = np.insert(c.at, put, where_at[fresh])
+        c.bounds = c.bounds + np.searchsorted(where_list[fresh], np.arange(ivf.nlist + 1))
+        src, width = ivf.invlists, ivf.code_size
+        mine = fresh[c.done[where_list[fresh]]]
+        for key in np.unique(where_list[mine]).tolist():
+            these = np.ascontiguousarray(mine[where_list[mine] == key])
+            n, ptr = src.list_size(key), src.get_codes(key)
+            codes = faiss.rev_swig_ptr(ptr, n * width).reshape(n, width)[where_at[these]]
+            src.release_codes(key, ptr)
+            c.lists.add_entries(key, len(these), faiss.swig_ptr(these), faiss.swig_ptr(codes))
+        own.ntotal = int(own.ntotal) + len(fresh)
 
     @staticmethod
     def _fill(ivf: faiss.IndexIVF, plan: Plan, keys: np.ndarray) -> None:
@@ -436,6 +578,43 @@ def exact_limit(ivf: faiss.IndexIVF, params: dict[str, int]) -> int:
     nprobe = min(ivf.nlist, int(params.get("nprobe", ivf.nprobe)))
     scanned = nprobe * int(ivf.ntotal) / max(ivf.nlist, 1)
     return int(min(EXACT_ITEMS, EXACT_FACTOR * scanned))
+
+
+def list_sizes(ivf: faiss.IndexIVF) -> np.ndarray:
+    """How many entries each IVF list holds."""
+    invlists = ivf.invlists
+    return np.fromiter((invlists.list_size(lst) for lst in range(ivf.nlist)), dtype=np.int64,
+                       count=ivf.nlist)
+
+
+def appended_to_lists(ivf: faiss.IndexIVF, where: tuple[np.ndarray, np.ndarray],
+                      before: np.ndarray, now: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """list_of_ids after entries were appended to the lists (sizes `before` -> `now`):
+    only the new ends are read."""
+    lists, places = where
+    invlists = ivf.invlists
+    grown = np.flatnonzero(now > before)
+    if not len(grown):
+        return where
+    new_ids = []
+    for lst in grown.tolist():
+        ptr = invlists.get_ids(lst)
+        new_ids.append(faiss.rev_swig_ptr(ptr, int(now[lst]))[int(before[lst]):].copy())
+        invlists.release_ids(lst, ptr)
+    ids = np.concatenate(new_ids)
+    added = (now - before)[grown]
+    new_lists = np.repeat(grown.astype(np.int32), added)
+    new_at = (np.arange(len(ids)) - np.repeat(np.cumsum(added) - added, added)
+              + np.repeat(before[grown], added)).astype(np.int32)
+    size = max(len(lists), int(ids.max()) + 1)
+    if size > len(lists):
+        lists = np.concatenate([lists, np.full(size - len(lists), -1, dtype=np.int32)])
+        places = np.concatenate([places, np.zeros(size - len(places), dtype=np.int32)])
+    else:
+        lists, places = lists.copy(), places.copy()
+    lists[ids] = new_lists
+    places[ids] = new_at
+    return lists, places
 
 
 def list_of_ids(ivf: faiss.IndexIVF) -> tuple[np.ndarray, np.ndarray]:
