@@ -31,9 +31,7 @@ cannot add) is refused in one line that says how to move it into one that can.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -44,8 +42,7 @@ from .errors import ClipfindError, StoreError
 from .images import content_hash, open_image
 from .netfetch import FetchLimits, fetch_many
 from .phash import phash
-from .store import Collection, Item
-from .store.items import META, ItemTable
+from .store import Item
 
 BATCH = 64  # items read, hashed and committed together
 RECORD = "rehash"  # the store record: how many items the last full run left without a hash
@@ -75,71 +72,6 @@ class RehashReport:
         return s
 
 
-class _TableHashes:
-    """The embedded store's side: its meta.sqlite on a connection of our own (the hashes
-    change no vector and no index, so the collection's own connection need not know)."""
-
-    def __init__(self, coll: Collection):
-        self.table = ItemTable.open(Path(coll.path) / META, coll.manifest.dim)
-        try:
-            self.table.check_schema()
-        except BaseException:
-            self.table.close()
-            raise
-        self.readonly = self.table.readonly
-        self.where = f"collection {coll.path}"
-
-    def unhashed_ids(self) -> list[int]:
-        with self._errors("read"):
-            return self.table.unhashed_ids()
-
-    def count_unhashed(self) -> int:
-        with self._errors("read"):
-            return self.table.count_unhashed()
-
-    def set_phashes(self, hashes: dict[int, str]) -> int:
-        with self._errors("store perceptual hashes in"):
-            return self.table.write(lambda conn: ItemTable.set_phashes(conn, hashes),
-                                    lambda _: False)[0]
-
-    @contextlib.contextmanager
-    def _errors(self, doing: str):
-        """SQLite's errors as one StoreError line naming the collection."""
-        try:
-            yield
-        except sqlite3.Error as e:
-            raise StoreError(f"cannot {doing} {self.where}: {e}") from e
-
-    def close(self) -> None:
-        self.table.close()
-
-
-class _StoreHashes:
-    """A store that keeps the hashes itself (Milvus)."""
-
-    def __init__(self, store: Any):
-        self.store, self.readonly = store, False
-        self.where = getattr(store, "location", repr(store))
-
-    def unhashed_ids(self) -> list[int]:
-        return self.store.unhashed_ids()
-
-    def count_unhashed(self) -> int:
-        return self.store.count_unhashed()
-
-    def set_phashes(self, hashes: dict[int, str]) -> int:
-        return self.store.set_phashes(hashes)
-
-    def close(self) -> None:
-        pass
-
-
-def _hashes(store: Any) -> _TableHashes | _StoreHashes:
-    if isinstance(store, Collection):
-        return _TableHashes(store)
-    return _StoreHashes(store)
-
-
 def cannot_keep(store: Any) -> str | None:
     """Why `store` cannot keep perceptual hashes, and how to move it into one that can
     (None: it can)."""
@@ -158,24 +90,14 @@ def unhashed_count(store: Any) -> int | None:
     store cannot keep them, see cannot_keep)."""
     if cannot_keep(store):
         return None
-    h = _hashes(store)
-    try:
-        return h.count_unhashed()
-    finally:
-        h.close()
+    return store.count_unhashed()
 
 
 def unhashed_note(store: Any, fix: str) -> str | None:
     """One line for a collection that has items without a perceptual hash (None: it has
     none): how many, what it costs, and `fix` (the command that makes them)."""
     why = cannot_keep(store)
-    h = None if why else _hashes(store)
-    try:
-        n = store.count_unhashed() if h is None else h.count_unhashed()
-        where = store.location if h is None else h.where
-    finally:
-        if h is not None:
-            h.close()
+    n, where = store.count_unhashed(), store.location
     if not n or (not why and n <= _left_by_last_run(store)):
         return None  # (those the last run could not read: its summary said so)
     what = (f"{n} items of {where} have no perceptual hash (stored before it existed), so "
@@ -204,13 +126,12 @@ async def rehash(store: Any, *, batch: int = BATCH, limits: FetchLimits | None =
     if why:
         raise StoreError(why)
     limits = limits or FetchLimits()
-    h = _hashes(store)
     pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="clipfind-rehash")
     try:
-        if h.readonly:
-            raise StoreError(f"{h.where} is read-only here (its folder cannot be written): "
+        if store.readonly:
+            raise StoreError(f"{store.location} is read-only here (its folder cannot be written): "
                              "copy it somewhere writable to rehash it")
-        ids = await asyncio.to_thread(h.unhashed_ids)
+        ids = await asyncio.to_thread(store.unhashed_ids)
         report = RehashReport(missing=len(ids))
         if started:
             started(len(ids))
@@ -220,15 +141,14 @@ async def rehash(store: Any, *, batch: int = BATCH, limits: FetchLimits | None =
             pairs = await _load(items, limits, public_only, fetch, report)
             found = await _hash_all(pairs, pool, report)
             if found:
-                await asyncio.to_thread(h.set_phashes, found)
+                await asyncio.to_thread(store.set_phashes, found)
             if progress:
                 progress(len(part))
-        left = await asyncio.to_thread(h.count_unhashed)
+        left = await asyncio.to_thread(store.count_unhashed)
         await asyncio.to_thread(store.write_record, RECORD, str(left))
         return report
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-        h.close()
 
 
 async def _load(items: list[Item], limits: FetchLimits, public_only: bool,

@@ -135,6 +135,32 @@ class VectorStore(abc.ABC):
         """Forget posts; re-point each item that named one at its oldest post left, remove
         (with its vector) each item left without posts; all at once. What changed."""
 
+    # -- perceptual hashes of items stored before them (index/rehash.py) --------------
+
+    @property
+    def location(self) -> str:
+        """Where the store is, for messages (no credentials)."""
+        return repr(self)
+
+    @property
+    def readonly(self) -> bool:
+        """Whether this process can only read the store."""
+        return False
+
+    @abc.abstractmethod
+    def unhashed_ids(self) -> list[int]:
+        """Ids of the items read from a picture that have no perceptual hash (not known:
+        stored before hashes existed), in id order; imported vectors are not among them."""
+
+    @abc.abstractmethod
+    def count_unhashed(self) -> int:
+        """How many items unhashed_ids would list."""
+
+    @abc.abstractmethod
+    def set_phashes(self, hashes: dict[int, str]) -> int:
+        """Give items still without a perceptual hash theirs ('': the picture has none);
+        how many changed. Neither the vectors nor the index change."""
+
     # -- records: small named values kept beside the items ----------------------------
     # What a face must find again on any machine (the Discord library's channels and
     # backfill progress). One record is written whole, atomically; the last write wins.

@@ -16,6 +16,7 @@ it there is nothing right to serve.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -336,6 +337,37 @@ class Collection(VectorStore):
                 lambda conn: ItemTable.delete_where(conn, guild_id, channel_id, messages)
             )
         )
+
+    # -- perceptual hashes of items stored before them (index/rehash.py) ----------------
+
+    @property
+    def location(self) -> str:
+        return f"collection {self.path}"
+
+    @property
+    def readonly(self) -> bool:
+        with self._lock:
+            return self._db().readonly
+
+    def unhashed_ids(self) -> list[int]:
+        with self._lock, self._sqlite_errors("read"):
+            return self._db().unhashed_ids()
+
+    def count_unhashed(self) -> int:
+        with self._lock, self._sqlite_errors("read"):
+            return self._db().count_unhashed()
+
+    def set_phashes(self, hashes: dict[int, str]) -> int:
+        with self._lock, self._sqlite_errors("store perceptual hashes in"):
+            return self._write(lambda conn: ItemTable.set_phashes(conn, hashes), lambda _: False)
+
+    @contextlib.contextmanager
+    def _sqlite_errors(self, doing: str):
+        """SQLite's errors as one StoreError line naming the collection."""
+        try:
+            yield
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot {doing} collection {self.path}: {e}") from e
 
     # -- provenance: the Discord posts of the pictures (posts.py) --------------------------
 

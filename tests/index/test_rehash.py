@@ -279,14 +279,12 @@ def test_the_engine_open_note_is_one_line_until_rehash_has_tried_them_all(tmp_pa
 def test_a_hash_never_brings_back_an_item_removed_meanwhile(store, tmp_path):
     import numpy as np
 
-    from index.rehash import _hashes
     from index.store import NewItem
     coll = store.create(tmp_path / "r", "m", 4)
     try:
         ids = coll.add([NewItem(source=f"/r/{i}.png", content_hash=f"{i}" * 64) for i in range(2)],
                        np.eye(4)[:2])
-        hashes = _hashes(coll)
-        assert hashes.unhashed_ids() == sorted(ids)
+        assert coll.unhashed_ids() == sorted(ids)
         if store.kind == "milvus":  # removed between reading the rows and writing them
             read = coll._rows_by_id
 
@@ -299,10 +297,9 @@ def test_a_hash_never_brings_back_an_item_removed_meanwhile(store, tmp_path):
             coll._rows_by_id = read_then_removed
         else:
             coll.remove([ids[0]])  # (a member deleted their post while the hashes were made)
-        assert hashes.set_phashes({ids[0]: "a" * 64, ids[1]: "b" * 64}) == 1
+        assert coll.set_phashes({ids[0]: "a" * 64, ids[1]: "b" * 64}) == 1
         if store.kind == "milvus":
             del coll._rows_by_id
-        hashes.close()
         assert len(coll) == 1 and coll.get(ids) == coll.get([ids[1]])
         assert coll.get([ids[1]])[0].phash == "b" * 64
     finally:
