@@ -80,7 +80,10 @@ async def test_real_architecture_goes_through_the_same_path(tmp_path, demo_galle
     """ViT-B-32 with random weights: same encoder, preprocessing and store."""
     from index.build import build
     from index.sources import scan_folder
-    engine = Engine.open(tmp_path / "vit", model="ViT-B-32:random", create=True)
+    from index.engine import EngineOptions
+    # one torch thread: its warm-up times half the ways (the path under test is the same)
+    engine = Engine.open(tmp_path / "vit", model="ViT-B-32:random", create=True,
+                         options=EngineOptions(threads=1))
     try:
         records = scan_folder(demo_gallery)[:6]
         report = await build(engine.collection, engine.encoder, records)
