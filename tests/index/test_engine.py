@@ -79,8 +79,8 @@ def test_unknown_store_is_refused(tmp_path):
 async def test_real_architecture_goes_through_the_same_path(tmp_path, demo_gallery):
     """ViT-B-32 with random weights: same encoder, preprocessing and store."""
     from index.build import build
-    from index.sources import scan_folder
     from index.engine import EngineOptions
+    from index.sources import scan_folder
     # one torch thread: its warm-up times half the ways (the path under test is the same)
     engine = Engine.open(tmp_path / "vit", model="ViT-B-32:random", create=True,
                          options=EngineOptions(threads=1))
