@@ -89,15 +89,6 @@ def test_groups_by_hash_and_cosine_and_do_not_change_with_depth():
 # -- the floor kept with the collection, in both stores -----------------------------------
 
 
-@pytest.fixture(scope="module")
-def encoder(tiny):
-    """One encoder for the module's engines (each engine of its own would warm one up)."""
-    from index.encoder import Encoder
-    enc = Encoder(tiny)
-    yield enc
-    enc.close()
-
-
 def _engine(store, path, encoder, create: bool = True):
     from index.engine import Engine
     coll = (store.create(path, "builtin:tiny-shapes", encoder.dim) if create

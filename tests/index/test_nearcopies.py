@@ -85,14 +85,6 @@ def test_a_flat_picture_has_no_hash_and_a_hash_is_hex_of_256_bits():
 # -- kept with the items, in both stores, by every ingestion path --------------------------
 
 
-@pytest.fixture(scope="module")
-def encoder(tiny):
-    from index.encoder import Encoder
-    enc = Encoder(tiny)
-    yield enc
-    enc.close()
-
-
 def _engine(coll, encoder):
     from index.engine import Engine
     return Engine(coll, encoder, owns_encoder=False)

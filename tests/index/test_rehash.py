@@ -48,14 +48,6 @@ def _gallery(folder):
     return folder
 
 
-@pytest.fixture(scope="module")
-def encoder(tiny):
-    from index.encoder import Encoder
-    enc = Encoder(tiny)
-    yield enc
-    enc.close()
-
-
 def _engine(coll, encoder):
     from index.engine import Engine
     return Engine(coll, encoder, owns_encoder=False)
