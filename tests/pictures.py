@@ -1,9 +1,11 @@
-"""Small generated pictures for tests that post images (the fake Discord's libraries)."""
+"""Small generated pictures for tests that post or index images, and their file bytes."""
 
 from __future__ import annotations
 
 import io
 import random
+
+from PIL import Image
 
 from index.synthetic import Scene, Shape, render
 
@@ -16,4 +18,14 @@ def pic(colour: str, shape: str, seed: int, size: int = 96) -> bytes:
                   (rng.randint(0, 40), rng.randint(0, 40), rng.randint(0, 40)))
     buf = io.BytesIO()
     render(scene, size).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def encoded(img: Image.Image, scale: float = 1.0, quality: int | None = None) -> bytes:
+    """`img` as file bytes: PNG, or JPEG at `quality`; resized by `scale` first (a
+    re-encoded copy of a picture, as members repost them)."""
+    if scale != 1.0:
+        img = img.resize((round(img.width * scale), round(img.height * scale)), Image.BICUBIC)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG" if quality else "PNG", **({"quality": quality} if quality else {}))
     return buf.getvalue()

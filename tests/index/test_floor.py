@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import io
 import json
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from PIL import Image
+from pictures import encoded
 
 from index import floor as floormod
 from index.floor import Floor, FloorKeeper, calibrate, from_record
@@ -96,17 +95,9 @@ def _engine(store, path, encoder, create: bool = True):
     return Engine(coll, encoder, owns_encoder=False)
 
 
-def _png(img: Image.Image, scale: float = 1.0, quality: int | None = None) -> bytes:
-    if scale != 1.0:
-        img = img.resize((round(img.width * scale), round(img.height * scale)), Image.BICUBIC)
-    buf = io.BytesIO()
-    img.save(buf, "JPEG" if quality else "PNG", **({"quality": quality} if quality else {}))
-    return buf.getvalue()
-
-
 async def _add(engine, scenes, start: int):
     items = [NewItem(source=f"/lacking/{start + i}.png") for i in range(len(scenes))]
-    report = await engine.add_images(items, [_png(render(s)) for s in scenes])
+    report = await engine.add_images(items, [encoded(render(s)) for s in scenes])
     assert len(report.ids) == len(scenes)
 
 
@@ -202,7 +193,7 @@ async def test_reposts_collapse_into_one_result_and_never_come_back_on_a_later_p
         items, data = [], []
         for i, s in enumerate(scenes):  # each picture three times: as drawn, re-encoded twice
             img = render(s)
-            for j, blob in enumerate([_png(img), _png(img, 0.8, 75), _png(img, 1.25, 90)]):
+            for j, blob in enumerate([encoded(img), encoded(img, 0.8, 75), encoded(img, 1.25, 90)]):
                 items.append(NewItem(source=f"/reposts/{i}-{j}.png", content_hash=f"h{i}-{j}"))
                 data.append(blob)
         await engine.add_images(items, data)
@@ -236,9 +227,9 @@ def lacking(tmp_path_factory, encoder):
     path = tmp_path_factory.mktemp("lacking") / "c"
     engine = _engine(Stores("faiss", ""), path, encoder)
     items = [NewItem(source=f"/lacking/{i}.png") for i in range(100)]
-    data = [_png(render(s)) for s in scenes]
+    data = [encoded(render(s)) for s in scenes]
     items += [NewItem(source="/lacking/0-b.png"), NewItem(source="/lacking/0-c.png")]
-    data += [_png(render(scenes[0]), 0.8, 75), _png(render(scenes[0]), 1.25, 90)]
+    data += [encoded(render(scenes[0]), 0.8, 75), encoded(render(scenes[0]), 1.25, 90)]
     asyncio.run(engine.add_images(items, data))
 
     async def weak_first(concept):  # (the floor's quality is measured by index.quality)
@@ -279,7 +270,7 @@ def test_cli_weak_with_nothing_weak_says_so_in_one_line(lacking, monkeypatch, ca
     assert code == 0 and "(weak)" not in out
     assert out.splitlines()[-1].startswith("--weak: nothing to add, no result here is under the floor")
     images = tmp = path.parent / "q.png"
-    tmp.write_bytes(_png(render(lacking_gallery(1, 99)[0][0])))
+    tmp.write_bytes(encoded(render(lacking_gallery(1, 99)[0][0])))
     code, out = _cli(monkeypatch, capsys, encoder, path, "-k", 1, "--weak", "--image", images, "#1")
     assert out.splitlines()[-1] == "--weak: nothing to add, queries with images have no relevance floor"
 

@@ -3,12 +3,12 @@ in both stores, and the cosine where a collection has no hashes."""
 
 from __future__ import annotations
 
-import io
 import sqlite3
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from pictures import encoded
 from PIL import Image
 
 from index.images import open_image
@@ -16,14 +16,6 @@ from index.nearcopies import COPY_BITS, Ranked, group
 from index.phash import hamming, phash, valid
 from index.store import NewItem
 from index.synthetic import Scene, Shape, render
-
-
-def _blob(img: Image.Image, scale: float = 1.0, quality: int | None = None) -> bytes:
-    if scale != 1.0:
-        img = img.resize((round(img.width * scale), round(img.height * scale)), Image.BICUBIC)
-    buf = io.BytesIO()
-    img.save(buf, "JPEG" if quality else "PNG", **({"quality": quality} if quality else {}))
-    return buf.getvalue()
 
 
 def _pic(colour: str, shape: str, cx: float, cy: float, r: float = 0.2) -> Image.Image:
@@ -45,7 +37,7 @@ def _ranked(name: str, vector, ph, score: float) -> Ranked:
 
 def test_a_reencoded_copy_is_grouped_even_where_its_cosine_is_under_098():
     img = _pic("red", "circle", 0.4, 0.6)
-    copy = open_image(_blob(img, 0.8, 75))  # resized, JPEG q75: other bytes, same picture
+    copy = open_image(encoded(img, 0.8, 75))  # resized, JPEG q75: other bytes, same picture
     assert hamming(phash(img), phash(copy)) <= COPY_BITS
     a, b = _vecs(0.85)  # as far as the bundled model moved such a copy (bench/RESULTS.md)
     groups = group([_ranked("original", a, phash(img), 0.9), _ranked("copy", b, phash(copy), 0.8)])
@@ -103,7 +95,7 @@ async def test_every_ingestion_path_keeps_the_hash_and_reposts_are_one_result(
         img = _pic("purple", "square", 0.6, 0.4)
         added = await engine.add_images(
             [NewItem(source="/p/0.png"), NewItem(source="/p/0-b.jpg")],
-            [_blob(img), _blob(img, 0.8, 75)])
+            [encoded(img), encoded(img, 0.8, 75)])
         items = engine.collection.get(built.ids + added.ids)
         assert len(items) == 3 and all(valid(it.phash) for it in items)
         assert items[1].phash == phash(img)
@@ -144,7 +136,7 @@ async def test_an_old_meta_sqlite_gets_the_column_and_its_old_items_group_by_cos
     path = tmp_path / "old"
     engine = _engine(Collection.create(path, "builtin:tiny-shapes", encoder.dim), encoder)
     await engine.add_images([NewItem(source="/o/0.png"), NewItem(source="/o/0-b.png")],
-                            [_blob(img), _blob(img, 1.25, 90)])
+                            [encoded(img), encoded(img, 1.25, 90)])
     engine.close()
     _without_phash_column(path)
 
@@ -158,7 +150,7 @@ async def test_an_old_meta_sqlite_gets_the_column_and_its_old_items_group_by_cos
     try:
         assert [it.phash for it in engine.collection.get([1, 2])] == [None, None]
         await engine.add_images([NewItem(source="/o/1.png")],
-                                [_blob(_pic("red", "square", 0.2, 0.2))])
+                                [encoded(_pic("red", "square", 0.2, 0.2))])
         assert valid(engine.collection.by_source("/o/1.png").phash)
         hits = (await engine.search("yellow triangle", k=2, explain=False)).hits
         assert len(hits[0].copies) == 1  # no hashes: grouped by their cosine, as before
@@ -186,7 +178,7 @@ async def test_an_old_milvus_collection_without_the_field_keeps_working(
         # Milvus Lite cannot add a field: the collection goes on without hashes
         img = _pic("green", "circle", 0.45, 0.55)
         added = await engine.add_images([NewItem(source="/m/0.png"), NewItem(source="/m/0-b.jpg")],
-                                        [_blob(img), _blob(img, 1.25, 90)])
+                                        [encoded(img), encoded(img, 1.25, 90)])
         assert len(added.ids) == 2
         assert [it.phash for it in coll.get(added.ids)] == [None, None]
         hits = (await engine.search("green circle", k=2, explain=False)).hits

@@ -3,7 +3,6 @@ rehash): what a user sees is the near-copy grouping of their search results."""
 
 from __future__ import annotations
 
-import io
 import logging
 import sqlite3
 from dataclasses import replace
@@ -11,6 +10,7 @@ from dataclasses import replace
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from pictures import encoded
 from PIL import Image
 from test_cli import cli
 
@@ -27,14 +27,6 @@ def _pic(colour: str, shape: str, cx: float, cy: float) -> Image.Image:
     return render(Scene((Shape(colour, shape, cx, cy, 0.2),), (20, 20, 30)))
 
 
-def _blob(img: Image.Image, scale: float = 1.0, quality: int | None = None) -> bytes:
-    if scale != 1.0:
-        img = img.resize((round(img.width * scale), round(img.height * scale)), Image.BICUBIC)
-    buf = io.BytesIO()
-    img.save(buf, "JPEG" if quality else "PNG", **({"quality": quality} if quality else {}))
-    return buf.getvalue()
-
-
 # two distinct pictures the bundled model puts at cosine 0.993 (the cosine rule merged
 # them), and a resized JPEG copy of the first (a real near-copy)
 ONE, TWO = _pic("blue", "square", 0.3, 0.3), _pic("blue", "square", 0.7, 0.65)
@@ -42,9 +34,9 @@ ONE, TWO = _pic("blue", "square", 0.3, 0.3), _pic("blue", "square", 0.7, 0.65)
 
 def _gallery(folder):
     folder.mkdir()
-    (folder / "one.png").write_bytes(_blob(ONE))
-    (folder / "two.png").write_bytes(_blob(TWO))
-    (folder / "one-copy.jpg").write_bytes(_blob(ONE, 0.8, 75))
+    (folder / "one.png").write_bytes(encoded(ONE))
+    (folder / "two.png").write_bytes(encoded(TWO))
+    (folder / "one-copy.jpg").write_bytes(encoded(ONE, 0.8, 75))
     return folder
 
 
@@ -114,7 +106,7 @@ WEB = {1: _pic("red", "circle", 0.4, 0.5), 2: _pic("green", "triangle", 0.6, 0.4
 @pytest.fixture
 async def web_pictures():
     async def picture(request):
-        return web.Response(body=_blob(WEB[int(request.match_info["n"])]),
+        return web.Response(body=encoded(WEB[int(request.match_info["n"])]),
                             content_type="image/png")
 
     app = web.Application()
@@ -131,14 +123,14 @@ async def test_urls_are_fetched_safely_and_what_cannot_be_read_is_kept_one_line_
     base, _ = web_pictures
     (tmp_path / "urls.txt").write_text(f"{base}/p/1.png\n{base}/p/2.png\n")
     folder = _gallery(tmp_path / "g")
-    (folder / "flat.png").write_bytes(_blob(Image.new("RGB", (64, 64), (200, 10, 10))))
+    (folder / "flat.png").write_bytes(encoded(Image.new("RGB", (64, 64), (200, 10, 10))))
     records = read_url_list(tmp_path / "urls.txt")[0] + scan_folder(folder)
     engine = _engine(Collection.create(tmp_path / "c", MODEL, encoder.dim), encoder)
     try:
         await build(engine.collection, engine.encoder, records)
         _forget_hashes(engine.collection)
         (folder / "one.png").unlink()  # gone since
-        (folder / "two.png").write_bytes(_blob(ONE))  # another picture under its name
+        (folder / "two.png").write_bytes(encoded(ONE))  # another picture under its name
 
         # a member-facing caller's rule: loopback is not a public address
         refused = await rehash(engine.collection, public_only=True)
