@@ -529,20 +529,19 @@ class Encoder:
                         break
                 if not ok:
                     log.warning("packed text pass differs from the padded one; not used")
-                self._lean_padded = self._same_as_padded(
-                    tokens, padded, padded_rows,
-                    lambda: encode_text_trimmed(m.text, tokens, attend=True, linear=F.linear))
+                self._lean_padded = self._lean_padded_matches(tokens, padded, padded_rows)
             self._packed_ok = ok
         return self._packed_ok
 
-    @staticmethod
-    def _same_as_padded(tokens: torch.Tensor, padded: torch.Tensor, padded_rows, run) -> bool:
-        """Whether run() gives the module walk's vectors and word weights within 1e-5 (the
-        padded texts walked by `lean.block_forward` skip `nn.MultiheadAttention`'s argument
-        checks, which cost a lone text of the bundled model a fifth of its pass)."""
+    def _lean_padded_matches(self, tokens: torch.Tensor, padded: torch.Tensor,
+                             padded_rows) -> bool:
+        """Whether the padded texts walked by `lean.block_forward` (no `nn.MultiheadAttention`
+        argument checks, which weigh on a tiny model's lone text) give the module walk's
+        vectors and word weights (`padded`, `padded_rows`) within 1e-5."""
         try:
             with torch.inference_mode():
-                vectors, rows = run()
+                vectors, rows = encode_text_trimmed(self.loaded.text, tokens, attend=True,
+                                                    linear=F.linear)
         except Exception:  # an unusual tower or torch build: the module walk serves
             log.debug("lean padded text pass failed", exc_info=True)
             return False
