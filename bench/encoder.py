@@ -98,6 +98,15 @@ def text_path(encoder) -> str:
     return "lean walk, " + ("oneDNN linears" if encoder.text_linear is not F.linear else "F.linear")
 
 
+def batch_layout(encoder, kind: str) -> str:
+    """How the encoder runs a batch of `kind` now, as its pass choice stands."""
+    from index.encoder import SPLIT
+
+    n = encoder.batch_threads.get(kind)
+    return (f"split in {encoder._model_threads} parts, one torch thread each" if n == SPLIT
+            else f"one pass on {n} torch thread{'s' if n != 1 else ''}")
+
+
 def bare_forward(loaded, pixels: torch.Tensor, chunk: int, tower=None) -> tuple[float, np.ndarray]:
     """Seconds for the batched forward pass over pre-made tensors, and the vectors
     (open_clip's `encode_image`, or `tower`: the one the encoder chose at warm-up)."""
@@ -252,7 +261,8 @@ def run_model(spec: str, device: str, args, workdir: Path) -> list[tuple[str, st
                      + (f" ({ratio(median(ix['own']) / e)} of its own tower)" if ix["own"] else "")))
         sections.append((f"Folder indexing — {label}",
                          f"{ix['n']} images ({ix['kind']}), chunk {args.chunk}, median of "
-                         f"{len(ix['bare'])} runs each; build: {ix['summary']}; largest "
+                         f"{len(ix['bare'])} runs each; build: {ix['summary']}; the encoder's "
+                         f"image batches after it: {batch_layout(encoder, 'image')}; largest "
                          f"difference between stored (float16) and bare vectors: {ix['diff']:.1e}. "
                          f"Target: engine ≥ 0.9× the bare throughput.\n\n"
                          + table(("path", "images/s", "seconds", "throughput vs bare"), rows)))

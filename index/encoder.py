@@ -11,7 +11,10 @@
 - Each sort of pass (a lone text, a batch of texts, a lone image, a batch of images)
   can run several ways that give the same vectors within 1e-5: on the configured torch
   threads or on one (tiny matrices: the hand-offs between threads cost more than they
-  share, and on a busy host a multi-threaded pass waits for a second free core); texts
+  share, and on a busy host a multi-threaded pass waits for a second free core); a batch
+  also split in parts encoded side by side on one torch thread each (no thread waits for
+  another inside a pass, so decoding on the same cores or a busy neighbour delays only
+  the part it preempts, not every operator of the pass); texts
   padded (open_clip's module walk) or packed (the tokens of all texts in one sequence,
   each attending only to its own text, so no work goes to padding: a batch of queries is
   ~30% padding when trimmed to its longest); images on the stock tower or on one with
@@ -200,6 +203,14 @@ _PROBE_TEXTS = ("a dog", "a photo of a small red car parked in front of an old h
                 "a lighthouse in a storm", "sunflower field")
 
 
+SPLIT = "split"  # an arm's layout: the batch cut in parts, one torch thread each (_forward)
+
+
+def _torch_threads(layout: int | str) -> int:
+    """The model thread's torch thread count for an arm's layout (a count, or SPLIT)."""
+    return 1 if layout == SPLIT else layout
+
+
 @dataclass
 class EncoderStats:
     batches: int = 0
@@ -231,10 +242,11 @@ class Encoder:
         # and the torch thread count such a pass runs on now
         self.lone_pass: dict[str, float] = {}
         self.lone_threads: dict[str, int] = {}
-        self.batch_threads: dict[str, int] = {}  # threads of a batch pass, where measured
+        # threads of a batch pass, where measured (SPLIT: one per part, see _forward)
+        self.batch_threads: dict[str, int | str] = {}
         # how passes run, per (kind, lone): arms (threads, way) timed at warm-up, and the
         # choice among them kept current under load (passchoice.py); the way is `packed`
-        # for texts and the tower's name for images
+        # for texts and the tower's name for images; a batch's threads may be SPLIT
         self._arm_times: dict[tuple[str, bool], dict] = {}
         self._choices: dict[tuple[str, bool], PassChoice] = {}
         self.packed = False  # batches of texts run packed (the present choice)
@@ -256,6 +268,7 @@ class Encoder:
         self._linear: Callable = F.linear  # the packed pass's linear layers (see warm-up)
         self._lean_padded = False  # padded texts walked by lean.block_forward (see warm-up)
         self._decode_pool = ThreadPoolExecutor(decode_workers, thread_name_prefix="clipfind-decode")
+        self._helpers: ThreadPoolExecutor | None = None  # the other workers of a SPLIT pass
         self._thread = threading.Thread(target=self._run, name="clipfind-encoder", daemon=True)
         self._thread.start()
 
@@ -352,6 +365,8 @@ class Encoder:
         # exception"). Warm-up stops at its next pass once closed (_timed_forward).
         self._thread.join()
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
+        if self._helpers is not None:
+            self._helpers.shutdown(wait=True)  # idle once the model thread has stopped
 
     # -- internals --------------------------------------------------------------------------
     def _preprocess_sync(self, images) -> torch.Tensor:
@@ -442,10 +457,29 @@ class Encoder:
                 self._pending_inputs -= r.n
             return batch
 
-    def _forward(self, kind: str, inputs: torch.Tensor | list[str],
-                 way=None) -> np.ndarray | list[TextCode]:
+    def _forward(self, kind: str, inputs: torch.Tensor | list[str], way=None,
+                 split: bool = False) -> np.ndarray | list[TextCode]:
         """One pass; `way`: packed or not (texts), the tower's name (images); None: the
-        present choice."""
+        present choice. `split`: the inputs are cut into one part per configured thread,
+        each part encoded on one torch thread, the first here and the others on helper
+        threads at the same time (a SPLIT arm)."""
+        if not split or len(inputs) < 2:
+            return self._forward_one(kind, inputs, way)
+        n = min(self._model_threads, len(inputs))
+        bounds = [len(inputs) * i // n for i in range(n + 1)]
+        parts = [inputs[a:b] for a, b in itertools.pairwise(bounds)]
+        if self._helpers is None:
+            self._helpers = ThreadPoolExecutor(self._model_threads - 1, initializer=torch.set_num_threads,
+                                               initargs=(1,), thread_name_prefix="clipfind-encoder")
+        others = [self._helpers.submit(self._forward_one, kind, p, way) for p in parts[1:]]
+        try:
+            outs = [self._forward_one(kind, parts[0], way)]
+        finally:  # the helpers' parts end before this pass does, even when it fails
+            outs += [f.result() for f in others]
+        return [c for part in outs for c in part] if kind == "text" else np.concatenate(outs)
+
+    def _forward_one(self, kind: str, inputs: torch.Tensor | list[str],
+                     way=None) -> np.ndarray | list[TextCode]:
         m = self.loaded
         if kind == "text":
             return self._text_codes(inputs, way)
@@ -591,11 +625,12 @@ class Encoder:
         if cpu and m.text is not None:  # on a GPU padding is nearly free; threads not ours
             sorts["text", False] = (list(_PROBE_TEXTS), ways)
         for (kind, lone), (inputs, sort_ways) in sorts.items():
-            arms = [(n, w) for n in counts for w in sort_ways]
+            layouts = counts + ([SPLIT] if threads > 1 and cpu and not lone else [])
+            arms = [(n, w) for n in layouts for w in sort_ways]
             seconds = time_arms(arms, lambda arm, kind=kind, inputs=inputs:
-                                self._forward(kind, inputs, arm[1]),
+                                self._forward(kind, inputs, arm[1], split=arm[0] == SPLIT),
                                 rounds=5 if kind == "text" else 3, stop=self._stop_if_closed,
-                                switch=lambda arm: self._use_threads(arm[0]))
+                                switch=lambda arm: self._use_threads(_torch_threads(arm[0])))
             per_input = {a: t / len(inputs) for a, t in seconds.items()}
             self._arm_times[kind, lone] = per_input
             self._choices[kind, lone] = PassChoice(per_input)
@@ -674,10 +709,10 @@ class Encoder:
             count = sum(r.n for r in batch)
             choice = self._choices.get((kind, count == 1))
             arm = choice.pick() if choice is not None else (self._model_threads, None)
-            self._use_threads(arm[0])
+            self._use_threads(_torch_threads(arm[0]))
             t0 = time.perf_counter()
             try:
-                out = self._forward(kind, inputs, arm[1])
+                out = self._forward(kind, inputs, arm[1], split=arm[0] == SPLIT)
             except Exception as e:
                 log.exception("encoder forward pass failed")
                 for r in batch:

@@ -336,9 +336,9 @@ async def test_heartbeat_keeps_ticking_while_a_query_is_encoded(world, engine, m
     slow_s = 0.6
     real_forward = enc._forward
 
-    def slow_forward(kind, inputs, *way):  # runs on the encoder thread
+    def slow_forward(kind, inputs, *way, **how):  # runs on the encoder thread
         time.sleep(slow_s)
-        return real_forward(kind, inputs, *way)
+        return real_forward(kind, inputs, *way, **how)
 
     monkeypatch.setattr(enc, "_forward", slow_forward)
     ticks: list[float] = []

@@ -170,10 +170,10 @@ def test_close_during_warm_up_stops_the_model_thread(tiny, monkeypatch):
     started = threading.Event()
     real_forward = Encoder._forward
 
-    def slow_forward(self, kind, inputs, *way):
+    def slow_forward(self, kind, inputs, *way, **how):
         started.set()
         time.sleep(0.5)  # a warm-up of ~24 passes: longer than any join timeout
-        return real_forward(self, kind, inputs, *way)
+        return real_forward(self, kind, inputs, *way, **how)
 
     monkeypatch.setattr(Encoder, "_forward", slow_forward)
     enc = Encoder(tiny)
@@ -219,9 +219,9 @@ def test_closing_during_warm_up_ends_the_model_thread_soon(tiny, monkeypatch):
     must stop at the next pass, not run on (torch still working at exit aborts the process)."""
     forward = Encoder._forward
 
-    def slow_forward(self, kind, inputs, *way):  # a warm-up of many seconds, as on a busy host
+    def slow_forward(self, kind, inputs, *way, **how):  # a warm-up of many seconds, as on a busy host
         time.sleep(0.2)
-        return forward(self, kind, inputs, *way)
+        return forward(self, kind, inputs, *way, **how)
 
     monkeypatch.setattr(Encoder, "_forward", slow_forward)
     enc = Encoder(tiny)
@@ -293,3 +293,40 @@ def test_an_encoder_can_be_pinned_to_one_way_and_reports_it(encoder):
     assert {way for _, way in encoder._choices["text", True].avg} == {False}
     with pytest.raises(ValueError):
         encoder.pin("image", "no-such-tower")
+
+
+async def test_a_batch_split_across_threads_gives_each_input_its_own_vector_and_words(tiny):
+    """A SPLIT pass (the batch cut in parts encoded side by side on one torch thread each)
+    must give every input, in order, what one pass over the whole batch gives it."""
+    from index.encoder import SPLIT
+    from index.passchoice import PassChoice
+
+    enc = Encoder(tiny, threads=2)
+    try:
+        assert enc.wait_ready(30)
+        # warm-up timed the split layout for batches, never for a lone input
+        assert any(n == SPLIT for n, _ in enc._choices["image", False].avg)
+        assert any(n == SPLIT for n, _ in enc._choices["text", False].avg)
+        assert not any(n == SPLIT for n, _ in enc._choices["text", True].avg)
+        texts = ["red circle", "a blue square on green", "purple triangle", "yellow star",
+                 "two red circles"]
+        whole = await enc.call(lambda: enc._forward("text", texts))
+        images = [Image.new("RGB", (64, 64), c) for c in ("red", "blue", "green", "white", "black")]
+        images[1].paste((255, 255, 0), (8, 8, 40, 40))
+        pixels = await enc.preprocess(images)
+        for kind in ("text", "image"):
+            way = enc._choices[kind, False].best[1]
+            enc._choices[kind, False] = PassChoice({(SPLIT, way): 0.0})
+        enc._cache.clear()
+        split_texts = await asyncio.gather(*(enc.encode_text_codes([t]) for t in texts))
+        split_images = await enc.encode_pixels(pixels)
+        assert enc.stats.sizes.get(5, 0) >= 2  # both batches went as one request each
+        for got, ref in zip((c for [c] in split_texts), whole, strict=True):
+            assert np.abs(got.vector - ref.vector).max() < 1e-5
+            assert [w for w, _ in got.words] == [w for w, _ in ref.words]
+            assert np.allclose([x for _, x in got.words], [x for _, x in ref.words], atol=1e-5)
+        with torch.inference_mode():
+            ref = torch.nn.functional.normalize(tiny.model.encode_image(pixels), dim=-1).numpy()
+        assert np.abs(split_images - ref).max() < 1e-5
+    finally:
+        enc.close()

@@ -170,7 +170,8 @@ async def test_a_search_waits_for_one_heatmap_step_at_most(engine, monkeypatch):
     order: list[str] = []
     forward = engine.encoder._forward
     monkeypatch.setattr(engine.encoder, "_forward",
-                        lambda kind, inputs, *way: (order.append(kind), forward(kind, inputs, *way))[1])
+                        lambda kind, inputs, *way, **how: (order.append(kind),
+                                                           forward(kind, inputs, *way, **how))[1])
     stages = explain_image.relevance_stages
 
     def logged(*args, **kw):
