@@ -135,7 +135,9 @@ def machine() -> str:
         ("Python", platform.python_version()),
         ("torch", f"{torch.__version__}, {torch.get_num_threads()} intra-op threads "
                   f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
-                  f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')})"),
+                  f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"
+                  + (f", GOMP_SPINCOUNT={os.environ['GOMP_SPINCOUNT']}"
+                     if "GOMP_SPINCOUNT" in os.environ else "") + ")"),
         ("open_clip", oc),
         ("faiss", f"{faiss.__version__}, {faiss.omp_get_max_threads()} OpenMP threads"),
         ("numpy", np.__version__),

@@ -11,7 +11,18 @@ Names are loaded on first use (module `__getattr__`), so `import index.errors` o
 
 from __future__ import annotations
 
+import os
 from importlib import import_module
+
+# OpenMP threads (torch's, FAISS's) sleep when they wait at a barrier instead of spinning.
+# The runtime reads this once, when the library loads, hence here: every face imports this
+# package before an engine module loads torch. The engine keeps no thread waiting on
+# another where that costs (lone passes on one thread, batches split in parts, see
+# encoder.py), so spinning buys little, and on two cores a spinning worker takes the CPU the
+# event loop, image decoding or a neighbour's process needs (bench/RESULTS.md, "OpenMP
+# wait policy"). A wait policy or spin count set in the environment is left as it is.
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 # public name -> the engine module that defines it ("module:name" where the names differ)
 _EXPORTS: dict[str, str] = {
