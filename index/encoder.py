@@ -249,6 +249,7 @@ class Encoder:
         # for texts and the tower's name for images; a batch's threads may be SPLIT
         self._arm_times: dict[tuple[str, bool], dict] = {}
         self._choices: dict[tuple[str, bool], PassChoice] = {}
+        self._guessed: dict[tuple[str, bool], list] = {}  # arms estimated, not timed, at warm-up
         self.packed = False  # batches of texts run packed (the present choice)
         self.lone_packed = False  # so does a lone text
         self._towers: dict[str, Callable] = {}  # image towers equal to the stock one
@@ -625,15 +626,24 @@ class Encoder:
         if cpu and m.text is not None:  # on a GPU padding is nearly free; threads not ours
             sorts["text", False] = (list(_PROBE_TEXTS), ways)
         for (kind, lone), (inputs, sort_ways) in sorts.items():
-            layouts = counts + ([SPLIT] if threads > 1 and cpu and not lone else [])
-            arms = [(n, w) for n in layouts for w in sort_ways]
+            arms = [(n, w) for n in counts for w in sort_ways]
             seconds = time_arms(arms, lambda arm, kind=kind, inputs=inputs:
-                                self._forward(kind, inputs, arm[1], split=arm[0] == SPLIT),
+                                self._forward(kind, inputs, arm[1]),
                                 rounds=5 if kind == "text" else 3, stop=self._stop_if_closed,
-                                switch=lambda arm: self._use_threads(_torch_threads(arm[0])))
+                                switch=lambda arm: self._use_threads(arm[0]))
             per_input = {a: t / len(inputs) for a, t in seconds.items()}
+            guessed = []
+            if threads > 1 and cpu and not lone:
+                # A batch may also run SPLIT. Not timed here: the helper threads it needs
+                # would each carry their own memory in a process that may stay idle. Its
+                # estimate, the one-thread time shared by the parts, makes the first batch
+                # try it, and that batch's time replaces the estimate.
+                for w in sort_ways:
+                    per_input[SPLIT, w] = per_input[1, w] / threads
+                    guessed.append((SPLIT, w))
             self._arm_times[kind, lone] = per_input
-            self._choices[kind, lone] = PassChoice(per_input)
+            self._guessed[kind, lone] = guessed
+            self._choices[kind, lone] = PassChoice(per_input, guessed=guessed)
             self._follow(kind, lone)
 
     def _use_threads(self, n: int) -> bool:
@@ -666,7 +676,7 @@ class Encoder:
                 arms = {a: t for a, t in times.items() if a[1] == way}
                 if not arms:
                     raise ValueError(f"{kind} passes cannot run {way!r} here")
-                self._choices[k, lone] = PassChoice(arms)
+                self._choices[k, lone] = PassChoice(arms, guessed=self._guessed[k, lone])
                 self._follow(k, lone)
 
     def _stop_if_closed(self) -> None:

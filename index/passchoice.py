@@ -15,7 +15,9 @@ process's whole life, so:
   runs on another arm: its fresh time replaces that arm's old average, and the fastest
   average is used. A try that loses doubles the interval to the next (up to
   `max_explore` passes), so a host that stays busy pays for few slow tries; one that
-  wins resets it.
+  wins resets it;
+- an arm too costly to time at warm-up may start from an estimate (`guessed`), which its
+  first real pass replaces.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ class PassChoice:
     """The arm to run the next pass of one sort on, from the seconds (per input) each took."""
 
     def __init__(self, seconds: dict[Hashable, float], explore: int = 25, keep: float = 0.8,
-                 max_explore: int = 800):
+                 max_explore: int = 800, guessed: Iterable[Hashable] = ()):
         self.avg = dict(seconds)
+        # arms whose seconds are an estimate, not a time: their first pass replaces it
+        self.guessed = set(guessed) & set(self.avg)
         self.explore, self.keep, self.max_explore = explore, keep, max_explore
         self.interval = explore
         self._until = explore  # passes until the next try
@@ -58,8 +62,11 @@ class PassChoice:
             won = self.best == arm
             self.interval = self.explore if won else min(2 * self.interval, self.max_explore)
             self._until, self._trying = self.interval, None
+        elif arm in self.guessed:
+            self.avg[arm] = seconds
         else:
             self.avg[arm] = self.keep * self.avg[arm] + (1 - self.keep) * seconds
+        self.guessed.discard(arm)
 
 
 def time_arms(arms: Iterable[Hashable], run: Callable[[Hashable], object], rounds: int = 5,

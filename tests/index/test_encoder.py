@@ -304,10 +304,12 @@ async def test_a_batch_split_across_threads_gives_each_input_its_own_vector_and_
     enc = Encoder(tiny, threads=2)
     try:
         assert enc.wait_ready(30)
-        # warm-up timed the split layout for batches, never for a lone input
+        # warm-up offers the split layout to batches, never to a lone input, and starts no
+        # helper thread for it (an idle process would carry its memory)
         assert any(n == SPLIT for n, _ in enc._choices["image", False].avg)
         assert any(n == SPLIT for n, _ in enc._choices["text", False].avg)
         assert not any(n == SPLIT for n, _ in enc._choices["text", True].avg)
+        assert enc._helpers is None
         texts = ["red circle", "a blue square on green", "purple triangle", "yellow star",
                  "two red circles"]
         whole = await enc.call(lambda: enc._forward("text", texts))
@@ -316,11 +318,13 @@ async def test_a_batch_split_across_threads_gives_each_input_its_own_vector_and_
         pixels = await enc.preprocess(images)
         for kind in ("text", "image"):
             way = enc._choices[kind, False].best[1]
-            enc._choices[kind, False] = PassChoice({(SPLIT, way): 0.0})
+            enc._choices[kind, False] = PassChoice({(SPLIT, way): 0.0}, guessed=[(SPLIT, way)])
         enc._cache.clear()
         split_texts = await asyncio.gather(*(enc.encode_text_codes([t]) for t in texts))
         split_images = await enc.encode_pixels(pixels)
         assert enc.stats.sizes.get(5, 0) >= 2  # both batches went as one request each
+        for kind in ("text", "image"):  # the real passes' times replaced the guess
+            assert min(enc._choices[kind, False].avg.values()) > 0
         for got, ref in zip((c for [c] in split_texts), whole, strict=True):
             assert np.abs(got.vector - ref.vector).max() < 1e-5
             assert [w for w, _ in got.words] == [w for w, _ in ref.words]
@@ -330,3 +334,14 @@ async def test_a_batch_split_across_threads_gives_each_input_its_own_vector_and_
         assert np.abs(split_images - ref).max() < 1e-5
     finally:
         enc.close()
+
+
+def test_an_arm_that_starts_from_an_estimate_takes_its_first_real_time_whole():
+    from index.passchoice import PassChoice
+
+    choice = PassChoice({"a": 1.0, "b": 0.1}, guessed=["b"])
+    assert choice.pick() == "b"  # the estimate looks best: the next pass tries it
+    choice.record("b", 3.0)
+    assert choice.avg["b"] == 3.0 and choice.best == "a"  # not averaged with the guess
+    choice.record("a", 2.0)
+    assert choice.avg["a"] == pytest.approx(0.8 * 1.0 + 0.2 * 2.0)  # a timed arm averages
