@@ -93,8 +93,8 @@ def on_model_thread(encoder, fn, threads: int | None = None):
 
 def text_path(encoder) -> str:
     """How the encoder runs a lone text, as warm-up chose."""
-    if not encoder.lone_packed:
-        return "trimmed tower"
+    if not encoder.lone_packed:  # padded to its own length: one text has no padding
+        return "trimmed, lean walk, F.linear" if encoder._lean_padded else "trimmed tower"
     return "lean walk, " + ("oneDNN linears" if encoder.text_linear is not F.linear else "F.linear")
 
 
