@@ -211,6 +211,11 @@ def _torch_threads(layout: int | str) -> int:
     return 1 if layout == SPLIT else layout
 
 
+def _split_arms(arms) -> list:
+    """The SPLIT arms among `arms`: warm-up estimates them, never times them."""
+    return [a for a in arms if a[0] == SPLIT]
+
+
 @dataclass
 class EncoderStats:
     batches: int = 0
@@ -249,7 +254,6 @@ class Encoder:
         # for texts and the tower's name for images; a batch's threads may be SPLIT
         self._arm_times: dict[tuple[str, bool], dict] = {}
         self._choices: dict[tuple[str, bool], PassChoice] = {}
-        self._guessed: dict[tuple[str, bool], list] = {}  # arms estimated, not timed, at warm-up
         self.packed = False  # batches of texts run packed (the present choice)
         self.lone_packed = False  # so does a lone text
         self._towers: dict[str, Callable] = {}  # image towers equal to the stock one
@@ -632,7 +636,6 @@ class Encoder:
                                 rounds=5 if kind == "text" else 3, stop=self._stop_if_closed,
                                 switch=lambda arm: self._use_threads(arm[0]))
             per_input = {a: t / len(inputs) for a, t in seconds.items()}
-            guessed = []
             if threads > 1 and cpu and not lone:
                 # A batch may also run SPLIT. Not timed here: the helper threads it needs
                 # would each carry their own memory in a process that may stay idle. Its
@@ -640,10 +643,8 @@ class Encoder:
                 # try it, and that batch's time replaces the estimate.
                 for w in sort_ways:
                     per_input[SPLIT, w] = per_input[1, w] / threads
-                    guessed.append((SPLIT, w))
             self._arm_times[kind, lone] = per_input
-            self._guessed[kind, lone] = guessed
-            self._choices[kind, lone] = PassChoice(per_input, guessed=guessed)
+            self._choices[kind, lone] = PassChoice(per_input, guessed=_split_arms(per_input))
             self._follow(kind, lone)
 
     def _use_threads(self, n: int) -> bool:
@@ -676,7 +677,7 @@ class Encoder:
                 arms = {a: t for a, t in times.items() if a[1] == way}
                 if not arms:
                     raise ValueError(f"{kind} passes cannot run {way!r} here")
-                self._choices[k, lone] = PassChoice(arms, guessed=self._guessed[k, lone])
+                self._choices[k, lone] = PassChoice(arms, guessed=_split_arms(arms))
                 self._follow(k, lone)
 
     def _stop_if_closed(self) -> None:
