@@ -86,8 +86,12 @@ class Plan:
 
     def drop_copies(self) -> None:
         """Forget what was derived from the index or copied from it (kept: the allowed set)."""
-        self.per_list, self.exact, self.exact_ids = None, None, None
-        self.own, self.copy, self.held = None, None, 0
+        self.per_list = None
+        self.free()
+
+    def free(self) -> None:
+        """Forget the copies that hold memory (the exact vectors, the own lists)."""
+        self.exact, self.exact_ids, self.own, self.copy, self.held = None, None, None, None, 0
 
 
 @dataclass
@@ -429,7 +433,7 @@ class FilterCache:
                 break
             if p is not keep:
                 used -= p.held
-                p.exact, p.exact_ids, p.own, p.copy, p.held = None, None, None, None, 0
+                p.free()
         return True
 
     def _own_lists(self, ivf: faiss.IndexIVF, plan: Plan) -> faiss.IndexIVF | None:
