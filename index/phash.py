@@ -94,3 +94,9 @@ def valid(h: object) -> bool:
     except ValueError:
         return False
     return True
+
+
+def storable(h: object) -> bool:
+    """Whether `h` may be stored as an item's hash: one of this kind, '' (the picture has
+    none: one flat colour) or None (not known)."""
+    return h is None or h == "" or valid(h)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from index.errors import BadItem, StoreError
-from index.phash import valid as phash_valid
+from index.phash import storable as phash_storable
 
 META = "meta.sqlite"
 
@@ -234,9 +234,7 @@ def item_values(it: NewItem) -> tuple[Any, ...]:
             elif col == "source":
                 v = source_key(v)
             elif col == "phash":
-                if v is None or v == "":  # '': the picture has none (one flat colour)
-                    pass
-                elif not phash_valid(v):
+                if not phash_storable(v):
                     raise BadItem(source, f"phash {v!r} is not a perceptual hash")
             else:
                 v = "" if v is None else _text(str(v))
@@ -522,7 +520,7 @@ class ItemTable:
         it without a generation bump."""
         changed = 0
         for item_id, h in hashes.items():
-            if h and not phash_valid(h):
+            if not phash_storable(h):
                 raise StoreError(f"item {item_id}: phash {h!r} is not a perceptual hash")
             cur = conn.execute(
                 "UPDATE items SET phash = ? WHERE id = ? AND phash IS NULL", (h, int(item_id))

@@ -49,7 +49,7 @@ import numpy as np
 from pymilvus import DataType, MilvusClient
 
 from index.errors import ModelMismatch, StoreError, StoreUnavailable
-from index.phash import valid as phash_valid
+from index.phash import storable as phash_storable
 
 from . import records
 from .base import VectorStore, checked_query
@@ -1153,7 +1153,7 @@ class MilvusStore(VectorStore):
             row[f] = text
         if "phash" in self._item_fields:  # (a collection from before the field: not kept)
             ph = getattr(it, "phash", None)
-            if ph not in (None, "") and not phash_valid(ph):
+            if not phash_storable(ph):
                 raise StoreError(f"item {source[:80]}: phash {ph!r} is not a perceptual hash")
             row["phash"] = ph  # ('': the picture has none; None: not known)
         return row
@@ -1188,7 +1188,7 @@ class MilvusStore(VectorStore):
         if not self.keeps_phash:
             raise StoreError(f"{self.location} cannot keep perceptual hashes")
         for item_id, h in hashes.items():
-            if h and not phash_valid(h):
+            if not phash_storable(h):
                 raise StoreError(f"item {item_id}: phash {h!r} is not a perceptual hash")
         rows = [{"id": int(r["id"]), "guild_id": r["guild_id"], "phash": hashes[int(r["id"])]}
                 for r in self._rows_by_id(list(hashes), ["id", "guild_id", "phash"])
